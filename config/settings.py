@@ -1,0 +1,250 @@
+"""One typed settings model: defaults < config/default.yaml < --config FILE < SONOPACS_* environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+DEFAULT_YAML = Path(__file__).with_name("default.yaml")
+CONFIG_FILE_ENV = "SONOPACS_CONFIG"
+
+
+class ConfigError(RuntimeError):
+    """Raised at start-up when the configuration is invalid; the message names the key."""
+
+
+def _ae_title(value: str) -> str:
+    value = value.strip()
+    if not value or len(value) > 16 or "\\" in value or not value.isascii():
+        raise ValueError("an AE title is 1-16 ASCII characters without backslash")
+    return value
+
+
+class DicomSettings(BaseModel):
+    ae_title: str = "SONOPACS"
+    host: str = "0.0.0.0"
+    port: int = Field(11112, ge=1, le=65535)
+    allowed_calling_aes: list[str] = Field(default_factory=list)
+    require_called_ae: bool = True
+    max_associations: int = Field(10, ge=1, le=1000)
+    max_pdu_size: int = Field(65536, ge=0)
+    acse_timeout: float = Field(30, gt=0)
+    dimse_timeout: float = Field(60, gt=0)
+    network_timeout: float = Field(60, gt=0)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae(cls, value: str) -> str:
+        return _ae_title(value)
+
+    @field_validator("allowed_calling_aes", mode="before")
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+
+class StorageSettings(BaseModel):
+    root: Path = Path("./var/storage")
+    max_instance_bytes: int = Field(512 * 1024 * 1024, gt=0)
+
+
+class DatabaseSettings(BaseModel):
+    url: SecretStr = SecretStr("sqlite:///./var/sonopacs.db")
+
+
+class BrokerSettings(BaseModel):
+    url: SecretStr | None = None
+    result_backend: SecretStr | None = None
+
+
+class ExportSettings(BaseModel):
+    host: str | None = None
+    port: int = Field(104, ge=1, le=65535)
+    ae_title: str = "PACS"
+    max_retries: int = Field(5, ge=0, le=100)
+    backoff_base_seconds: float = Field(60, ge=0)
+    backoff_max_seconds: float = Field(900, ge=0)
+    timeout: float = Field(30, gt=0)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae(cls, value: str) -> str:
+        return _ae_title(value)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.host)
+
+
+class StudySettings(BaseModel):
+    stable_seconds: float = Field(10, ge=0)
+    poll_seconds: float = Field(1.0, gt=0)
+
+
+class DashboardSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    secret_key: SecretStr = SecretStr("change-me")
+    session_max_age_seconds: int = Field(8 * 3600, gt=0)
+
+
+class PipelineSettings(BaseModel):
+    max_frames: int = Field(8, ge=1, le=1000)
+    heatmap: bool = True
+    presentation_state: bool = False
+    segmentation: bool = False
+    uid_root: str = "1.2.826.0.1.3680043.10.1471."
+
+
+class ModelSettings(BaseModel):
+    weights_dir: Path | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Merged YAML: the packaged defaults, then an optional site file."""
+
+    def __init__(self, settings_cls: type[BaseSettings], files: list[Path]) -> None:
+        super().__init__(settings_cls)
+        self._files = files
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for path in self._files:
+            try:
+                data = yaml.safe_load(path.read_text()) or {}
+            except OSError as exc:
+                raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+            if not isinstance(data, dict):
+                raise ConfigError(f"config file {path} must hold a mapping of sections")
+            _deep_merge(merged, data)
+        return merged
+
+
+def _deep_merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SONOPACS_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    dicom: DicomSettings = Field(default_factory=DicomSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    export: ExportSettings = Field(default_factory=ExportSettings)
+    study: StudySettings = Field(default_factory=StudySettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        files = [DEFAULT_YAML]
+        extra = os.environ.get(CONFIG_FILE_ENV)
+        if extra:
+            files.append(Path(extra))
+        return (init_settings, env_settings, _YamlSource(settings_cls, files))
+
+    # Derived values, kept here so every service computes them the same way.
+    @property
+    def database_url(self) -> str:
+        return self.database.url.get_secret_value()
+
+    @property
+    def var_dir(self) -> Path:
+        """Where embedded state lives (broker file, default DB): the storage root's parent."""
+        return self.storage.root.resolve().parent
+
+    @property
+    def broker_url(self) -> str:
+        if self.broker.url is not None:
+            return self.broker.url.get_secret_value()
+        return f"sqla+sqlite:///{self.var_dir / 'broker.sqlite'}"
+
+    @property
+    def result_backend_url(self) -> str | None:
+        if self.broker.result_backend is not None:
+            return self.broker.result_backend.get_secret_value()
+        return None
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings, turning validation errors into a ConfigError that names each bad key."""
+    previous = os.environ.get(CONFIG_FILE_ENV)
+    if config_file is not None:
+        os.environ[CONFIG_FILE_ENV] = str(config_file)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise ConfigError(f"invalid configuration: {problems}") from exc
+    finally:
+        if config_file is not None:
+            if previous is None:
+                os.environ.pop(CONFIG_FILE_ENV, None)
+            else:
+                os.environ[CONFIG_FILE_ENV] = previous
+
+
+_SECRET_WORDS = ("password", "secret", "token", "key")
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """Effective values for display: secrets and passwords inside URLs are masked."""
+    data = settings.model_dump(mode="json")
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            field = getattr(getattr(settings, section), key)
+            if isinstance(field, SecretStr) or any(w in key for w in _SECRET_WORDS):
+                values[key] = _mask(field.get_secret_value() if isinstance(field, SecretStr) else value)
+    data["broker"]["effective_url"] = _mask(settings.broker_url)
+    return data
+
+
+def _mask(value: Any) -> Any:
+    if value is None:
+        return None
+    text = str(value)
+    if "://" in text:
+        scheme, rest = text.split("://", 1)
+        if "@" in rest:
+            creds, host = rest.rsplit("@", 1)
+            user = creds.split(":", 1)[0]
+            return f"{scheme}://{user}:***@{host}"
+        return text
+    return "***"

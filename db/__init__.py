@@ -1,0 +1,34 @@
+"""Database: SQLAlchemy 2 models, sessions, repository functions and Alembic migrations."""
+
+from db.models import (
+    AuditEvent,
+    Base,
+    ExportAttempt,
+    Instance,
+    InstanceState,
+    Job,
+    JobState,
+    ResultObject,
+    Series,
+    Study,
+    StudyState,
+    User,
+)
+from db.session import Database, make_engine
+
+__all__ = [
+    "AuditEvent",
+    "Base",
+    "Database",
+    "ExportAttempt",
+    "Instance",
+    "InstanceState",
+    "Job",
+    "JobState",
+    "ResultObject",
+    "Series",
+    "Study",
+    "StudyState",
+    "User",
+    "make_engine",
+]

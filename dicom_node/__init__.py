@@ -1,0 +1,1 @@
+"""Everything DICOM: the listener (Storage/Verification SCP), the SCU, pixel reading, result writers."""

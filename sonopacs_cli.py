@@ -1,0 +1,259 @@
+"""The `sonopacs` command: wires subcommands to the packages, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from config import Settings
+
+log = logging.getLogger("sonopacs")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    from config import load_settings
+
+    return load_settings(getattr(args, "config", None))
+
+
+def _peer(text: str, ae_title: str) -> object:
+    from dicom_node.scu import Peer
+
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"--to must be HOST:PORT, got {text!r}")
+    return Peer(host=host, port=int(port), ae_title=ae_title)
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from config import masked_dump
+
+    print(json.dumps(masked_dump(_settings(args)), indent=2))
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from db.migrate import upgrade
+
+    settings = _settings(args)
+    upgrade(settings.database_url)
+    print("database is at the latest schema revision")
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from dicom_node.scu import send_files
+
+    paths: list[Path] = []
+    for raw in args.paths:
+        p = Path(raw)
+        paths.extend(sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p])
+    report = send_files(paths, _peer(args.to, args.aet), calling_ae=args.calling_aet, timeout=args.timeout)  # type: ignore[arg-type]
+    for path, reason in report.failed.items():
+        print(f"FAILED {path}: {reason}", file=sys.stderr)
+    print(f"sent {len(report.sent)}, failed {len(report.failed)}")
+    return 0 if report.ok else 1
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from dicom_node.scu import AssociationError, Peer, echo
+
+    settings = _settings(args)
+    if args.to:
+        peer = _peer(args.to, args.aet or "ANY-SCP")
+    elif settings.export.host:
+        peer = Peer(settings.export.host, settings.export.port, args.aet or settings.export.ae_title)
+    else:
+        print("no destination: give --to HOST:PORT or configure export.host", file=sys.stderr)
+        return 2
+    try:
+        status = echo(peer, calling_ae=settings.dicom.ae_title, timeout=args.timeout)  # type: ignore[arg-type]
+    except AssociationError as exc:
+        print(f"C-ECHO failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"C-ECHO {peer}: status 0x{status:04X}")
+    return 0 if status == 0 else 1
+
+
+def cmd_listener(args: argparse.Namespace) -> int:
+    from dicom_node.listener import run_listener
+
+    return run_listener(_settings(args))
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worker.runner import run_worker
+
+    return run_worker(_settings(args), queues=args.queues, concurrency=args.concurrency)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from worker.supervisor import serve
+
+    return serve(_settings(args), config_file=args.config)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from dashboard.app import run_dashboard
+
+    return run_dashboard(_settings(args))
+
+
+def cmd_resend(args: argparse.Namespace) -> int:
+    from worker.actions import resend_study
+
+    resend_study(_settings(args), args.study_uid, actor="cli")
+    print(f"export of {args.study_uid} queued again")
+    return 0
+
+
+def cmd_reprocess(args: argparse.Namespace) -> int:
+    from worker.actions import reprocess_study
+
+    reprocess_study(_settings(args), args.study_uid, actor="cli")
+    print(f"{args.study_uid} queued for processing again")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from worker.single_analysis import analyze_files
+
+    results = analyze_files(_settings(args), [Path(p) for p in args.files], Path(args.out))
+    failed = [r for r in results if r.get("error")]
+    for r in failed:
+        print(f"FAILED {r['input']}: {r['error']}", file=sys.stderr)
+    print(f"analyzed {len(results) - len(failed)}, failed {len(failed)}; results in {args.out}")
+    return 0 if not failed else 1
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from models.training import train_from_config
+
+    train_from_config(Path(args.config_file), out_dir=Path(args.out) if args.out else None, device=args.device)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from models.evaluation import evaluate_index
+
+    metrics = evaluate_index(
+        Path(args.index),
+        Path(args.out),
+        weights_dir=Path(args.weights) if args.weights else None,
+        clean=not args.no_clean,
+        device=args.device,
+    )
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}, indent=2))
+    return 0
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    from dashboard.users import add_user
+
+    add_user(_settings(args), args.username, role=args.role, password=args.password)
+    print(f"user {args.username} ({args.role}) saved")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sonopacs", description=__doc__)
+    parser.add_argument("--config", help="YAML file layered over config/default.yaml")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("serve", help="listener + worker (+ dashboard) on the configured services").set_defaults(
+        func=cmd_serve
+    )
+    sub.add_parser("listener", help="DICOM Storage/Verification SCP only").set_defaults(func=cmd_listener)
+    p = sub.add_parser("worker", help="Celery worker")
+    p.add_argument("--queues", default="clean,inference,export,control")
+    p.add_argument("--concurrency", type=int, default=1)
+    p.set_defaults(func=cmd_worker)
+    sub.add_parser("dashboard", help="admin dashboard and HTTP API only").set_defaults(func=cmd_dashboard)
+
+    p = sub.add_parser("send", help="C-STORE files or folders to a DICOM node")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--to", required=True, help="HOST:PORT")
+    p.add_argument("--aet", default="SONOPACS", help="called AE title")
+    p.add_argument("--calling-aet", default="SONOPACS-SCU")
+    p.add_argument("--timeout", type=float, default=30)
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("echo", help="C-ECHO a DICOM node (default: the export destination)")
+    p.add_argument("--to", help="HOST:PORT")
+    p.add_argument("--aet", help="called AE title")
+    p.add_argument("--timeout", type=float, default=10)
+    p.set_defaults(func=cmd_echo)
+
+    p = sub.add_parser("resend", help="send a study's results to the PACS again")
+    p.add_argument("study_uid")
+    p.set_defaults(func=cmd_resend)
+    p = sub.add_parser("reprocess", help="run a study's pipeline again")
+    p.add_argument("study_uid")
+    p.set_defaults(func=cmd_reprocess)
+
+    p = sub.add_parser("db", help="database maintenance")
+    dbsub = p.add_subparsers(dest="db_command", required=True)
+    dbsub.add_parser("upgrade", help="apply Alembic migrations").set_defaults(func=cmd_db_upgrade)
+
+    p = sub.add_parser("config", help="configuration")
+    csub = p.add_subparsers(dest="config_command", required=True)
+    csub.add_parser("show", help="print effective settings, secrets masked").set_defaults(func=cmd_config_show)
+
+    p = sub.add_parser("analyze", help="analyze PNG/JPEG/DICOM files (research use)")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("train", help="train a model from a recorded config")
+    p.add_argument("config_file", nargs="?", help="models/configs/NAME.yaml")
+    p.add_argument("--out", help="output folder (default: from the config)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate the shipped model on an index CSV")
+    p.add_argument("--index", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--weights", help="weights folder (default: shipped)")
+    p.add_argument("--no-clean", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("user", help="dashboard users")
+    usub = p.add_subparsers(dest="user_command", required=True)
+    pu = usub.add_parser("add", help="add or update a user")
+    pu.add_argument("username")
+    pu.add_argument("--role", choices=["viewer", "admin"], default="viewer")
+    pu.add_argument("--password", help="default: prompt")
+    pu.set_defaults(func=cmd_user_add)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train" and args.config_file is None:
+        # `sonopacs train --config FILE` (the contract) is the global --config.
+        args.config_file, args.config = args.config, None
+        if args.config_file is None:
+            parser.error("train needs a config: sonopacs train --config models/configs/NAME.yaml")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from config.settings import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"sonopacs: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
