@@ -134,7 +134,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from models.training import train_from_config
 
-    train_from_config(Path(args.config_file), out_dir=Path(args.out) if args.out else None, device=args.device)
+    train_from_config(
+        Path(args.config_file), out_dir=Path(args.out) if args.out else None, device=args.device
+    )
     return 0
 
 
@@ -203,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="configuration")
     csub = p.add_subparsers(dest="config_command", required=True)
-    csub.add_parser("show", help="print effective settings, secrets masked").set_defaults(func=cmd_config_show)
+    csub.add_parser("show", help="print effective settings, secrets masked").set_defaults(
+        func=cmd_config_show
+    )
 
     p = sub.add_parser("analyze", help="analyze PNG/JPEG/DICOM files (research use)")
     p.add_argument("files", nargs="+")

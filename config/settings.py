@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,7 +29,13 @@ def _ae_title(value: str) -> str:
     return value
 
 
-class DicomSettings(BaseModel):
+class _Section(BaseModel):
+    """A config section: unknown keys are errors, so a typo never silently falls back to a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DicomSettings(_Section):
     ae_title: str = "SONOPACS"
     host: str = "0.0.0.0"
     port: int = Field(11112, ge=1, le=65535)
@@ -57,21 +63,21 @@ class DicomSettings(BaseModel):
         return value
 
 
-class StorageSettings(BaseModel):
+class StorageSettings(_Section):
     root: Path = Path("./var/storage")
     max_instance_bytes: int = Field(512 * 1024 * 1024, gt=0)
 
 
-class DatabaseSettings(BaseModel):
+class DatabaseSettings(_Section):
     url: SecretStr = SecretStr("sqlite:///./var/sonopacs.db")
 
 
-class BrokerSettings(BaseModel):
+class BrokerSettings(_Section):
     url: SecretStr | None = None
     result_backend: SecretStr | None = None
 
 
-class ExportSettings(BaseModel):
+class ExportSettings(_Section):
     host: str | None = None
     port: int = Field(104, ge=1, le=65535)
     ae_title: str = "PACS"
@@ -90,19 +96,19 @@ class ExportSettings(BaseModel):
         return bool(self.host)
 
 
-class StudySettings(BaseModel):
+class StudySettings(_Section):
     stable_seconds: float = Field(10, ge=0)
     poll_seconds: float = Field(1.0, gt=0)
 
 
-class DashboardSettings(BaseModel):
+class DashboardSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     secret_key: SecretStr = SecretStr("change-me")
     session_max_age_seconds: int = Field(8 * 3600, gt=0)
 
 
-class PipelineSettings(BaseModel):
+class PipelineSettings(_Section):
     max_frames: int = Field(8, ge=1, le=1000)
     heatmap: bool = True
     presentation_state: bool = False
@@ -110,7 +116,7 @@ class PipelineSettings(BaseModel):
     uid_root: str = "1.2.826.0.1.3680043.10.1471."
 
 
-class ModelSettings(BaseModel):
+class ModelSettings(_Section):
     weights_dir: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
