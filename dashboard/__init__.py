@@ -1,0 +1,1 @@
+"""Admin dashboard, REST API and Prometheus metrics (FastAPI) on the shared database."""

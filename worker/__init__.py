@@ -1,0 +1,1 @@
+"""Celery app and tasks: the per-study pipeline and its state."""
