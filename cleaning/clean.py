@@ -1,0 +1,77 @@
+"""clean_image: the one call training, inference and the pipeline make on every frame."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from cleaning.annotations import detect_annotations
+from cleaning.convert import grey_and_chroma, to_uint8, validate
+from cleaning.field import Field, find_fields
+from cleaning.inpaint import inpaint
+from cleaning.types import CleanResult, Region
+
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
+def clean_image(
+    image: np.ndarray,
+    regions: Sequence[Region] | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> list[CleanResult]:
+    """Crop each 2D tissue field and remove burned-in annotations; one CleanResult per field.
+
+    The result image is always grey uint8 HxW: B-mode is grey, and colour (overlay or Doppler) is
+    either an annotation (removed) or flagged as `doppler` in the summary, never passed on as colour.
+    Raises ValueError for input that cannot be an ultrasound frame.
+    """
+    img = validate(image, max_pixels)
+    img8 = to_uint8(img)
+    grey, chroma = grey_and_chroma(img8)
+    fields = find_fields(grey, regions)
+    results = [_clean_field(grey, chroma, f) for f in fields]
+    if len(results) > 1:
+        for r in results:
+            _flags(r).append("dual_view")
+    return results
+
+
+def _flags(result: CleanResult) -> list[str]:
+    flags = result.summary["flags"]
+    assert isinstance(flags, list)
+    return flags
+
+
+def _clean_field(grey: np.ndarray, chroma: np.ndarray | None, f: Field) -> CleanResult:
+    crop = grey[f.y0:f.y1 + 1, f.x0:f.x1 + 1]
+    cchroma = None if chroma is None else chroma[f.y0:f.y1 + 1, f.x0:f.x1 + 1]
+    det = detect_annotations(crop, cchroma, None)
+    mask = det.mask
+    # outside a detected sector (inside the crop box) nothing but background belongs: blank it
+    outside = ~f.mask & (crop > 0) if f.source != "whole" else np.zeros(crop.shape, bool)
+    cleaned = inpaint(crop, mask & f.mask)
+    cleaned[outside] = 0
+    removed = mask | outside
+    flags = list(det.flags)
+    if f.doppler_region and "doppler" not in flags:
+        flags.append("doppler")
+    kinds = list(det.kinds)
+    if outside.any():
+        kinds.append("outside_field")
+    if (mask & f.mask).any():
+        flags.append("text_in_field")
+    n = int(removed.sum())
+    confidence = f.confidence * (0.6 if "doppler" in flags else 1.0)
+    summary: dict[str, object] = {
+        "pixels_removed": n,
+        "fraction_removed": round(n / removed.size, 5),
+        "kinds": kinds,
+        "flags": flags,
+        "field_source": f.source,
+        "confidence": round(float(confidence), 3),
+        "doppler_fraction": round(det.doppler_fraction, 4),
+        "field_box": [f.y0, f.x0, f.y1, f.x1],
+    }
+    return CleanResult(cleaned, (f.y0, f.x0), removed, f.spacing_mm, summary)

@@ -1,0 +1,67 @@
+"""Input validation and conversion to the 8-bit grey + chroma planes the detectors work on."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+MIN_SIDE = 8  # below this there is no image to clean, only a mistake upstream
+
+
+def validate(image: object, max_pixels: int) -> np.ndarray:
+    """Refuse what cannot be an ultrasound frame, with a message that says what was wrong."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"clean_image expects a numpy array, got {type(image).__name__}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]  # RGBA from PNG: alpha carries no ultrasound
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+        raise ValueError(f"clean_image expects HxW or HxWx3 pixels, got shape {image.shape}")
+    h, w = image.shape[:2]
+    if h < MIN_SIDE or w < MIN_SIDE:
+        raise ValueError(f"image {h}x{w} is too small to clean (minimum {MIN_SIDE}x{MIN_SIDE})")
+    if h * w > max_pixels:
+        raise ValueError(f"image {h}x{w} has {h * w} pixels, over max_pixels={max_pixels}; refusing it")
+    if image.dtype == np.bool_ or not (np.issubdtype(image.dtype, np.integer)
+                                       or np.issubdtype(image.dtype, np.floating)):
+        raise ValueError(f"clean_image expects uint8 or uint16 pixels, got dtype {image.dtype}")
+    return image
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Window anything wider than 8 bits to 0..255 using the 0.5-99.5 percentiles of its own pixels.
+
+    Why percentiles: 16-bit ultrasound often uses only 8-12 of its bits, and a plain /257 would
+    leave a black image; a percentile window is robust to a few hot pixels.
+    """
+    if image.dtype == np.uint8:
+        return image
+    data = image.astype(np.float32)
+    finite = np.isfinite(data)
+    if not finite.all():
+        data = np.where(finite, data, 0.0)
+    step = max(1, int(np.sqrt(data.size / 250_000)))
+    sample = data[::step, ::step]
+    lo, hi = np.percentile(sample, [0.5, 99.5])
+    if hi <= lo:
+        lo, hi = float(sample.min()), float(sample.max())
+    if hi <= lo:
+        return np.zeros(image.shape, dtype=np.uint8)
+    out = (data - lo) * (255.0 / (hi - lo))
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def grey_and_chroma(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Grey level (BT.601 luma) and chroma (max-min over RGB), or None when the frame is grey.
+
+    Chroma separates overlay colours (green text, yellow markers) and Doppler from B-mode.
+    An RGB frame whose three channels are equal is treated as grey.
+    """
+    if image.ndim == 2:
+        return image, None
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    chroma = cv2.subtract(image.max(axis=2), image.min(axis=2))
+    if int(chroma.max()) <= 12:
+        return grey, None
+    return grey, chroma
