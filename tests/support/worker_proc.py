@@ -1,0 +1,139 @@
+"""Helpers for worker/export/serve tests: a config file for subprocesses, a real `sonopacs worker`,
+and study rows as the listener would leave them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import SecretStr
+from pydicom.uid import generate_uid
+
+from config import Settings
+from db import Database, ResultObject, Study, StudyState
+from db.models import utcnow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def write_config(settings: Settings, path: Path) -> Path:
+    """The effective settings as a YAML file (secrets in clear) for `sonopacs --config`."""
+    data = {name: _plain(dict(getattr(settings, name))) for name in type(settings).model_fields}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without SONOPACS_* overrides, so the config file alone decides."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SONOPACS_")}
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+@contextmanager
+def worker_process(config: Path, log: Path, concurrency: int = 2) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `sonopacs worker` (prefork) for the duration of the block; warm-stopped after."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sonopacs_cli",
+                "--config",
+                str(config),
+                "worker",
+                "--concurrency",
+                str(concurrency),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=clean_env(),
+            cwd=REPO,
+        )
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def add_study(
+    db: Database,
+    *,
+    uid: str | None = None,
+    state: StudyState = StudyState.RECEIVING,
+    generation: int = 1,
+    quiet_for: float = 60,
+) -> tuple[int, str]:
+    """A study row as the listener leaves it after its last instance `quiet_for` seconds ago."""
+    uid = uid or generate_uid()
+    with db.session() as session:
+        study = Study(
+            study_instance_uid=uid,
+            patient_id="TEST-0001",
+            state=state,
+            generation=generation,
+            enqueued_generation=0,
+            last_received_at=utcnow() - timedelta(seconds=quiet_for),
+        )
+        session.add(study)
+        session.flush()
+        return int(study.id), uid
+
+
+def reopen(db: Database, study_id: int, at: datetime | None = None) -> None:
+    """What the listener does when an instance arrives for a study: receiving, generation + 1."""
+    with db.session() as session:
+        study = session.get(Study, study_id)
+        assert study is not None
+        study.state = StudyState.RECEIVING
+        study.generation += 1
+        study.last_received_at = at or utcnow()
+
+
+def add_results(db: Database, study_id: int, paths: list[Path]) -> list[int]:
+    """Register DICOM files as the study's result objects (the pipeline lands separately)."""
+    from pydicom import dcmread
+
+    ids = []
+    with db.session() as session:
+        for path in paths:
+            ds = dcmread(path, stop_before_pixels=True)
+            row = ResultObject(
+                study_id=study_id,
+                generation=1,
+                kind="sc",
+                sop_class_uid=str(ds.SOPClassUID),
+                sop_instance_uid=str(ds.SOPInstanceUID),
+                series_instance_uid=str(ds.SeriesInstanceUID),
+                path=str(path),
+            )
+            session.add(row)
+            session.flush()
+            ids.append(int(row.id))
+    return ids

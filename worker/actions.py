@@ -1,0 +1,113 @@
+"""Operator actions (CLI `resend` / `reprocess`, dashboard buttons): each writes an audit row."""
+
+from __future__ import annotations
+
+import logging
+
+from kombu.utils.uuid import uuid
+from sqlalchemy import func, select, update
+
+from config import Settings
+from db import Database, ResultObject, Study, StudyState
+from db.audit import record
+from db.models import utcnow
+from worker import state
+from worker.celery_app import database_for, get_app
+
+log = logging.getLogger(__name__)
+
+
+class ActionError(RuntimeError):
+    """The action cannot be done (unknown study, nothing to send); the message says why."""
+
+
+def _study(db: Database, study_uid: str) -> tuple[int, int]:
+    with db.session() as session:
+        row = session.execute(
+            select(Study.id, Study.generation).where(Study.study_instance_uid == study_uid)
+        ).one_or_none()
+    if row is None:
+        raise ActionError(f"no study with Study Instance UID {study_uid}")
+    return int(row[0]), int(row[1])
+
+
+def send_export(settings: Settings, db: Database, study_id: int, generation: int, reason: str) -> str:
+    """Publish a fresh export_study message (retry budget starts at zero) with its queued Job."""
+    task_id = uuid()
+    state.queue_job(db, study_id, "export", generation, task_id)
+    get_app(settings).signature(
+        "sonopacs.export_study", args=(study_id,), kwargs={"reason": reason}, task_id=task_id
+    ).apply_async()
+    return task_id
+
+
+def resend_study(settings: Settings, study_uid: str, actor: str) -> str:
+    """Queue the study's current results for export again; returns the Celery task id."""
+    db = database_for(settings)
+    study_id, generation = _study(db, study_uid)
+    with db.session() as session:
+        n = session.execute(
+            select(func.count(ResultObject.id)).where(
+                ResultObject.study_id == study_id, ResultObject.superseded.is_(False)
+            )
+        ).scalar_one()
+        if not n:
+            raise ActionError(f"study {study_uid} has no results to send")
+        record(
+            session,
+            "resend_requested",
+            actor,
+            study_id=study_id,
+            study_instance_uid=study_uid,
+            detail=f"{n} result object(s) queued for export",
+        )
+    return send_export(settings, db, study_id, generation, reason=f"resend by {actor}")
+
+
+def reprocess_study(settings: Settings, study_uid: str, actor: str) -> int:
+    """Run the whole pipeline again as a new generation; returns that generation."""
+    from worker.stability import release_claim, send_pipeline
+
+    db = database_for(settings)
+    study_id, _ = _study(db, study_uid)
+    for _attempt in range(10):
+        with db.session() as session:
+            current, previous_state = session.execute(
+                select(Study.generation, Study.state).where(Study.id == study_id)
+            ).one()
+            new = int(current) + 1
+            result = session.execute(
+                update(Study)
+                .where(Study.id == study_id, Study.generation == current)
+                .values(
+                    generation=new,
+                    enqueued_generation=new,
+                    state=StudyState.QUEUED,
+                    state_reason=None,
+                    updated_at=utcnow(),
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if getattr(result, "rowcount", 0) != 1:
+                continue  # an instance arrived at the same moment: read again
+            record(
+                session,
+                "study_state",
+                actor,
+                study_id=study_id,
+                study_instance_uid=study_uid,
+                from_state=previous_state.value,
+                to_state=StudyState.QUEUED.value,
+                detail=f"reprocess requested: generation {new}",
+            )
+        break
+    else:
+        raise ActionError(f"study {study_uid} keeps changing; try again")
+    try:
+        send_pipeline(get_app(settings), db, study_id, new)
+    except Exception as exc:
+        # Hand it to the stability monitor: it enqueues generations above enqueued_generation.
+        release_claim(db, study_id, new, study_uid, state.describe(exc))
+        raise ActionError(f"broker unavailable, study {study_uid} will be enqueued later: {exc}") from exc
+    log.info("study %s queued for reprocessing as generation %s", study_uid, new)
+    return new

@@ -1,0 +1,148 @@
+"""The Celery app, built from Settings, and the per-process settings/database lookup tasks use.
+
+Production uses Redis (`broker.url`); the embedded default is Kombu's SQLAlchemy transport on a
+SQLite file under the var directory, so `sonopacs serve` needs no server. That transport claims a
+message inside `BEGIN IMMEDIATE` (one consumer per message across processes) and, with
+`acks_late`, keeps the unacknowledged message in the worker until the task finishes; a task whose
+pool process dies is handed back (`task_reject_on_worker_lost`), and a warm shutdown (SIGTERM)
+returns reserved/ETA messages to the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, signals
+
+from config import Settings
+from db import Database
+
+log = logging.getLogger(__name__)
+
+QUEUES = ("clean", "inference", "export", "control")
+
+TASK_ROUTES: dict[str, dict[str, str]] = {
+    "sonopacs.run_pipeline": {"queue": "control"},
+    "sonopacs.clean_study": {"queue": "clean"},
+    "sonopacs.analyze_study": {"queue": "inference"},
+    "sonopacs.publish_study": {"queue": "clean"},
+    "sonopacs.export_study": {"queue": "export"},
+}
+
+_SETTINGS_KEY = "sonopacs_settings"
+_lock = threading.Lock()
+_apps: dict[str, Celery] = {}
+_databases: dict[tuple[int, str], Database] = {}
+
+
+def settings_key(settings: Settings) -> str:
+    """A stable identity for a configuration (secrets included, never logged)."""
+    return json.dumps(
+        {"db": settings.database_url, "broker": settings.broker_url, "cfg": settings.model_dump_json()},
+        sort_keys=True,
+    )
+
+
+def is_embedded_broker(url: str) -> bool:
+    return url.startswith(("sqla+sqlite", "sqlalchemy+sqlite"))
+
+
+def prepare_embedded_broker(url: str) -> None:
+    """Create the broker file's folder and switch it to WAL so producers never block the consumer."""
+    if not is_embedded_broker(url):
+        return
+    path = url.split("///", 1)[-1]
+    if not path or path == ":memory:":
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+    finally:
+        conn.close()
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app configured from settings; tasks find the settings again through `app.conf`."""
+    import worker.tasks  # noqa: F401 - registers the shared tasks on every app
+
+    broker = settings.broker_url
+    prepare_embedded_broker(broker)
+    app = Celery("sonopacs", set_as_current=False)
+    conf: dict[str, Any] = {
+        "broker_url": broker,
+        "result_backend": settings.result_backend_url,
+        "task_ignore_result": settings.result_backend_url is None,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": "control",
+        "task_routes": TASK_ROUTES,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_track_started": False,
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "enable_utc": True,
+        _SETTINGS_KEY: settings,
+    }
+    if is_embedded_broker(broker):
+        # Passed to create_engine by the transport: wait for the SQLite write lock, do not fail.
+        conf["broker_transport_options"] = {"connect_args": {"timeout": 30}}
+    else:
+        # Redis: an unacked message comes back after this long if its worker vanished; it must
+        # exceed the longest export backoff so a countdown task is not delivered twice.
+        visibility = max(3600, int(settings.export.backoff_max_seconds) * 2 + 60)
+        conf["broker_transport_options"] = {"visibility_timeout": visibility}
+    app.conf.update(conf)
+    return app
+
+
+def get_app(settings: Settings) -> Celery:
+    """One app per configuration per process (producers: monitor, CLI actions, dashboard)."""
+    key = settings_key(settings)
+    with _lock:
+        app = _apps.get(key)
+        if app is None:
+            app = _apps[key] = make_celery(settings)
+        return app
+
+
+def app_settings(app: Celery) -> Settings:
+    settings = app.conf.get(_SETTINGS_KEY)
+    if not isinstance(settings, Settings):
+        raise RuntimeError("this Celery app was not built by worker.celery_app.make_celery")
+    return settings
+
+
+def database_for(settings: Settings) -> Database:
+    """One engine per database URL per process (a forked pool process gets its own)."""
+    key = (os.getpid(), settings.database_url)
+    with _lock:
+        db = _databases.get(key)
+        if db is None:
+            db = _databases[key] = Database(settings.database_url)
+        return db
+
+
+@signals.worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    """A pool process must not share pooled SQLite/PostgreSQL connections with its parent."""
+    with _lock:
+        for (pid, _url), db in list(_databases.items()):
+            if pid != os.getpid():
+                db.engine.dispose(close=False)
+    try:
+        from kombu.transport.sqlalchemy import Channel
+
+        for engine, _factory in Channel._engines.values():
+            engine.dispose(close=False)
+    except ImportError:  # pragma: no cover - sqlalchemy transport always ships with kombu
+        pass

@@ -1,0 +1,183 @@
+"""Study stability: enqueue a study's pipeline once it has been quiet for `study.stable_seconds`.
+
+A study is claimed for one generation with a single conditional UPDATE
+(`... WHERE generation = g AND enqueued_generation < g AND state = 'receiving'`), so any number of
+monitors (threads, processes, hosts) enqueue each generation exactly once. A later instance makes
+the listener reopen the study (state receiving, generation + 1): that is one more run, no storm.
+If the broker refuses the message the claim is undone so the next tick tries again.
+
+Run alone with `python -m worker.stability [--config FILE]`; `sonopacs serve` runs it as a thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from datetime import datetime, timedelta
+from typing import Any
+
+from celery import Celery, chain
+from kombu.utils.uuid import uuid
+from sqlalchemy import select, update
+
+from config import Settings, load_settings
+from db import Database, Study, StudyState
+from db.audit import record
+from db.models import utcnow
+from worker import state
+from worker.celery_app import database_for, get_app
+
+log = logging.getLogger(__name__)
+
+ACTOR = "stability"
+
+
+def pipeline_signature(app: Celery, study_id: int, generation: int, task_id: str | None = None) -> Any:
+    """run_pipeline -> clean -> analyze -> publish -> export, each routed to its queue."""
+    args = (study_id, generation)
+    return chain(
+        app.signature("sonopacs.run_pipeline", args=args, immutable=True, task_id=task_id or uuid()),
+        app.signature("sonopacs.clean_study", args=args, immutable=True),
+        app.signature("sonopacs.analyze_study", args=args, immutable=True),
+        app.signature("sonopacs.publish_study", args=args, immutable=True),
+        app.signature(
+            "sonopacs.export_study", args=(study_id,), kwargs={"generation": generation}, immutable=True
+        ),
+    )
+
+
+def send_pipeline(app: Celery, db: Database, study_id: int, generation: int) -> str:
+    """Publish the chain for a claimed generation and record its queued pipeline Job."""
+    first_id = uuid()
+    sig = pipeline_signature(app, study_id, generation, first_id)
+    job_id = state.queue_job(db, study_id, "pipeline", generation, first_id)
+    try:
+        sig.apply_async()
+    except Exception:
+        from db import JobState
+
+        state.finish_job(db, job_id, JobState.FAILED, error="could not publish to the broker")
+        raise
+    return first_id
+
+
+def enqueue_stable_studies(
+    settings: Settings, db: Database, now: datetime | None = None, app: Celery | None = None
+) -> list[int]:
+    """Claim and enqueue every study quiet since `now - stable_seconds`; returns the study ids."""
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=settings.study.stable_seconds)
+    with db.session() as session:
+        candidates = session.execute(
+            select(Study.id, Study.generation, Study.study_instance_uid).where(
+                Study.state == StudyState.RECEIVING,
+                Study.generation > Study.enqueued_generation,
+                Study.last_received_at <= cutoff,
+            )
+        ).all()
+    enqueued: list[int] = []
+    for study_id, generation, uid in candidates:
+        if not _claim(db, study_id, generation, uid, cutoff):
+            continue  # another monitor won, or an instance just arrived
+        try:
+            send_pipeline(app or get_app(settings), db, study_id, generation)
+        except Exception as exc:  # noqa: BLE001 - broker down: release the claim, try next tick
+            log.error("could not enqueue study %s: %s", uid, state.describe(exc))
+            release_claim(db, study_id, generation, uid, state.describe(exc))
+            continue
+        log.info("study %s generation %s is stable: pipeline enqueued", uid, generation)
+        enqueued.append(int(study_id))
+    return enqueued
+
+
+def _claim(db: Database, study_id: int, generation: int, uid: str, cutoff: datetime) -> bool:
+    """The one atomic step that makes enqueueing exactly-once per generation."""
+    with db.session() as session:
+        result = session.execute(
+            update(Study)
+            .where(
+                Study.id == study_id,
+                Study.generation == generation,
+                Study.enqueued_generation < generation,
+                Study.state == StudyState.RECEIVING,
+                Study.last_received_at <= cutoff,
+            )
+            .values(enqueued_generation=generation, state=StudyState.QUEUED, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(result, "rowcount", 0) != 1:
+            return False
+        record(
+            session,
+            "study_state",
+            ACTOR,
+            study_id=study_id,
+            study_instance_uid=uid,
+            from_state=StudyState.RECEIVING.value,
+            to_state=StudyState.QUEUED.value,
+            detail=f"stable: generation {generation} enqueued",
+        )
+        return True
+
+
+def release_claim(db: Database, study_id: int, generation: int, uid: str, reason: str) -> None:
+    """Undo a claim whose message never reached the broker, so the next tick enqueues it again."""
+    with db.session() as session:
+        result = session.execute(
+            update(Study)
+            .where(
+                Study.id == study_id,
+                Study.enqueued_generation == generation,
+                Study.state == StudyState.QUEUED,
+            )
+            .values(enqueued_generation=generation - 1, state=StudyState.RECEIVING, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(result, "rowcount", 0) == 1:
+            record(
+                session,
+                "study_state",
+                ACTOR,
+                study_id=study_id,
+                study_instance_uid=uid,
+                from_state=StudyState.QUEUED.value,
+                to_state=StudyState.RECEIVING.value,
+                detail=f"enqueue failed, will retry: {reason}",
+            )
+
+
+def run_monitor(settings: Settings, stop: threading.Event | None = None) -> int:
+    """Poll every `study.poll_seconds` until `stop` is set; errors are logged, never fatal."""
+    stop = stop or threading.Event()
+    db = database_for(settings)
+    app = get_app(settings)
+    log.info(
+        "stability monitor: studies quiet for %ss are enqueued (poll %ss)",
+        settings.study.stable_seconds,
+        settings.study.poll_seconds,
+    )
+    while not stop.is_set():
+        try:
+            enqueue_stable_studies(settings, db, utcnow(), app=app)
+        except Exception as exc:  # noqa: BLE001 - database restarting: keep polling
+            log.warning("stability monitor: %s", state.describe(exc))
+        stop.wait(settings.study.poll_seconds)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="sonopacs study stability monitor")
+    parser.add_argument("--config")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings(args.config)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return run_monitor(settings, stop)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

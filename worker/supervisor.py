@@ -1,0 +1,127 @@
+"""`sonopacs serve`: one process tree with the listener, a Celery worker, the stability monitor
+(a thread here) and the dashboard when that package provides `run_dashboard`.
+
+Children are `sonopacs <command>` processes reading the same config file and environment. SIGTERM
+(or SIGINT) is passed on to every child: the listener stops accepting, the Celery worker does a
+warm shutdown (running tasks finish; unacknowledged messages go back to the broker), and serve
+exits 0. If a child dies on its own, the others are stopped and serve exits 1, so a service manager
+can restart the whole tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from config import Settings
+from worker.celery_app import prepare_embedded_broker
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 120.0
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    process: subprocess.Popen[bytes] | None = None
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: a child gets SIGTERM if serve itself is killed, so nothing is left orphaned."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def dashboard_available() -> bool:
+    try:
+        dashboard_app = importlib.import_module("dashboard.app")
+    except Exception as exc:  # noqa: BLE001 - absent or broken: serve runs without it
+        log.info("dashboard not started: %s", exc)
+        return False
+    return callable(getattr(dashboard_app, "run_dashboard", None))
+
+
+def worker_concurrency() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def children(config_file: str | Path | None, with_dashboard: bool) -> list[Child]:
+    base = [sys.executable, "-m", "sonopacs_cli"]
+    if config_file:
+        base += ["--config", str(config_file)]
+    out = [
+        Child("listener", [*base, "listener"]),
+        Child("worker", [*base, "worker", "--concurrency", str(worker_concurrency())]),
+    ]
+    if with_dashboard:
+        out.append(Child("dashboard", [*base, "dashboard"]))
+    return out
+
+
+def serve(settings: Settings, config_file: str | Path | None = None) -> int:
+    """Migrate the database, start everything, and supervise until SIGTERM/SIGINT."""
+    from db.migrate import upgrade
+    from worker.stability import run_monitor
+
+    settings.storage.root.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+    prepare_embedded_broker(settings.broker_url)
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    procs = children(config_file, dashboard_available())
+    monitor = threading.Thread(target=run_monitor, args=(settings, stop), name="stability", daemon=True)
+    code = 0
+    try:
+        for child in procs:
+            child.process = subprocess.Popen(child.argv, preexec_fn=_die_with_parent)  # noqa: PLW1509
+            log.info("started %s (pid %s)", child.name, child.process.pid)
+        monitor.start()
+        while not stop.wait(0.5):
+            dead = [c for c in procs if c.process is not None and c.process.poll() is not None]
+            if dead:
+                for c in dead:
+                    log.error(
+                        "%s exited unexpectedly with %s; stopping", c.name, c.process and c.process.returncode
+                    )
+                code = 1
+                break
+    finally:
+        stop.set()
+        _shutdown(procs)
+        monitor.join(timeout=10)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("serve stopped")
+    return code
+
+
+def _shutdown(procs: list[Child], grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
+    """SIGTERM all, wait for in-flight work, SIGKILL only what is still there after `grace`."""
+    running = [c for c in procs if c.process is not None and c.process.poll() is None]
+    for child in running:
+        assert child.process is not None
+        log.info("stopping %s (pid %s)", child.name, child.process.pid)
+        child.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for child in running:
+        assert child.process is not None
+        try:
+            child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.error("%s did not stop within %.0fs; killing it", child.name, grace)
+            child.process.kill()
+            child.process.wait()

@@ -1,0 +1,170 @@
+"""Celery tasks: the per-study chain run_pipeline -> clean -> analyze -> publish -> export.
+
+Every task records a Job row (queued -> running -> succeeded/failed) and guards on the study's
+generation: a run whose study was reopened or reprocessed meanwhile stops quietly instead of
+overwriting the newer state. A failing stage marks its Job and the study `failed` with the reason
+and stops the chain (`Ignore`), so the worker keeps serving and nothing stays in `processing`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task, shared_task
+from celery.exceptions import Ignore
+from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
+
+from config import Settings
+from db import Database, JobState, Study, StudyState
+from worker import state
+from worker.celery_app import app_settings, database_for
+
+log = logging.getLogger(__name__)
+
+ACTOR = "worker"
+StageBody = Callable[[Settings, Database, int, int], None]
+
+# Infrastructure hiccups (database restarting, SQLite lock timeout) in our own bookkeeping are
+# retried by Celery; failures of the stage itself are recorded and end the run.
+_RETRY = {"autoretry_for": (OperationalError,), "retry_backoff": 2, "retry_backoff_max": 60, "max_retries": 8}
+
+
+def _context(task: Task) -> tuple[Settings, Database]:
+    settings = app_settings(task.app)
+    return settings, database_for(settings)
+
+
+def _next_task_id(task: Task) -> str | None:
+    """The task id Celery already gave the next step of this chain (steps are stored reversed)."""
+    chain = getattr(task.request, "chain", None) or []
+    if not chain:
+        return None
+    options = chain[-1].get("options", {}) if isinstance(chain[-1], dict) else {}
+    task_id = options.get("task_id")
+    return str(task_id) if task_id else None
+
+
+def _queue_next(task: Task, db: Database, study_id: int, generation: int, stage: str) -> None:
+    state.queue_job(db, study_id, stage, generation, _next_task_id(task))
+
+
+def _superseded(db: Database, study_id: int, generation: int, job_id: int) -> bool:
+    """True (and the Job closed) when the study has moved to a newer generation or is gone."""
+    current = state.study_generation(db, study_id)
+    if current == generation:
+        return False
+    note = "study no longer exists" if current is None else f"superseded by generation {current}"
+    state.finish_job(db, job_id, JobState.SUCCEEDED, detail={"skipped": note})
+    log.info("study %s generation %s: %s; stopping this run", study_id, generation, note)
+    return True
+
+
+def _fail(db: Database, job_id: int, study_id: int, generation: int, stage: str, exc: BaseException) -> None:
+    reason = state.describe(exc)
+    log.error("study %s generation %s: %s failed: %s", study_id, generation, stage, reason, exc_info=exc)
+    state.finish_job(db, job_id, JobState.FAILED, error=reason)
+    state.transition(
+        db,
+        study_id,
+        StudyState.FAILED,
+        ACTOR,
+        detail=f"{stage}: {reason}",
+        generation=generation,
+        allowed_from=(StudyState.QUEUED, StudyState.PROCESSING),
+    )
+
+
+@shared_task(bind=True, name="sonopacs.run_pipeline", **_RETRY)
+def run_pipeline(self: Task, study_id: int, generation: int) -> None:
+    """Entry of the chain: the study goes queued -> processing and its run is counted."""
+    _, db = _context(self)
+    job_id = state.start_job(db, study_id, "pipeline", generation, self.request.id, self.request.retries + 1)
+    if _superseded(db, study_id, generation, job_id):
+        raise Ignore()
+    moved = state.transition(
+        db,
+        study_id,
+        StudyState.PROCESSING,
+        ACTOR,
+        detail=f"generation {generation}",
+        generation=generation,
+        allowed_from=(StudyState.QUEUED, StudyState.PROCESSING),
+    )
+    if not moved:
+        state.finish_job(db, job_id, JobState.SUCCEEDED, detail={"skipped": "study not queued"})
+        raise Ignore()
+    with db.session() as session:
+        session.execute(
+            update(Study)
+            .where(Study.id == study_id)
+            .values(run_count=Study.run_count + 1)
+            .execution_options(synchronize_session=False)
+        )
+    state.finish_job(db, job_id, JobState.SUCCEEDED)
+    _queue_next(self, db, study_id, generation, "clean")
+
+
+def _run_stage(
+    task: Task, stage: str, body_name: str, study_id: int, generation: int, next_stage: str | None
+) -> None:
+    settings, db = _context(task)
+    job_id = state.start_job(db, study_id, stage, generation, task.request.id, task.request.retries + 1)
+    if _superseded(db, study_id, generation, job_id):
+        raise Ignore()
+    from worker import stages  # looked up per call: the pipeline engineer's bodies
+
+    body: StageBody = getattr(stages, body_name)
+    try:
+        body(settings, db, study_id, generation)
+    except Exception as exc:  # noqa: BLE001 - any stage error ends this run, recorded with its reason
+        _fail(db, job_id, study_id, generation, stage, exc)
+        raise Ignore() from exc
+    state.finish_job(db, job_id, JobState.SUCCEEDED)
+    if next_stage is None:
+        return
+    if stage == "publish":
+        state.transition(
+            db,
+            study_id,
+            StudyState.RESULTS_READY,
+            ACTOR,
+            generation=generation,
+            allowed_from=(StudyState.PROCESSING,),
+        )
+    _queue_next(task, db, study_id, generation, next_stage)
+
+
+@shared_task(bind=True, name="sonopacs.clean_study", **_RETRY)
+def clean_study(self: Task, study_id: int, generation: int) -> None:
+    """Crop to the ultrasound region and remove burned-in annotations (queue clean)."""
+    _run_stage(self, "clean", "clean_study", study_id, generation, "analyze")
+
+
+@shared_task(bind=True, name="sonopacs.analyze_study", **_RETRY)
+def analyze_study(self: Task, study_id: int, generation: int) -> None:
+    """Classification, segmentation, size (queue inference)."""
+    _run_stage(self, "analyze", "analyze_study", study_id, generation, "publish")
+
+
+@shared_task(bind=True, name="sonopacs.publish_study", **_RETRY)
+def publish_study(self: Task, study_id: int, generation: int) -> None:
+    """Build the DICOM results (queue clean); the study becomes results_ready."""
+    _run_stage(self, "publish", "publish_study", study_id, generation, "export")
+
+
+@shared_task(bind=True, name="sonopacs.export_study", max_retries=None)
+def export_study(
+    self: Task,
+    study_id: int,
+    generation: int | None = None,
+    pending: list[int] | None = None,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """C-STORE the study's results to the PACS; retried with backoff by Celery (queue export)."""
+    from worker.export import run_export
+
+    settings, db = _context(self)
+    return run_export(self, settings, db, study_id, generation=generation, pending=pending, reason=reason)
