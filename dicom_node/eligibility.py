@@ -1,0 +1,66 @@
+"""Decide which received instances the pipeline analyses; everything else is skipped with a reason.
+
+Our own results must never be analysed again (a PACS routing them back would loop forever), so
+they are recognised by UID root, manufacturer and series description before anything else.
+"""
+
+from __future__ import annotations
+
+from pydicom.dataset import Dataset
+
+from dicom_node.regions import read_regions
+
+OUR_MANUFACTURER = "sonopacs"
+OUR_SERIES_PREFIX = "sonopacs"
+
+US_IMAGE_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.6.1": "Ultrasound Image Storage",
+    "1.2.840.10008.5.1.4.1.1.3.1": "Ultrasound Multi-frame Image Storage",
+    "1.2.840.10008.5.1.4.1.1.6": "Ultrasound Image Storage (Retired)",
+    "1.2.840.10008.5.1.4.1.1.3": "Ultrasound Multi-frame Image Storage (Retired)",
+}
+SC_IMAGE_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture Image Storage",
+}
+MIN_SIDE = 64
+
+
+def is_our_result(ds: Dataset, uid_root: str) -> bool:
+    """True for anything sonopacs produced (any of three independent marks)."""
+    root = uid_root if uid_root.endswith(".") else uid_root + "."
+    for keyword in ("SOPInstanceUID", "SeriesInstanceUID"):
+        if str(getattr(ds, keyword, "")).startswith(root):
+            return True
+    if str(getattr(ds, "Manufacturer", "")).strip().lower() == OUR_MANUFACTURER:
+        return True
+    return str(getattr(ds, "SeriesDescription", "")).strip().lower().startswith(OUR_SERIES_PREFIX)
+
+
+def skip_reason(ds: Dataset, uid_root: str) -> str | None:
+    """None when ds is a 2D ultrasound (or US secondary capture) image we can analyse, else why not.
+
+    Works on a header read with stop_before_pixels; pixel decoding errors are reported later.
+    """
+    if is_our_result(ds, uid_root):
+        return "sonopacs result (our own output is never analysed)"
+    sop_class = str(getattr(ds, "SOPClassUID", ""))
+    modality = str(getattr(ds, "Modality", "")).upper()
+    if sop_class in SC_IMAGE_CLASSES:
+        if modality not in ("US", "OT", ""):
+            return f"secondary capture of modality {modality}, not ultrasound"
+    elif sop_class not in US_IMAGE_CLASSES:
+        name = getattr(getattr(ds, "SOPClassUID", None), "name", sop_class) or "unknown"
+        return f"not a 2D ultrasound image (SOP class {name})"
+    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    if samples not in (1, 3):
+        return f"{samples} samples per pixel"
+    rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+    if rows < MIN_SIDE or cols < MIN_SIDE:
+        return f"image {rows}x{cols} is too small (minimum {MIN_SIDE}x{MIN_SIDE})"
+    regions = read_regions(ds)
+    if regions and not any(r.spatial_format == 1 for r in regions):
+        return "no 2D image region (M-mode, spectral Doppler or waveform only)"
+    return None

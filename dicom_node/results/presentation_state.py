@@ -1,0 +1,83 @@
+"""Softcopy Presentation State: the lesion contour and a short label as graphic annotations.
+
+Colour sources get a Colour Softcopy PS; DICOM only allows that for three-sample images, so
+grey sources get a Grayscale Softcopy PS carrying the same annotation layer.
+
+Unlike the Secondary Capture, the viewer draws these over the untouched original (e.g. Weasis),
+so the radiologist can toggle them.
+"""
+
+from __future__ import annotations
+
+from highdicom.pr import (
+    AnnotationUnitsValues,
+    ColorSoftcopyPresentationState,
+    GraphicAnnotation,
+    GraphicLayer,
+    GraphicObject,
+    GraphicTypeValues,
+    GrayscaleSoftcopyPresentationState,
+    TextObject,
+)
+from pydicom.dataset import Dataset
+
+from dicom_node.results.geometry import polyline_xy
+from dicom_node.results.types import DISCLAIMER, PR_SERIES_DESCRIPTION, ImageFinding, ResultIdentity
+
+
+def build_presentation_state(
+    finding: ImageFinding,
+    identity: ResultIdentity,
+    series_uid: str,
+    series_number: int,
+    instance_number: int,
+    sop_instance_uid: str | None = None,
+) -> Dataset:
+    """A presentation state referencing the source image (and frame) with the AI contour layer."""
+    layer = GraphicLayer(layer_name="SONOPACS_AI", order=1, description=DISCLAIMER)
+    rows, cols = int(finding.source.Rows), int(finding.source.Columns)
+    graphics = []
+    if finding.has_lesion:
+        graphics.append(
+            GraphicObject(
+                graphic_type=GraphicTypeValues.POLYLINE,
+                graphic_data=polyline_xy(finding.contour),
+                units=AnnotationUnitsValues.PIXEL,
+            )
+        )
+    text = TextObject(
+        text_value=(
+            f"AI: {finding.label} P(malignant) {finding.malignancy_probability:.2f} "
+            f"({finding.model_name} {finding.model_version}). {DISCLAIMER}"
+        ),
+        units=AnnotationUnitsValues.PIXEL,
+        bounding_box=(2.0, 2.0, float(cols - 2), float(min(rows - 2, 40))),
+    )
+    annotation = GraphicAnnotation(
+        referenced_images=[finding.source],
+        graphic_layer=layer,
+        referenced_frame_number=finding.frame_number,
+        graphic_objects=graphics or None,
+        text_objects=[text],
+    )
+    colour = int(getattr(finding.source, "SamplesPerPixel", 1) or 1) == 3
+    cls = ColorSoftcopyPresentationState if colour else GrayscaleSoftcopyPresentationState
+    pr = cls(
+        referenced_images=[finding.source],
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid or identity.new_uid(),
+        instance_number=instance_number,
+        manufacturer=identity.manufacturer,
+        manufacturer_model_name=identity.model_name,
+        software_versions=identity.software_version,
+        device_serial_number="0",
+        content_label="SONOPACS_AI",
+        content_description=DISCLAIMER[:64],
+        graphic_annotations=[annotation],
+        graphic_layers=[layer],
+    )
+    if "Laterality" not in pr:
+        pr.Laterality = ""  # Type 2C (breast is paired); unknown stays empty
+    pr.SeriesDescription = PR_SERIES_DESCRIPTION
+    return pr

@@ -1,0 +1,73 @@
+"""Plain inputs of the result writers: one analysed image in SOURCE frame geometry, and our identity.
+
+Kept free of models/cleaning types so dicom_node stays a leaf; the worker maps crop coordinates
+back to the full source frame before building these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+DISCLAIMER = "AI result - for assistance only, not for diagnosis"
+MANUFACTURER = "sonopacs"
+OVERLAY_SERIES_DESCRIPTION = "sonopacs AI overlay"
+REPORT_SERIES_DESCRIPTION = "sonopacs AI report"
+PR_SERIES_DESCRIPTION = "sonopacs AI annotation"
+SEG_SERIES_DESCRIPTION = "sonopacs AI segmentation"
+
+Point = tuple[float, float]  # (row, column) in source frame pixels
+
+
+@dataclass
+class ImageFinding:
+    """The analysis of one source frame, every coordinate in that frame's pixels."""
+
+    source: Dataset  # header of the original instance (pixel data not needed)
+    frame_index: int  # 0-based frame of the source that was analysed
+    frame: np.ndarray  # the full decoded frame, uint8 HxW or HxWx3 (display values)
+    label: str
+    probabilities: dict[str, float]
+    malignancy_probability: float
+    decisions: dict[str, bool]  # operating point -> suspicious for malignancy
+    model_name: str
+    model_version: str
+    mask: np.ndarray | None = None  # bool HxW, full frame
+    heatmap: np.ndarray | None = None  # float32 HxW in [0, 1], full frame
+    contour: list[Point] = field(default_factory=list)  # closed polyline
+    long_axis: tuple[Point, Point] | None = None
+    short_axis: tuple[Point, Point] | None = None
+    long_axis_mm: float | None = None
+    short_axis_mm: float | None = None
+    area_mm2: float | None = None
+    uncertainty: float | None = None
+
+    @property
+    def is_multiframe(self) -> bool:
+        return int(getattr(self.source, "NumberOfFrames", 1) or 1) > 1
+
+    @property
+    def frame_number(self) -> int | None:
+        """1-based Referenced Frame Number for multi-frame sources, None for single-frame ones."""
+        return self.frame_index + 1 if self.is_multiframe else None
+
+    @property
+    def has_lesion(self) -> bool:
+        return len(self.contour) >= 3
+
+
+@dataclass(frozen=True)
+class ResultIdentity:
+    """Who made the objects; UIDs are generated under our root so we can recognise them later."""
+
+    uid_root: str
+    software_version: str = "0.1.0"
+    manufacturer: str = MANUFACTURER
+    model_name: str = "sonopacs"
+
+    def new_uid(self) -> str:
+        root = self.uid_root if self.uid_root.endswith(".") else self.uid_root + "."
+        return str(generate_uid(prefix=root))
