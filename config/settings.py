@@ -38,11 +38,13 @@ class _Section(BaseModel):
 class DicomSettings(_Section):
     ae_title: str = "SONOPACS"
     host: str = "0.0.0.0"
-    port: int = Field(11112, ge=1, le=65535)
+    port: int = Field(11112, ge=0, le=65535)  # 0: bind a free port (tests); Listener.port tells which
     allowed_calling_aes: list[str] = Field(default_factory=list)
     require_called_ae: bool = True
     max_associations: int = Field(10, ge=1, le=1000)
     max_pdu_size: int = Field(65536, ge=0)
+    # Rows x Columns x frames x samples per pixel above which an instance is refused (decompression bombs).
+    max_pixel_samples: int = Field(1024**3, gt=0)
     acse_timeout: float = Field(30, gt=0)
     dimse_timeout: float = Field(60, gt=0)
     network_timeout: float = Field(60, gt=0)

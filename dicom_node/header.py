@@ -1,0 +1,196 @@
+"""Read just enough of a received instance to file it: UIDs and patient/study fields, never the pixels.
+
+The bytes are parsed with ``stop_before_pixels``; the Pixel Data element is then only located and its
+extent checked against the bytes received, which is how a truncated transfer is caught without decoding.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from dicom_node import status
+
+_PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
+_ITEM = (0xFFFE, 0xE000)
+_SEQUENCE_DELIMITER = (0xFFFE, 0xE0DD)
+_UNDEFINED = 0xFFFFFFFF
+_VALID_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class HeaderError(ValueError):
+    """The instance cannot be accepted; carries the DICOM status to answer with."""
+
+    def __init__(self, code: int, reason: str, sop_instance_uid: str | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.sop_instance_uid = sop_instance_uid
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """The fields the database keeps for an instance, its series and its study."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    patient_id: str | None
+    patient_name: str | None
+    accession_number: str | None
+    study_date: str | None
+    study_description: str | None
+    modality: str | None
+    series_number: int | None
+    series_description: str | None
+    manufacturer: str | None
+    instance_number: int | None
+    number_of_frames: int | None
+    pixel_samples: int
+
+
+def parse_header(data: bytes, max_pixel_samples: int) -> InstanceHeader:
+    """Parse a Part 10 byte string (preamble, file meta, data set); raise HeaderError when unusable."""
+    fp = BytesIO(data)
+    try:
+        ds = dcmread(fp, stop_before_pixels=True)
+        pixel_offset = fp.tell()
+        transfer_syntax = UID(str(ds.file_meta.TransferSyntaxUID))
+        implicit, little = transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, AttributeError, struct.error) as exc:
+        raise HeaderError(status.CANNOT_UNDERSTAND_UNPARSEABLE, f"unparseable data set: {exc}") from exc
+    except Exception as exc:  # pydicom raises a variety of errors on garbage input
+        raise HeaderError(status.CANNOT_UNDERSTAND_UNPARSEABLE, f"unparseable data set: {exc!r}") from exc
+
+    sop_instance_uid = _uid(ds, "SOPInstanceUID")
+    for keyword in ("SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        _uid(ds, keyword, sop_instance_uid)
+
+    _check_pixel_data(data, pixel_offset, implicit, little, sop_instance_uid)
+    rows, cols = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
+    frames = _int(ds, "NumberOfFrames")
+    samples = _int(ds, "SamplesPerPixel") or 1
+    pixel_samples = rows * cols * max(frames or 1, 1) * max(samples, 1)
+    if rows <= 0 or cols <= 0:
+        raise HeaderError(
+            status.CANNOT_UNDERSTAND_MISSING_ATTRIBUTE, "Rows/Columns missing or zero", sop_instance_uid
+        )
+    if pixel_samples > max_pixel_samples:
+        raise HeaderError(
+            status.CANNOT_UNDERSTAND_TOO_LARGE,
+            f"pixel matrix {rows}x{cols}x{frames or 1}x{samples} over limit {max_pixel_samples}",
+            sop_instance_uid,
+        )
+
+    return InstanceHeader(
+        sop_class_uid=str(ds.SOPClassUID),
+        sop_instance_uid=sop_instance_uid,
+        study_instance_uid=str(ds.StudyInstanceUID),
+        series_instance_uid=str(ds.SeriesInstanceUID),
+        transfer_syntax_uid=str(transfer_syntax),
+        patient_id=_text(ds, "PatientID", 64),
+        patient_name=_text(ds, "PatientName", 324),
+        accession_number=_text(ds, "AccessionNumber", 64),
+        study_date=_text(ds, "StudyDate", 8),
+        study_description=_text(ds, "StudyDescription", 128),
+        modality=_text(ds, "Modality", 16),
+        series_number=_int(ds, "SeriesNumber"),
+        series_description=_text(ds, "SeriesDescription", 128),
+        manufacturer=_text(ds, "Manufacturer", 64),
+        instance_number=_int(ds, "InstanceNumber"),
+        number_of_frames=frames,
+        pixel_samples=pixel_samples,
+    )
+
+
+def _uid(ds: Dataset, keyword: str, sop_instance_uid: str | None = None) -> str:
+    try:
+        value = str(ds.get(keyword) or "").strip("\x00 ")
+    except Exception:  # noqa: BLE001 - an undecodable value is as good as missing
+        value = ""
+    if not value:
+        raise HeaderError(status.CANNOT_UNDERSTAND_MISSING_ATTRIBUTE, f"{keyword} missing", sop_instance_uid)
+    if len(value) > 64 or not _VALID_UID.match(value):
+        raise HeaderError(
+            status.CANNOT_UNDERSTAND_MISSING_ATTRIBUTE, f"{keyword} is not a valid UID", sop_instance_uid
+        )
+    return value
+
+
+def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
+    """A header string cleaned for the database: no NULs, clipped to the column width."""
+    try:
+        value: Any = ds.get(keyword)
+    except Exception:  # noqa: BLE001
+        return None
+    if value is None:
+        return None
+    text = str(value).replace("\x00", "").strip()
+    return text[:limit] or None
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value is not None and str(value).strip() != "" else None
+    except Exception:  # noqa: BLE001 - a malformed IS/US value is recorded as unknown
+        return None
+
+
+def _check_pixel_data(data: bytes, offset: int, implicit: bool, little: bool, sop_uid: str) -> None:
+    """Pixel Data must be present and complete: a defined length must fit, fragments must be terminated."""
+    end = len(data)
+    if offset + 8 > end:
+        raise HeaderError(
+            status.CANNOT_UNDERSTAND_NO_PIXEL_DATA, "no Pixel Data (or data set truncated)", sop_uid
+        )
+    order = "<" if little else ">"
+    tag = struct.unpack_from(f"{order}HH", data, offset)
+    if tag not in _PIXEL_TAGS:
+        raise HeaderError(
+            status.CANNOT_UNDERSTAND_UNPARSEABLE, f"unexpected element {tag} before Pixel Data", sop_uid
+        )
+    if implicit:
+        (length,) = struct.unpack_from(f"{order}I", data, offset + 4)
+        value_start = offset + 8
+    else:
+        if offset + 12 > end:
+            raise HeaderError(status.CANNOT_UNDERSTAND_UNPARSEABLE, "Pixel Data header truncated", sop_uid)
+        (length,) = struct.unpack_from(f"{order}I", data, offset + 8)
+        value_start = offset + 12
+    if length != _UNDEFINED:
+        if length == 0:
+            raise HeaderError(status.CANNOT_UNDERSTAND_NO_PIXEL_DATA, "Pixel Data is empty", sop_uid)
+        if value_start + length > end:
+            raise HeaderError(
+                status.CANNOT_UNDERSTAND_UNPARSEABLE,
+                f"Pixel Data truncated: {end - value_start} of {length} bytes",
+                sop_uid,
+            )
+        return
+    # Encapsulated: items (offset table, fragments) up to a sequence delimiter.
+    pos, fragments = value_start, -1
+    while pos + 8 <= end:
+        item_tag = struct.unpack_from(f"{order}HH", data, pos)
+        (item_len,) = struct.unpack_from(f"{order}I", data, pos + 4)
+        if item_tag == _SEQUENCE_DELIMITER:
+            if fragments < 1:
+                raise HeaderError(status.CANNOT_UNDERSTAND_NO_PIXEL_DATA, "no compressed fragments", sop_uid)
+            return
+        if item_tag != _ITEM or item_len == _UNDEFINED:
+            raise HeaderError(
+                status.CANNOT_UNDERSTAND_UNPARSEABLE, "malformed encapsulated Pixel Data", sop_uid
+            )
+        pos += 8 + item_len
+        fragments += 1
+    raise HeaderError(status.CANNOT_UNDERSTAND_UNPARSEABLE, "encapsulated Pixel Data truncated", sop_uid)
