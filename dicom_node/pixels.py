@@ -64,14 +64,20 @@ def read_frames(ds: Dataset, max_frames: int = 8) -> Frames:
         raise PixelReadError(f"unsupported photometric interpretation {photometric or 'missing'}")
     n = frame_count(ds)
     indices = select_frames(n, max_frames)
-    images = []
-    for index in indices:
-        try:
-            raw = pixel_array(ds, index=index if n > 1 else None)
-        except Exception as exc:  # decoders raise many types; the reason is what matters
-            raise PixelReadError(f"cannot decode frame {index}: {exc}") from exc
-        images.append(to_display(raw, ds, photometric))
+    images = [read_frame(ds, index) for index in indices]
     return Frames(images=images, indices=indices, number_of_frames=n, photometric=photometric)
+
+
+def read_frame(ds: Dataset, index: int) -> np.ndarray:
+    """One frame (0-based) as display uint8, e.g. to draw the overlay on the frame that was analysed."""
+    photometric = str(getattr(ds, "PhotometricInterpretation", "")).strip().upper()
+    if photometric not in SUPPORTED_PHOTOMETRIC:
+        raise PixelReadError(f"unsupported photometric interpretation {photometric or 'missing'}")
+    try:
+        raw = pixel_array(ds, index=index if frame_count(ds) > 1 else None)
+    except Exception as exc:  # noqa: BLE001 - decoder errors of any type become one reason
+        raise PixelReadError(f"cannot decode frame {index}: {exc}") from exc
+    return to_display(raw, ds, photometric)
 
 
 def to_display(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:

@@ -1,25 +1,562 @@
 """Pipeline stage bodies (clean, analyze, publish), called by the Celery tasks in worker.tasks.
 
-Each takes the study's database id and the generation being processed, is idempotent, and records
-its own Job row, timings and failure reason. Built in the pipeline issue (#5).
+The tasks own the Job rows and the study state; each body does its work for one (study,
+generation), adds its counts and timings to its running Job's detail, and sets instance states
+with audit rows. Intermediate data lives under STORAGE/pipeline/<study uid>/g<generation>/, so a
+redelivered stage simply redoes its own step. Publishing builds every object in memory first, then
+writes the files, then swaps the study's result rows in one transaction: never a half set.
+Originals are only read.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from sqlalchemy import select, update
+
+from db import Instance, InstanceState, Job, JobState, ResultObject, Series, Study
+from db.audit import set_instance_state
+from dicom_node.eligibility import skip_reason
+from dicom_node.pixels import PixelReadError, read_frame, read_frames
+from dicom_node.regions import UltrasoundRegion, read_regions, spacing_at
+from dicom_node.results.overlay_render import render_overlay
+from dicom_node.results.presentation_state import build_presentation_state
+from dicom_node.results.secondary_capture import build_secondary_capture
+from dicom_node.results.segmentation import build_segmentation
+from dicom_node.results.structured_report import build_structured_report, most_suspicious
+from dicom_node.results.types import ImageFinding, ResultIdentity
 
 if TYPE_CHECKING:
+    from cleaning import CleanResult, Region
     from config import Settings
     from db import Database
 
+log = logging.getLogger(__name__)
+
+ACTOR = "worker"
+SERIES_NUMBER_BASE = {"sc": 9100, "sr": 9200, "pr": 9300, "seg": 9400}
+
+# --------------------------------------------------------------------------------------------
+# Shared with `sonopacs analyze` (worker.single_analysis): one code path from frame to finding.
+# --------------------------------------------------------------------------------------------
+
+_ANALYZERS: dict[tuple[str, str], Any] = {}
+_ANALYZER_LOCK = threading.Lock()
+
+
+def get_analyzer(settings: Settings) -> Any:
+    """The models.Analyzer for these settings, loaded once per process (weights are large)."""
+    weights = settings.model.weights_dir
+    key = (str(weights) if weights else "", settings.model.device)
+    with _ANALYZER_LOCK:
+        if key not in _ANALYZERS:
+            from models import Analyzer
+
+            _ANALYZERS[key] = Analyzer.load(weights_dir=weights, device=settings.model.device)
+        return _ANALYZERS[key]
+
+
+def identity(settings: Settings, analyzer: Any | None = None) -> ResultIdentity:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        software = version("sonopacs")
+    except PackageNotFoundError:
+        software = "0.1.0"
+    return ResultIdentity(uid_root=settings.pipeline.uid_root, software_version=software)
+
+
+def to_cleaning_regions(regions: list[UltrasoundRegion]) -> list[Region] | None:
+    from cleaning import Region
+
+    if not regions:
+        return None
+    return [
+        Region(
+            x0=r.x0,
+            y0=r.y0,
+            x1=r.x1,
+            y1=r.y1,
+            spatial_format=r.spatial_format,
+            data_type=r.data_type,
+            spacing_mm=r.spacing_mm,
+        )
+        for r in regions
+    ]
+
+
+def clean_frame(
+    frame: np.ndarray, regions: list[UltrasoundRegion]
+) -> list[tuple[CleanResult, tuple[float, float] | None]]:
+    """clean_image on one frame; each field with the spacing to measure in (cleaning's, else the region's)."""
+    from cleaning import clean_image
+
+    out = []
+    for result in clean_image(frame, to_cleaning_regions(regions)):
+        spacing = result.spacing_mm
+        if spacing is None and regions:
+            h, w = result.image.shape[:2]
+            spacing = spacing_at(regions, result.offset[0] + h / 2, result.offset[1] + w / 2)
+        out.append((result, (float(spacing[0]), float(spacing[1])) if spacing is not None else None))
+    return out
+
+
+def analysis_record(result: Any, operating_points: dict[str, float] | None = None) -> dict[str, Any]:
+    """A models.AnalysisResult as JSON-able data (mask and heat map are stored separately)."""
+    lesion = result.lesion
+    record: dict[str, Any] = {
+        "label": result.label,
+        "probabilities": {k: float(v) for k, v in result.probabilities.items()},
+        "malignancy_probability": float(result.malignancy_probability),
+        "decisions": {k: bool(v) for k, v in result.decisions.items()},
+        "operating_points": {k: float(v) for k, v in (operating_points or {}).items()},
+        "uncertainty": float(result.uncertainty),
+        "model_name": str(result.model_name),
+        "model_version": str(result.model_version),
+        "lesion": None,
+    }
+    if lesion is not None and int(lesion.area_px) > 0:
+        record["lesion"] = {
+            "area_px": int(lesion.area_px),
+            "long_axis_px": float(lesion.long_axis_px),
+            "short_axis_px": float(lesion.short_axis_px),
+            "long_axis_endpoints": [[float(v) for v in p] for p in lesion.long_axis_endpoints],
+            "short_axis_endpoints": [[float(v) for v in p] for p in lesion.short_axis_endpoints],
+            "contour": [[float(r), float(c)] for r, c in lesion.contour],
+            "long_axis_mm": _opt_float(lesion.long_axis_mm),
+            "short_axis_mm": _opt_float(lesion.short_axis_mm),
+            "area_mm2": _opt_float(lesion.area_mm2),
+        }
+    return record
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def finding_from_record(
+    source: Dataset,
+    frame_index: int,
+    frame: np.ndarray,
+    record: dict[str, Any],
+    offset: tuple[int, int],
+    mask: np.ndarray | None,
+    heatmap: np.ndarray | None,
+) -> ImageFinding:
+    """Map one analysed crop back onto the full source frame (offset = crop's top-left row, col)."""
+    oy, ox = int(offset[0]), int(offset[1])
+    rows, cols = frame.shape[:2]
+
+    def place(small: np.ndarray | None, dtype: Any) -> np.ndarray | None:
+        if small is None:
+            return None
+        full = np.zeros((rows, cols), dtype)
+        h, w = min(small.shape[0], rows - oy), min(small.shape[1], cols - ox)
+        full[oy : oy + h, ox : ox + w] = small[:h, :w]
+        return full
+
+    def shift(p: Any) -> tuple[float, float]:
+        return (float(p[0]) + oy, float(p[1]) + ox)
+
+    lesion = record.get("lesion")
+    return ImageFinding(
+        source=source,
+        frame_index=frame_index,
+        frame=frame,
+        label=record["label"],
+        probabilities=record["probabilities"],
+        malignancy_probability=record["malignancy_probability"],
+        decisions=record["decisions"],
+        model_name=record["model_name"],
+        model_version=record["model_version"],
+        mask=place(mask.astype(bool) if mask is not None else None, bool),
+        heatmap=place(heatmap.astype(np.float32) if heatmap is not None else None, np.float32),
+        contour=[shift(p) for p in lesion["contour"]] if lesion else [],
+        long_axis=(shift(lesion["long_axis_endpoints"][0]), shift(lesion["long_axis_endpoints"][1]))
+        if lesion
+        else None,
+        short_axis=(shift(lesion["short_axis_endpoints"][0]), shift(lesion["short_axis_endpoints"][1]))
+        if lesion
+        else None,
+        long_axis_mm=lesion["long_axis_mm"] if lesion else None,
+        short_axis_mm=lesion["short_axis_mm"] if lesion else None,
+        area_mm2=lesion["area_mm2"] if lesion else None,
+        uncertainty=record.get("uncertainty"),
+    )
+
+
+def pick_most_suspicious(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The analysed field/frame reported for an instance: highest P(malignant), earliest on ties."""
+    return max(items, key=lambda it: (it["analysis"]["malignancy_probability"], -it["order"]))
+
+
+def summary_of(finding: ImageFinding, item: dict[str, Any]) -> dict[str, Any]:
+    """What the dashboard and tests read from a ResultObject row."""
+    return {
+        "source_sop_instance_uid": str(finding.source.SOPInstanceUID),
+        "frame_index": finding.frame_index,
+        "label": finding.label,
+        "probabilities": finding.probabilities,
+        "malignancy_probability": finding.malignancy_probability,
+        "decisions": finding.decisions,
+        "long_axis_mm": finding.long_axis_mm,
+        "short_axis_mm": finding.short_axis_mm,
+        "area_mm2": finding.area_mm2,
+        "spacing_mm": item.get("spacing_mm"),
+        "cleaning": item.get("summary"),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Bookkeeping helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _work_dir(settings: Settings, study_uid: str, generation: int) -> Path:
+    return settings.storage.root / "pipeline" / study_uid / f"g{generation}"
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise RuntimeError(f"{path.name} is missing: the previous stage did not complete for this generation")
+    return dict(json.loads(path.read_text()))
+
+
+def _add_job_detail(db: Database, study_id: int, stage: str, generation: int, detail: dict[str, Any]) -> None:
+    """Merge detail into this stage's running Job (the task closes it and adds its own timing)."""
+    with db.session() as session:
+        job = session.execute(
+            select(Job)
+            .where(
+                Job.study_id == study_id,
+                Job.stage == stage,
+                Job.generation == generation,
+                Job.state == JobState.RUNNING,
+            )
+            .order_by(Job.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        if job is not None:
+            job.detail = {**(job.detail or {}), **detail}
+
+
+def _study_uid(db: Database, study_id: int) -> str:
+    with db.session() as session:
+        uid = session.execute(select(Study.study_instance_uid).where(Study.id == study_id)).scalar_one_or_none()
+    if uid is None:
+        raise RuntimeError(f"study {study_id} does not exist")
+    return str(uid)
+
+
+def _set_state(db: Database, instance_id: int, to: InstanceState, reason: str | None = None) -> None:
+    with db.session() as session:
+        instance = session.get(Instance, instance_id)
+        if instance is not None and (instance.state != to or instance.state_reason != reason):
+            set_instance_state(session, instance, to, ACTOR, reason)
+
+
+def _instance_path(settings: Settings, raw: str) -> Path:
+    path = Path(raw)
+    return path if path.is_absolute() else settings.storage.root / path
+
+
+# --------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------
+
 
 def clean_study(settings: Settings, db: Database, study_id: int, generation: int) -> None:
-    raise NotImplementedError("clean stage: issue #5")
+    """Read every instance, skip what we must not analyse, crop + clean up to K frames of the rest."""
+    t0 = time.perf_counter()
+    study_uid = _study_uid(db, study_id)
+    work = _work_dir(settings, study_uid, generation)
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "clean").mkdir(parents=True)
+    with db.session() as session:
+        rows = session.execute(
+            select(Instance.id, Instance.path, Instance.sop_instance_uid)
+            .join(Series, Series.id == Instance.series_id)
+            .where(Instance.study_id == study_id)
+            .order_by(Series.series_number, Series.id, Instance.instance_number, Instance.id)
+        ).all()
+    items: list[dict[str, Any]] = []
+    counts = {"instances": len(rows), "eligible": 0, "skipped": 0, "failed": 0, "frames": 0, "fields": 0}
+    failures: list[str] = []
+    timings = {"read_s": 0.0, "clean_s": 0.0}
+    for instance_id, raw_path, sop_uid in rows:
+        t_read = time.perf_counter()
+        try:
+            ds = pydicom.dcmread(_instance_path(settings, raw_path))
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is one failed instance
+            _fail_instance(db, instance_id, f"unreadable DICOM: {exc}", counts, failures)
+            continue
+        reason = skip_reason(ds, settings.pipeline.uid_root)
+        if reason is not None:
+            counts["skipped"] += 1
+            _set_state(db, instance_id, InstanceState.SKIPPED, reason)
+            continue
+        try:
+            frames = read_frames(ds, settings.pipeline.max_frames)
+        except PixelReadError as exc:
+            _fail_instance(db, instance_id, str(exc), counts, failures)
+            continue
+        regions = read_regions(ds)
+        timings["read_s"] += time.perf_counter() - t_read
+        t_clean = time.perf_counter()
+        try:
+            for frame_index, image in zip(frames.indices, frames.images, strict=True):
+                for field_index, (result, spacing) in enumerate(clean_frame(image, regions)):
+                    name = f"{instance_id}_{frame_index}_{field_index}.npz"
+                    np.savez_compressed(
+                        work / "clean" / name, image=result.image, annotation_mask=result.annotation_mask
+                    )
+                    items.append(
+                        {
+                            "order": len(items),
+                            "instance_id": instance_id,
+                            "sop_instance_uid": sop_uid,
+                            "frame_index": frame_index,
+                            "field_index": field_index,
+                            "offset": [int(v) for v in result.offset],
+                            "spacing_mm": list(spacing) if spacing else None,
+                            "summary": _jsonable(result.summary),
+                            "file": name,
+                        }
+                    )
+                    counts["fields"] += 1
+                counts["frames"] += 1
+        except ValueError as exc:
+            _fail_instance(db, instance_id, f"cleaning refused the image: {exc}", counts, failures)
+            items = [it for it in items if it["instance_id"] != instance_id]
+            continue
+        finally:
+            timings["clean_s"] += time.perf_counter() - t_clean
+        counts["eligible"] += 1
+    if not items and failures:
+        raise RuntimeError(f"no instance could be analysed: {'; '.join(failures[:5])}")
+    _write_json(work / "clean.json", {"generation": generation, "items": items, "counts": counts})
+    detail = {**counts, **{k: round(v, 3) for k, v in timings.items()}}
+    detail["seconds"] = round(time.perf_counter() - t0, 3)
+    _add_job_detail(db, study_id, "clean", generation, detail)
+    log.info("study %s g%s cleaned: %s", study_uid, generation, detail)
+
+
+def _fail_instance(
+    db: Database, instance_id: int, reason: str, counts: dict[str, int], failures: list[str]
+) -> None:
+    counts["failed"] += 1
+    failures.append(reason)
+    log.warning("instance %s failed: %s", instance_id, reason)
+    _set_state(db, instance_id, InstanceState.FAILED, reason[:2000])
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
 def analyze_study(settings: Settings, db: Database, study_id: int, generation: int) -> None:
-    raise NotImplementedError("analyze stage: issue #5")
+    """One Analyzer batch over every cleaned field of the study."""
+    t0 = time.perf_counter()
+    study_uid = _study_uid(db, study_id)
+    work = _work_dir(settings, study_uid, generation)
+    manifest = _read_json(work / "clean.json")
+    items = manifest["items"]
+    out_dir = work / "analysis"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    detail: dict[str, Any] = {"fields": len(items)}
+    if items:
+        t_load = time.perf_counter()
+        analyzer = get_analyzer(settings)
+        detail["model_load_s"] = round(time.perf_counter() - t_load, 3)
+        images = [np.load(work / "clean" / it["file"])["image"] for it in items]
+        spacings = [tuple(it["spacing_mm"]) if it["spacing_mm"] else None for it in items]
+        t_inf = time.perf_counter()
+        results = analyzer.analyze_batch(images, spacings)
+        detail["inference_s"] = round(time.perf_counter() - t_inf, 3)
+        detail["model"] = f"{analyzer.name} {analyzer.version}"
+        points = dict(getattr(analyzer, "operating_points", {}) or {})
+        for it, result in zip(items, results, strict=True):
+            it["analysis"] = analysis_record(result, points)
+            np.savez_compressed(
+                out_dir / it["file"],
+                mask=np.asarray(result.mask, bool),
+                heatmap=np.asarray(result.heatmap, np.float16),
+            )
+    _write_json(work / "analysis.json", {"generation": generation, "items": items})
+    detail["seconds"] = round(time.perf_counter() - t0, 3)
+    _add_job_detail(db, study_id, "analyze", generation, detail)
+    log.info("study %s g%s analysed: %s", study_uid, generation, detail)
 
 
 def publish_study(settings: Settings, db: Database, study_id: int, generation: int) -> None:
-    raise NotImplementedError("publish stage: issue #5")
+    """Build SC per instance, one SR (and optional PR/SEG), store them, swap the result rows."""
+    t0 = time.perf_counter()
+    study_uid = _study_uid(db, study_id)
+    with db.session() as session:
+        done = session.execute(
+            select(ResultObject.id).where(
+                ResultObject.study_id == study_id,
+                ResultObject.generation == generation,
+                ResultObject.superseded.is_(False),
+            )
+        ).first()
+    if done is not None:
+        _add_job_detail(db, study_id, "publish", generation, {"skipped": "already published"})
+        return
+    work = _work_dir(settings, study_uid, generation)
+    items = _read_json(work / "analysis.json")["items"]
+    by_instance: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for it in items:
+        by_instance[int(it["instance_id"])].append(it)
+    ident = identity(settings)
+    built = _build_objects(settings, db, work, by_instance, ident, generation)
+    t_write = time.perf_counter()
+    rows = _write_objects(settings, study_uid, built)
+    with db.session() as session:
+        session.execute(
+            update(ResultObject)
+            .where(ResultObject.study_id == study_id, ResultObject.superseded.is_(False))
+            .values(superseded=True)
+            .execution_options(synchronize_session=False)
+        )
+        for row in rows:
+            session.add(ResultObject(study_id=study_id, generation=generation, **row))
+        for instance_id in by_instance:
+            instance = session.get(Instance, instance_id)
+            if instance is not None:
+                set_instance_state(session, instance, InstanceState.PROCESSED, ACTOR)
+    detail = {
+        "objects": {kind: sum(1 for r in rows if r["kind"] == kind) for kind in ("sc", "sr", "pr", "seg")},
+        "write_s": round(time.perf_counter() - t_write, 3),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    _add_job_detail(db, study_id, "publish", generation, detail)
+    log.info("study %s g%s published: %s", study_uid, generation, detail)
+
+
+@dataclass
+class Built:
+    """One object of this run, built in memory before anything is written."""
+
+    kind: str  # sc, sr, pr, seg
+    ds: Dataset
+    source_instance_id: int | None
+    summary: dict[str, Any]
+    model_name: str
+    model_version: str
+
+
+def _build_objects(
+    settings: Settings,
+    db: Database,
+    work: Path,
+    by_instance: dict[int, list[dict[str, Any]]],
+    ident: ResultIdentity,
+    generation: int,
+) -> list[Built]:
+    """Every object of this run, all in memory."""
+    with db.session() as session:
+        paths = dict(
+            session.execute(select(Instance.id, Instance.path).where(Instance.id.in_(list(by_instance)))).all()
+        )
+    series = {kind: ident.new_uid() for kind in SERIES_NUMBER_BASE}
+    numbers = {kind: base + generation % 100 for kind, base in SERIES_NUMBER_BASE.items()}
+    built: list[Built] = []
+    findings: list[ImageFinding] = []
+    for number, (instance_id, its) in enumerate(by_instance.items(), start=1):
+        best = pick_most_suspicious(its)
+        ds = pydicom.dcmread(_instance_path(settings, paths[instance_id]))
+        frame = read_frame(ds, int(best["frame_index"]))
+        arrays = np.load(work / "analysis" / best["file"])
+        finding = finding_from_record(
+            ds, int(best["frame_index"]), frame, best["analysis"], best["offset"], arrays["mask"], arrays["heatmap"]
+        )
+        findings.append(finding)
+        summary = summary_of(finding, best)
+        rgb = render_overlay(finding, heatmap=settings.pipeline.heatmap)
+        sc = build_secondary_capture(finding, rgb, ident, series["sc"], numbers["sc"], number)
+        model = (finding.model_name, finding.model_version)
+        built.append(Built("sc", sc, instance_id, summary, *model))
+        if settings.pipeline.presentation_state:
+            pr = build_presentation_state(finding, ident, series["pr"], numbers["pr"], number)
+            built.append(Built("pr", pr, instance_id, summary, *model))
+        if settings.pipeline.segmentation:
+            seg = build_segmentation(finding, ds, ident, series["seg"], numbers["seg"], number)
+            if seg is not None:
+                built.append(Built("seg", seg, instance_id, summary, *model))
+    if findings:
+        for f in findings:  # the SR only needs headers; drop pixel data held by the sources
+            if "PixelData" in f.source:
+                del f.source.PixelData
+        sr = build_structured_report(findings, ident, series["sr"], numbers["sr"])
+        top = most_suspicious(findings)
+        built.append(
+            Built(
+                "sr",
+                sr,
+                None,
+                {
+                    "most_suspicious_sop_instance_uid": str(top.source.SOPInstanceUID),
+                    "label": top.label,
+                    "malignancy_probability": top.malignancy_probability,
+                    "n_images": len(findings),
+                    "images": {
+                        str(f.source.SOPInstanceUID): {"label": f.label, "malignancy_probability": f.malignancy_probability}
+                        for f in findings
+                    },
+                },
+                top.model_name,
+                top.model_version,
+            )
+        )
+    return built
+
+
+def _write_objects(
+    settings: Settings, study_uid: str, built: list[Built]
+) -> list[dict[str, Any]]:
+    """Write each object durably under STORAGE/results/<study>/<series>/ and describe its row."""
+    rows = []
+    for obj in built:
+        ds = obj.ds
+        rel = Path("results") / study_uid / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
+        path = settings.storage.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        ds.save_as(tmp, enforce_file_format=True)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        rows.append(
+            {
+                "kind": obj.kind,
+                "sop_class_uid": str(ds.SOPClassUID),
+                "sop_instance_uid": str(ds.SOPInstanceUID),
+                "series_instance_uid": str(ds.SeriesInstanceUID),
+                "path": str(rel),
+                "source_instance_id": obj.source_instance_id,
+                "model_name": obj.model_name[:64],
+                "model_version": obj.model_version[:64],
+                "summary": _jsonable(obj.summary),
+            }
+        )
+    return rows
