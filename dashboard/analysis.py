@@ -1,0 +1,130 @@
+"""`POST /api/v1/analyze`: one uploaded PNG/JPEG/DICOM through the research analysis path.
+
+The upload is checked before the model sees it (size, type by content rather than by name, the
+image actually decodes), so a bad file gets a 4xx with a reason instead of a 500. The work is done
+by the pipeline's `worker.single_analysis.analyze_files`, the same code as `sonopacs analyze`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import HTTPException
+
+if TYPE_CHECKING:
+    from config import Settings
+
+MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+MAX_PIXELS = 40_000_000
+DISCLAIMER = "AI result, for assistance only, not for diagnosis. Research use."
+
+
+def sniff_kind(data: bytes) -> str | None:
+    """png, jpeg or dicom by magic bytes; None for anything else."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "dicom"
+    return None
+
+
+def _safe_stem(filename: str | None, kind: str) -> str:
+    stem = Path(filename or "").stem
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")[:64]
+    return stem or f"upload_{kind}"
+
+
+def validate_upload(data: bytes, filename: str | None) -> tuple[str, str]:
+    """(kind, safe file name) or an HTTPException saying what is wrong with the file."""
+    if not data:
+        raise HTTPException(400, "the uploaded file is empty")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise HTTPException(413, f"file is larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MiB")
+    kind = sniff_kind(data)
+    if kind is None:
+        raise HTTPException(415, "not a PNG, JPEG or DICOM (Part 10, with the DICM preamble) file")
+    if kind in ("png", "jpeg"):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise HTTPException(413, f"image has more than {MAX_PIXELS} pixels")
+                img.load()
+        except HTTPException:
+            raise
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise HTTPException(422, f"the {kind.upper()} image cannot be decoded: {type(exc).__name__}") from exc
+    else:
+        from pydicom import dcmread
+
+        try:
+            ds = dcmread(io.BytesIO(data))
+        except Exception as exc:
+            raise HTTPException(422, f"the DICOM file cannot be parsed: {type(exc).__name__}") from exc
+        if "PixelData" not in ds and "FloatPixelData" not in ds:
+            raise HTTPException(422, "the DICOM file has no pixel data (not an image)")
+    suffix = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}[kind]
+    return kind, _safe_stem(filename, kind) + suffix
+
+
+def _b64(path: Path) -> str | None:
+    return base64.b64encode(path.read_bytes()).decode("ascii") if path.is_file() else None
+
+
+def analyze_upload(settings: Settings, data: bytes, filename: str | None) -> dict[str, Any]:
+    """Validate, run the analysis in a temporary folder, return its JSON plus overlay/mask as base64."""
+    kind, name = validate_upload(data, filename)
+    try:
+        from worker.single_analysis import analyze_files
+    except ImportError as exc:
+        raise HTTPException(503, "analysis engine not installed (worker.single_analysis is missing)") from exc
+    with tempfile.TemporaryDirectory(prefix="sonopacs-analyze-") as tmp:
+        src = Path(tmp) / "in" / name
+        src.parent.mkdir()
+        src.write_bytes(data)
+        out = Path(tmp) / "out"
+        out.mkdir()
+        try:
+            results = analyze_files(settings, [src], out)
+        except NotImplementedError as exc:
+            raise HTTPException(503, f"analysis engine not ready: {exc}") from exc
+        result = dict(results[0]) if results else {"error": "the analysis returned nothing"}
+        if result.get("error"):
+            raise HTTPException(422, f"the image could not be analysed: {result['error']}")
+        stem = Path(name).stem
+        written = out / f"{stem}.json"
+        if written.is_file():  # the documented per-input JSON is the fuller record
+            result.update(json.loads(written.read_text()))
+        result.pop("input", None)
+        result.pop("outputs", None)
+        return {
+            "disclaimer": DISCLAIMER,
+            "filename": name,
+            "kind": kind,
+            "result": _json_safe(result),
+            "overlay_png_base64": _b64(out / f"{stem}_overlay.png"),
+            "mask_png_base64": _b64(out / f"{stem}_mask.png"),
+        }
+
+
+def _json_safe(value: Any) -> Any:
+    """Drop local file paths (they name a temporary folder that is gone) and keep plain JSON types."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items() if not isinstance(v, Path)}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)

@@ -1,0 +1,146 @@
+"""App factory and entry point: `create_app(settings)` for tests and uvicorn, `run_dashboard` for the CLI."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.sessions import SessionMiddleware
+
+from dashboard.auth import LoginRateLimiter, NotAuthenticated, csrf_guard
+from dashboard.broker import BrokerProbe
+from dashboard.middleware import AccessLogMiddleware, BodyLimitMiddleware, SecurityHeadersMiddleware
+
+if TYPE_CHECKING:
+    from config import Settings
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+SESSION_COOKIE = "sonopacs_session"
+DEFAULT_SECRET = "change-me"
+
+
+def _secret_key(settings: Settings) -> str:
+    key = settings.dashboard.secret_key.get_secret_value()
+    if key == DEFAULT_SECRET or len(key) < 16:
+        log.warning(
+            "dashboard.secret_key is unset or short: using a random key, so sessions end when the "
+            "dashboard restarts; set SONOPACS_DASHBOARD__SECRET_KEY"
+        )
+        return secrets.token_urlsafe(48)
+    return key
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    app.state.db.dispose()
+
+
+def create_app(settings: Settings, *, login_limiter: LoginRateLimiter | None = None) -> FastAPI:
+    """The dashboard on the configured database: pages, `/api/v1`, `/metrics`, `/healthz`, `/readyz`."""
+    from dashboard import api, health_routes, pages
+    from dashboard.metrics import make_registry
+    from dashboard.templating import make_templates
+    from db.session import Database
+
+    app = FastAPI(
+        title="sonopacs dashboard API",
+        version="1",
+        description=(
+            "Studies, queue, failures and actions of a sonopacs node. Log in with "
+            "`POST /api/v1/auth/login`, then send the returned token as `X-CSRF-Token` on every "
+            "POST. AI results are for assistance only, not for diagnosis."
+        ),
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        dependencies=[Depends(csrf_guard)],
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+    app.state.db = Database(settings.database_url)
+    app.state.broker = BrokerProbe(settings)
+    app.state.registry = make_registry(app.state.db, app.state.broker)
+    app.state.login_limiter = login_limiter or LoginRateLimiter()
+    app.state.templates = make_templates(HERE / "templates")
+
+    # Outermost last: access log sees the final status; the body limit runs before any parsing.
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=_secret_key(settings),
+        session_cookie=SESSION_COOKIE,
+        max_age=settings.dashboard.session_max_age_seconds,
+        same_site="lax",
+        https_only=False,
+    )
+    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(AccessLogMiddleware)
+
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.include_router(health_routes.router)
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    _install_handlers(app)
+    return app
+
+
+def _wants_json(request: Request) -> bool:
+    path = request.url.path
+    if path.startswith(("/api/", "/metrics", "/healthz", "/readyz", "/openapi.json")):
+        return True
+    if request.headers.get("HX-Request"):
+        return False
+    return "text/html" not in request.headers.get("accept", "")
+
+
+def _install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(NotAuthenticated)
+    async def _login_required(request: Request, _exc: NotAuthenticated) -> Response:
+        if _wants_json(request):
+            return JSONResponse({"detail": "login required"}, status_code=401)
+        if request.headers.get("HX-Request"):
+            # A poll after the session expired: send the whole page to the login form.
+            return Response(status_code=401, headers={"HX-Redirect": "/login"})
+        return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        headers = getattr(exc, "headers", None)
+        if _wants_json(request):
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+        from dashboard.pages import render
+
+        context: dict[str, Any] = {"status": exc.status_code, "detail": exc.detail}
+        response = render(request, "error.html", context, status_code=exc.status_code)
+        response.headers.update(headers or {})
+        return response
+
+
+def run_dashboard(settings: Settings) -> int:
+    """`sonopacs dashboard`: serve on dashboard.host:port with our own PHI-free access log."""
+    import uvicorn
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.dashboard.host,
+        port=settings.dashboard.port,
+        access_log=False,  # uvicorn's would log query strings, which can carry patient IDs
+        log_config=None,
+        proxy_headers=True,
+        server_header=False,
+    )
+    log.info("dashboard on http://%s:%s", settings.dashboard.host, settings.dashboard.port)
+    uvicorn.Server(config).run()
+    return 0

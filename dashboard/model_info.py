@@ -1,0 +1,85 @@
+"""What the model page shows: the shipped model card, its metrics, operating points and version.
+
+Read from the weights folder's files rather than by loading the network, so the page costs no
+GPU/CPU time and works in a dashboard-only install.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dashboard.markdown import render_markdown
+
+if TYPE_CHECKING:
+    from config import Settings
+
+MAX_JSON_BYTES = 512 * 1024
+_VERSION_KEYS = ("model_version", "version")
+
+
+def weights_dir(settings: Settings) -> Path | None:
+    if settings.model.weights_dir is not None:
+        return Path(settings.model.weights_dir)
+    spec = importlib.util.find_spec("models")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "weights"
+
+
+def _find_key(data: Any, keys: tuple[str, ...], depth: int = 0) -> Any:
+    if not isinstance(data, dict) or depth > 3:
+        return None
+    for key in keys:
+        if key in data:
+            return data[key]
+    for value in data.values():
+        found = _find_key(value, keys, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _read_json_files(folder: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path in sorted(folder.glob("*.json")):
+        if path.stat().st_size > MAX_JSON_BYTES:
+            continue
+        try:
+            out[path.name] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The numbers worth a table row (curves, matrices and nested records are left out)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
+
+
+def model_info(settings: Settings) -> dict[str, Any]:
+    folder = weights_dir(settings)
+    if folder is None or not folder.is_dir():
+        return {"available": False, "reason": "no weights folder found (models package not installed yet)"}
+    files = _read_json_files(folder)
+    metrics = files.get("metrics.json", {})
+    card_path = folder / "model_card.md"
+    card = card_path.read_text() if card_path.is_file() else None
+    operating_points = None
+    version = None
+    for data in [metrics, *files.values()]:
+        operating_points = operating_points or _find_key(data, ("operating_points",))
+        version = version or _find_key(data, _VERSION_KEYS)
+    return {
+        "available": card is not None or bool(files),
+        "reason": None if card is not None or files else "the weights folder has no model card or metrics yet",
+        "weights_dir": folder.name,
+        "version": version,
+        "model_card_markdown": card,
+        "model_card_html": render_markdown(card) if card else None,
+        "metrics": scalar_metrics(metrics) if isinstance(metrics, dict) else {},
+        "operating_points": operating_points,
+        "files": sorted(p.name for p in folder.iterdir() if p.is_file()),
+    }
