@@ -9,6 +9,8 @@ so the radiologist can toggle them.
 
 from __future__ import annotations
 
+from importlib import resources
+
 from highdicom.pr import (
     AnnotationUnitsValues,
     ColorSoftcopyPresentationState,
@@ -61,6 +63,7 @@ def build_presentation_state(
         text_objects=[text],
     )
     colour = int(getattr(finding.source, "SamplesPerPixel", 1) or 1) == 3
+    extra = {"icc_profile": _icc_profile(finding.source)} if colour else {}
     cls = ColorSoftcopyPresentationState if colour else GrayscaleSoftcopyPresentationState
     pr = cls(
         referenced_images=[finding.source],
@@ -76,8 +79,21 @@ def build_presentation_state(
         content_description=DISCLAIMER[:64],
         graphic_annotations=[annotation],
         graphic_layers=[layer],
+        **extra,
     )
     if "Laterality" not in pr:
-        pr.Laterality = ""  # Type 2C (breast is paired); unknown stays empty
+        # Type 2C (breast is paired): the source's, else empty for unknown
+        pr.Laterality = str(getattr(finding.source, "Laterality", "") or "")
     pr.SeriesDescription = PR_SERIES_DESCRIPTION
     return pr
+
+
+def _icc_profile(source: Dataset) -> bytes:
+    """The source's ICC profile, else sRGB (what Doppler and RGB captures assume).
+
+    highdicom accepts only input/colour-space profiles ("scnr"/"spac"); it ships such an sRGB
+    profile, which is used when the source has none or one of another class.
+    """
+    if "ICCProfile" in source and bytes(source.ICCProfile)[12:16] in (b"scnr", b"spac"):
+        return bytes(source.ICCProfile)
+    return (resources.files("highdicom") / "_icc_profiles" / "sRGB_v4_ICC_preference.icc").read_bytes()
