@@ -10,6 +10,7 @@ so the radiologist can toggle them.
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
 from highdicom.pr import (
     AnnotationUnitsValues,
@@ -62,10 +63,7 @@ def build_presentation_state(
         graphic_objects=graphics or None,
         text_objects=[text],
     )
-    colour = int(getattr(finding.source, "SamplesPerPixel", 1) or 1) == 3
-    extra = {"icc_profile": _icc_profile(finding.source)} if colour else {}
-    cls = ColorSoftcopyPresentationState if colour else GrayscaleSoftcopyPresentationState
-    pr = cls(
+    common: dict[str, Any] = dict(
         referenced_images=[finding.source],
         series_instance_uid=series_uid,
         series_number=series_number,
@@ -79,8 +77,12 @@ def build_presentation_state(
         content_description=DISCLAIMER[:64],
         graphic_annotations=[annotation],
         graphic_layers=[layer],
-        **extra,
     )
+    pr: Dataset
+    if int(getattr(finding.source, "SamplesPerPixel", 1) or 1) == 3:
+        pr = ColorSoftcopyPresentationState(icc_profile=_icc_profile(finding.source), **common)
+    else:
+        pr = GrayscaleSoftcopyPresentationState(**common)
     if "Laterality" not in pr:
         # Type 2C (breast is paired): the source's, else empty for unknown
         pr.Laterality = str(getattr(finding.source, "Laterality", "") or "")
