@@ -18,17 +18,21 @@ log = logging.getLogger(__name__)
 
 
 class ActionError(RuntimeError):
-    """The action cannot be done (unknown study, nothing to send); the message says why."""
+    """The action is refused (nothing to send, already queued); the message says why."""
 
 
-def _study(db: Database, study_uid: str) -> tuple[int, int]:
+class StudyNotFound(ActionError, LookupError):
+    """No study with that Study Instance UID (the dashboard answers 404)."""
+
+
+def _study(db: Database, study_uid: str) -> tuple[int, int, StudyState]:
     with db.session() as session:
         row = session.execute(
-            select(Study.id, Study.generation).where(Study.study_instance_uid == study_uid)
+            select(Study.id, Study.generation, Study.state).where(Study.study_instance_uid == study_uid)
         ).one_or_none()
     if row is None:
-        raise ActionError(f"no study with Study Instance UID {study_uid}")
-    return int(row[0]), int(row[1])
+        raise StudyNotFound(f"no study with Study Instance UID {study_uid}")
+    return int(row[0]), int(row[1]), row[2]
 
 
 def send_export(settings: Settings, db: Database, study_id: int, generation: int, reason: str) -> str:
@@ -44,7 +48,9 @@ def send_export(settings: Settings, db: Database, study_id: int, generation: int
 def resend_study(settings: Settings, study_uid: str, actor: str) -> str:
     """Queue the study's current results for export again; returns the Celery task id."""
     db = database_for(settings)
-    study_id, generation = _study(db, study_uid)
+    study_id, generation, current = _study(db, study_uid)
+    if current in (StudyState.QUEUED, StudyState.PROCESSING):
+        raise ActionError(f"study {study_uid} is {current.value}: its run exports when it is done")
     with db.session() as session:
         n = session.execute(
             select(func.count(ResultObject.id)).where(
@@ -69,16 +75,18 @@ def reprocess_study(settings: Settings, study_uid: str, actor: str) -> int:
     from worker.stability import release_claim, send_pipeline
 
     db = database_for(settings)
-    study_id, _ = _study(db, study_uid)
+    study_id, _, current = _study(db, study_uid)
+    if current in (StudyState.RECEIVING, StudyState.QUEUED):
+        raise ActionError(f"study {study_uid} is {current.value}: it will be processed anyway")
     for _attempt in range(10):
         with db.session() as session:
-            current, previous_state = session.execute(
+            old_gen, previous_state = session.execute(
                 select(Study.generation, Study.state).where(Study.id == study_id)
             ).one()
-            new = int(current) + 1
+            new = int(old_gen) + 1
             result = session.execute(
                 update(Study)
-                .where(Study.id == study_id, Study.generation == current)
+                .where(Study.id == study_id, Study.generation == old_gen)
                 .values(
                     generation=new,
                     enqueued_generation=new,
