@@ -117,15 +117,20 @@ class Listener:
             return
         self._draining = True  # C-STOREs from now on get 0xA702 (retry later)
         server.shutdown()
+        # Established associations get `grace` to finish; bare TCP connections (health probes, peers
+        # that never sent A-ASSOCIATE-RQ) are not waited for.
         deadline = time.monotonic() + grace
-        while server.active_associations and time.monotonic() < deadline:
+        while any(a.is_established for a in server.active_associations) and time.monotonic() < deadline:
             time.sleep(0.05)
         with self._idle:
             self._idle.wait_for(lambda: self._in_flight == 0, timeout=max(grace, 30.0))
-        for assoc in server.active_associations:
+        remaining = server.active_associations
+        established = [a for a in remaining if a.is_established]
+        for assoc in remaining:
             assoc.abort()
-        for assoc in server.active_associations:
-            assoc.join(timeout=5)
+        join_until = time.monotonic() + 2.0
+        for assoc in established:  # daemon threads: a straggler does not keep the process alive
+            assoc.join(timeout=max(0.0, join_until - time.monotonic()))
         if self._ae is not None:
             self._ae.shutdown()
         if self._owns_database:
@@ -243,7 +248,7 @@ class Listener:
         self.ingestor.audit("association_accepted", detail=detail)
         if rejected:
             # Many SCUs (storescu among them) propose every storage class they know: not an error by itself.
-            log.info("refused presentation contexts from %s: %s", tally.calling_ae, ", ".join(rejected))
+            log.debug("refused presentation contexts from %s: %s", tally.calling_ae, ", ".join(rejected))
             self.ingestor.audit(
                 "presentation_context_rejected",
                 detail=f"calling_ae={tally.calling_ae} abstract syntax not supported: {', '.join(rejected)}",
@@ -296,6 +301,8 @@ def run_listener(settings: Settings) -> int:
         log.info("received %s, shutting down", signal.Signals(signum).name)
         stop.set()
 
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # it logs every PDU at INFO
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     listener = Listener(settings)
     try:

@@ -1,0 +1,97 @@
+"""Every new instance (re)opens its study; the worker's stability monitor sees one more generation,
+never a storm. Concurrent senders of one new study create it once."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import select, update
+
+from config import Settings
+from db.models import Instance, Series, Study, StudyState
+from db.session import Database
+from dicom_node import status
+from tests.conftest import requires_dcmtk
+from tests.support.dicom_factory import write_us_study
+from tests.support.listener import audit_rows, dcmtk, raw_c_store, running_listener
+
+
+def _study(db: Database) -> Study:
+    with db.session() as session:
+        return session.scalars(select(Study)).one()
+
+
+def _claim(db: Database) -> None:
+    """What the stability monitor does when it enqueues a generation."""
+    with db.session() as session:
+        session.execute(update(Study).values(enqueued_generation=Study.generation, state=StudyState.QUEUED))
+
+
+def test_new_instance_reopens_an_enqueued_study_once(
+    backend: str, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings(backend)
+    files = write_us_study(tmp_path / "study", n_images=4, rows=32, cols=32)
+    with running_listener(settings) as listener:
+        db = Database(settings.database_url)
+        try:
+            assert raw_c_store(listener.port, files[0]).status == status.SUCCESS
+            first = _study(db)
+            assert (first.state, first.generation, first.enqueued_generation) == (StudyState.RECEIVING, 1, 0)
+
+            _claim(db)  # generation 1 enqueued
+            assert raw_c_store(listener.port, files[1]).status == status.SUCCESS
+            reopened = _study(db)
+            assert (reopened.state, reopened.generation, reopened.enqueued_generation) == (
+                StudyState.RECEIVING, 2, 1,
+            )  # fmt: skip
+            assert reopened.last_received_at >= first.last_received_at
+
+            # Not enqueued yet: more instances only move last_received_at.
+            assert raw_c_store(listener.port, files[2]).status == status.SUCCESS
+            assert _study(db).generation == 2
+
+            _claim(db)  # generation 2 enqueued; an identical re-send is not new work
+            assert raw_c_store(listener.port, files[2]).status == status.SUCCESS
+            assert (_study(db).state, _study(db).generation) == (StudyState.QUEUED, 2)
+            assert raw_c_store(listener.port, files[3]).status == status.SUCCESS
+            assert (_study(db).state, _study(db).generation) == (StudyState.RECEIVING, 3)
+        finally:
+            db.dispose()
+
+    transitions = [(r.from_state, r.to_state) for r in audit_rows(settings, "study_state")]
+    assert transitions == [(None, "receiving"), ("queued", "receiving"), ("queued", "receiving")]
+    details = [r.detail or "" for r in audit_rows(settings, "study_state")]
+    assert "generation 1->2" in details[1] and "generation 2->3" in details[2]
+
+
+@requires_dcmtk
+def test_concurrent_senders_of_one_new_study(
+    backend: str, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings(backend)
+    files = write_us_study(tmp_path / "study", n_images=9, rows=64, cols=64)
+    with running_listener(settings) as listener:
+        senders = [
+            subprocess.Popen(
+                [dcmtk("storescu"), "-aet", f"SCU{i}", "-aec", "SONOPACS", "127.0.0.1", str(listener.port)]
+                + [str(f) for f in files[i::3]],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for i in range(3)
+        ]
+        for sender in senders:
+            _, err = sender.communicate(timeout=60)
+            assert sender.returncode == 0, err
+    db = Database(settings.database_url)
+    try:
+        with db.session() as session:
+            assert len(list(session.scalars(select(Study)))) == 1
+            assert len(list(session.scalars(select(Series)))) == 1
+            assert len(list(session.scalars(select(Instance)))) == len(files)
+    finally:
+        db.dispose()
+    assert len(audit_rows(settings, "instance_received")) == len(files)
