@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -39,7 +41,8 @@ class DicomSettings(_Section):
     ae_title: str = "SONOPACS"
     host: str = "0.0.0.0"
     port: int = Field(11112, ge=0, le=65535)  # 0: bind a free port (tests); Listener.port tells which
-    allowed_calling_aes: list[str] = Field(default_factory=list)
+    # NoDecode: the environment gives a comma-separated list (A,B), split below, not JSON.
+    allowed_calling_aes: Annotated[list[str], NoDecode] = Field(default_factory=list)
     require_called_ae: bool = True
     max_associations: int = Field(10, ge=1, le=1000)
     max_pdu_size: int = Field(65536, ge=0)
@@ -61,6 +64,8 @@ class DicomSettings(_Section):
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
