@@ -11,7 +11,6 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 from sqlalchemy import func, select
 
 from config import Settings
@@ -19,7 +18,7 @@ from db import AuditEvent, Database, Job, JobState, Study, StudyState
 from db.migrate import upgrade
 from db.models import utcnow
 from tests.support.net import wait_until
-from tests.support.worker_proc import add_study, reopen, worker_process, write_config
+from tests.support.worker_proc import add_instance, add_study, reopen, worker_process, write_config
 from worker.stability import enqueue_stable_studies
 
 ACTIVE = (StudyState.RECEIVING, StudyState.QUEUED, StudyState.PROCESSING)
@@ -139,23 +138,42 @@ def test_chain_enqueued_once_per_generation(
     db.dispose()
 
 
-@pytest.mark.parametrize("backend", ["sqlite"])
-def test_reprocess_runs_a_new_generation(
-    backend: str, make_settings: Callable[..., Settings], tmp_path: Path
+def test_stage_failure_is_recorded_and_reprocess_runs_a_new_generation(
+    make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    """`reprocess` bumps the generation and enqueues it directly (no monitor involved)."""
+    """A stage that raises marks its Job and the study failed with the reason and ends the chain;
+    the worker keeps serving; `reprocess` bumps the generation and enqueues it directly."""
     from worker.actions import reprocess_study
 
-    settings = make_settings(backend)
+    settings = make_settings("sqlite")
     upgrade(settings.database_url)
     db = Database(settings.database_url)
-    study_id, uid = add_study(db, state=StudyState.FAILED)
+    broken_id, broken_uid = add_study(db)
+    add_instance(db, broken_id, tmp_path / "gone.dcm")  # its file is missing: clean cannot read it
     config = write_config(settings, tmp_path / "sonopacs.yaml")
     with worker_process(config, tmp_path / "worker.log", concurrency=1):
-        assert reprocess_study(settings, uid, actor="test") == 2
-        study = wait_until(lambda: settled(db, study_id, runs=1), timeout=60)
-        assert isinstance(study, Study)
-        check_outcome(db, study)
-    assert pipeline_jobs(db, study_id) == [(2, JobState.SUCCEEDED)]
+        assert enqueue_stable_studies(settings, db) == [broken_id]
+        study = wait_until(lambda: settled(db, broken_id, runs=1), timeout=60)
+        assert isinstance(study, Study) and study.state == StudyState.FAILED
+        assert study.state_reason and study.state_reason.startswith("clean: ")
+        with db.session() as session:
+            jobs = session.execute(
+                select(Job.stage, Job.state, Job.error).where(Job.study_id == broken_id).order_by(Job.id)
+            ).all()
+        assert [(s, st) for s, st, _ in jobs] == [
+            ("pipeline", JobState.SUCCEEDED),
+            ("clean", JobState.FAILED),
+        ]
+        assert jobs[1][2] and jobs[1][2] in study.state_reason
+
+        assert reprocess_study(settings, broken_uid, actor="test") == 2
+        study = wait_until(lambda: settled(db, broken_id, runs=2), timeout=60)
+        assert isinstance(study, Study) and study.state == StudyState.FAILED and study.generation == 2
+    assert pipeline_jobs(db, broken_id) == [(1, JobState.SUCCEEDED), (2, JobState.SUCCEEDED)]
     assert enqueue_stable_studies(settings, db) == []  # the monitor does not enqueue it again
+    with db.session() as session:
+        audit = session.scalars(
+            select(AuditEvent.detail).where(AuditEvent.study_id == broken_id, AuditEvent.actor == "test")
+        ).all()
+    assert audit == ["reprocess requested: generation 2"]
     db.dispose()

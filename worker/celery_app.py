@@ -146,3 +146,33 @@ def _after_fork(**_: Any) -> None:
             engine.dispose(close=False)
     except ImportError:  # pragma: no cover - sqlalchemy transport always ships with kombu
         pass
+
+
+def purge_delivered_messages(settings: Settings, older_than_seconds: float = 3600) -> int:
+    """Embedded broker only: delete message rows delivered more than `older_than_seconds` ago.
+
+    Kombu's SQLAlchemy transport never deletes a delivered message (it only sets visible = false,
+    stamping the time, local and naive); a message handed back is inserted again as a new row,
+    so old invisible rows are dead weight and the file would otherwise grow forever.
+    """
+    url = settings.broker_url
+    if not is_embedded_broker(url):
+        return 0
+    path = url.split("///", 1)[-1]
+    if not path or not Path(path).exists():
+        return 0
+    from datetime import datetime, timedelta
+
+    cutoff = (datetime.now() - timedelta(seconds=older_than_seconds)).isoformat(sep=" ")
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        with conn:
+            cur = conn.execute(
+                "DELETE FROM kombu_message WHERE visible = 0 AND timestamp IS NOT NULL AND timestamp < ?",
+                (cutoff,),
+            )
+            return int(cur.rowcount)
+    except sqlite3.OperationalError:  # no table yet (nothing ever sent)
+        return 0
+    finally:
+        conn.close()

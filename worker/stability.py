@@ -15,6 +15,7 @@ import argparse
 import logging
 import signal
 import threading
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,11 +28,12 @@ from db import Database, Study, StudyState
 from db.audit import record
 from db.models import utcnow
 from worker import state
-from worker.celery_app import database_for, get_app
+from worker.celery_app import database_for, get_app, purge_delivered_messages
 
 log = logging.getLogger(__name__)
 
 ACTOR = "stability"
+PURGE_EVERY_SECONDS = 600.0
 
 
 def pipeline_signature(app: Celery, study_id: int, generation: int, task_id: str | None = None) -> Any:
@@ -158,11 +160,20 @@ def run_monitor(settings: Settings, stop: threading.Event | None = None) -> int:
         settings.study.stable_seconds,
         settings.study.poll_seconds,
     )
+    next_purge = 0.0
     while not stop.is_set():
         try:
             enqueue_stable_studies(settings, db, utcnow(), app=app)
         except Exception as exc:  # noqa: BLE001 - database restarting: keep polling
             log.warning("stability monitor: %s", state.describe(exc))
+        if time.monotonic() >= next_purge:
+            next_purge = time.monotonic() + PURGE_EVERY_SECONDS
+            try:
+                purged = purge_delivered_messages(settings)
+                if purged:
+                    log.info("embedded broker: removed %s delivered message row(s)", purged)
+            except Exception as exc:  # noqa: BLE001 - housekeeping never stops the monitor
+                log.warning("embedded broker housekeeping: %s", state.describe(exc))
         stop.wait(settings.study.poll_seconds)
     return 0
 

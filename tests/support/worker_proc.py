@@ -137,3 +137,27 @@ def add_results(db: Database, study_id: int, paths: list[Path]) -> list[int]:
             session.flush()
             ids.append(int(row.id))
     return ids
+
+
+def add_instance(db: Database, study_id: int, path: Path) -> int:
+    """An instance row as the listener records it (the file at `path` may be missing on purpose)."""
+    from db import Instance, Series
+
+    with db.session() as session:
+        series = Series(study_id=study_id, series_instance_uid=generate_uid(), modality="US", series_number=1)
+        session.add(series)
+        session.flush()
+        inst = Instance(
+            series_id=series.id,
+            study_id=study_id,
+            sop_instance_uid=generate_uid(),
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.6.1",
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+            instance_number=1,
+            path=str(path),
+            size_bytes=0,
+            sha256="0" * 64,
+        )
+        session.add(inst)
+        session.flush()
+        return int(inst.id)
