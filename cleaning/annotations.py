@@ -1,21 +1,27 @@
-"""Detect burned-in annotations inside a field: bright thin graphics (text, calipers, lines, markers)
-and coloured overlay pixels; flag colour Doppler instead of erasing it.
+"""Detect burned-in annotations inside a field: text, calipers, lines, arrows, markers, coloured overlay;
+flag colour Doppler instead of erasing it.
 
-Why this design: overlays are drawn with one flat colour in strokes a few pixels wide, brighter than
-what is around them; tissue speckle is blurred by the beam and rarely both bright, flat and thin.
-A white top-hat finds thin bright strokes, hysteresis grows them to their antialiased fringe, and a
-component test rejects isolated speckle.
+Why this design: overlays are drawn in one flat colour, in strokes a few pixels wide with sharp
+edges, brighter than or coloured unlike their surroundings. Candidate components (white top-hat or
+colour) are scored by a small boosted-tree classifier trained on synthetic burn-ins
+(cleaning/train_detector.py); accepted strokes are grown into their antialiased fringe.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import cv2
 import numpy as np
 
-_ELLIPSE9 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9))
-_CROSS3 = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+from cleaning.features import COLOUR_CHROMA, find_candidates
+from cleaning.train_detector import MODEL_PATH
+from cleaning.trees import TreeEnsemble
+
+ACCEPT = 0.5  # classifier probability above which a candidate component is an overlay
+FRINGE_TOPHAT = 12  # grow accepted strokes into neighbours at least this far above the local opening
+_SQUARE3 = np.ones((3, 3), np.uint8)
 
 
 @dataclass
@@ -24,65 +30,68 @@ class Detection:
     kinds: list[str] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
     doppler_fraction: float = 0.0
+    components: int = 0
 
 
-def _bright_strokes(grey: np.ndarray, strong_th: int, weak_th: int, min_grey: int) -> np.ndarray:
-    """Thin bright structures: top-hat seeds grown by hysteresis into their weaker fringe."""
-    background = cv2.morphologyEx(grey, cv2.MORPH_OPEN, _ELLIPSE9)
-    tophat = cv2.subtract(grey, background)
-    strong = ((tophat >= strong_th) & (grey >= min_grey)).astype(np.uint8)
-    weak = (tophat >= weak_th).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(weak, connectivity=8)
+@lru_cache(maxsize=1)
+def _model() -> TreeEnsemble:
+    return TreeEnsemble.from_json(MODEL_PATH)
+
+
+def doppler_areas(chroma: np.ndarray, rgb_max: np.ndarray) -> np.ndarray:
+    """Large coloured areas that are solid or whose brightness varies like a colour map: Doppler or
+    elastography.
+
+    Why: a Doppler map runs through a colour scale (dark red to yellow, blue to cyan) or fills an
+    area; overlay graphics, even big ones like a coloured text box, are thin strokes of one colour.
+    """
+    coloured = (chroma >= COLOUR_CHROMA).astype(np.uint8)
+    # close the speckled colour map into blobs; thin coloured graphics stay thin
+    closed = cv2.morphologyEx(coloured, cv2.MORPH_CLOSE, _SQUARE3)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(closed, connectivity=8)
     if n <= 1:
-        return np.zeros(grey.shape, bool)
-    seeds = np.bincount(labels.ravel(), weights=strong.ravel(), minlength=n)
+        return np.zeros(chroma.shape, bool)
     area = stats[:, cv2.CC_STAT_AREA]
-    bw = stats[:, cv2.CC_STAT_WIDTH]
-    bh = stats[:, cv2.CC_STAT_HEIGHT]
-    # keep components with enough strong pixels that are stroke-like (sparse in their box) or big
-    fill = area / np.maximum(1, bw * bh)
-    keep = (seeds >= 4) & ((fill < 0.6) | (area >= 40))
-    keep[0] = False
-    return keep[labels]
-
-
-def _colour_overlay(chroma: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Split coloured pixels into small overlay graphics and large Doppler/elastography areas."""
-    coloured = ((chroma >= 40) & valid).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(coloured, connectivity=8)
-    if n <= 1:
-        z = np.zeros(chroma.shape, bool)
-        return z, z
-    area = stats[:, cv2.CC_STAT_AREA]
-    bw = stats[:, cv2.CC_STAT_WIDTH]
-    bh = stats[:, cv2.CC_STAT_HEIGHT]
-    fill = area / np.maximum(1, bw * bh)
-    big = (area >= max(400, 0.004 * chroma.size)) & (fill >= 0.15)
+    fill = area / np.maximum(1, stats[:, cv2.CC_STAT_WIDTH] * stats[:, cv2.CC_STAT_HEIGHT])
+    idx = np.flatnonzero(coloured)
+    lab = labels.ravel()[idx]
+    v = rgb_max.ravel()[idx].astype(np.float64)
+    cnt = np.maximum(np.bincount(lab, minlength=n), 1)
+    mean_v = np.bincount(lab, weights=v, minlength=n) / cnt
+    std_v = np.sqrt(np.maximum(np.bincount(lab, weights=v * v, minlength=n) / cnt - mean_v ** 2, 0))
+    # a solid coloured area is a map too (power Doppler can be one smooth hue); graphics are strokes
+    big = (area >= max(300, 0.002 * chroma.size)) & ((std_v >= 22) | (fill >= 0.45))
     big[0] = False
-    small = ~big
-    small[0] = False
-    return small[labels], big[labels]
+    return big[labels] & (coloured > 0)
 
 
-def detect_annotations(grey: np.ndarray, chroma: np.ndarray | None, valid: np.ndarray | None = None) -> Detection:
-    """Annotation mask for one field crop; `valid` is the imaging-field mask (None = whole crop)."""
-    if valid is None:
-        valid = np.ones(grey.shape, bool)
-    mask = _bright_strokes(grey, strong_th=60, weak_th=30, min_grey=140) & valid
-    kinds: list[str] = []
+def detect_annotations(grey: np.ndarray, chroma: np.ndarray | None, rgb_max: np.ndarray | None = None) -> Detection:
+    """Annotation mask for one field crop (grey uint8; chroma and max over RGB uint8, or None)."""
     flags: list[str] = []
+    doppler = None
     dop_frac = 0.0
-    if mask.any():
-        kinds.append("bright_graphics")
     if chroma is not None:
-        overlay, doppler = _colour_overlay(chroma, valid)
-        if overlay.any():
-            kinds.append("colour_graphics")
-            mask |= overlay
-        dop_frac = float(doppler.sum() / max(1, valid.sum()))
-        if dop_frac >= 0.01:
+        doppler = doppler_areas(chroma, grey if rgb_max is None else rgb_max)
+        dop_frac = float(doppler.mean())
+        if dop_frac >= 0.005:
             flags.append("doppler")
-        mask &= ~doppler  # never inpaint Doppler: it is flagged, not hidden
-    if mask.any():
-        mask = cv2.dilate(mask.astype(np.uint8), _CROSS3).astype(bool) & valid
-    return Detection(mask, kinds, flags, dop_frac)
+        else:
+            doppler = None
+    cand = find_candidates(grey, chroma, exclude=doppler)
+    if cand.n <= 1:
+        return Detection(np.zeros(grey.shape, bool), [], flags, dop_frac)
+    prob = _model().probability(cand.features.astype(np.float64))
+    keep = np.concatenate([[False], prob >= ACCEPT])
+    accepted = keep[cand.labels]
+    kinds: list[str] = []
+    if accepted.any():
+        coloured = cand.features[:, 16] >= COLOUR_CHROMA / 2
+        if (keep[1:] & ~coloured).any():
+            kinds.append("bright_graphics")
+        if (keep[1:] & coloured).any():
+            kinds.append("colour_graphics")
+        grown = cv2.dilate(accepted.astype(np.uint8), _SQUARE3).astype(bool) & (cand.tophat >= FRINGE_TOPHAT)
+        accepted |= grown
+        if doppler is not None:
+            accepted &= ~doppler  # never inpaint Doppler: it is flagged, not hidden
+    return Detection(accepted, kinds, flags, dop_frac, int(keep.sum()))

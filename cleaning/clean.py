@@ -30,8 +30,9 @@ def clean_image(
     img = validate(image, max_pixels)
     img8 = to_uint8(img)
     grey, chroma = grey_and_chroma(img8)
-    fields = find_fields(grey, regions)
-    results = [_clean_field(grey, chroma, f) for f in fields]
+    fields = find_fields(grey, regions, chroma)
+    rgb_max = img8.max(axis=2) if chroma is not None else None
+    results = [_clean_field(grey, chroma, rgb_max, f) for f in fields]
     if len(results) > 1:
         for r in results:
             _flags(r).append("dual_view")
@@ -44,23 +45,19 @@ def _flags(result: CleanResult) -> list[str]:
     return flags
 
 
-def _clean_field(grey: np.ndarray, chroma: np.ndarray | None, f: Field) -> CleanResult:
-    crop = grey[f.y0:f.y1 + 1, f.x0:f.x1 + 1]
-    cchroma = None if chroma is None else chroma[f.y0:f.y1 + 1, f.x0:f.x1 + 1]
-    det = detect_annotations(crop, cchroma, None)
-    mask = det.mask
-    # outside a detected sector (inside the crop box) nothing but background belongs: blank it
-    outside = ~f.mask & (crop > 0) if f.source != "whole" else np.zeros(crop.shape, bool)
-    cleaned = inpaint(crop, mask & f.mask)
-    cleaned[outside] = 0
-    removed = mask | outside
+def _clean_field(grey: np.ndarray, chroma: np.ndarray | None, rgb_max: np.ndarray | None, f: Field) -> CleanResult:
+    box = (slice(f.y0, f.y1 + 1), slice(f.x0, f.x1 + 1))
+    crop = grey[box]
+    det = detect_annotations(crop, None if chroma is None else chroma[box], None if rgb_max is None else rgb_max[box])
+    # Only what the detector found is removed. Blanking everything outside a detected sector was
+    # tried and cut dim sector edges (SonoSite), so the field mask only sets the crop box.
+    removed = det.mask
+    cleaned = inpaint(crop, removed)
     flags = list(det.flags)
     if f.doppler_region and "doppler" not in flags:
         flags.append("doppler")
     kinds = list(det.kinds)
-    if outside.any():
-        kinds.append("outside_field")
-    if (mask & f.mask).any():
+    if removed.any():
         flags.append("text_in_field")
     n = int(removed.sum())
     confidence = f.confidence * (0.6 if "doppler" in flags else 1.0)

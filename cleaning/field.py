@@ -83,7 +83,7 @@ def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> boo
     return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
 
 
-def _field_mask(grey: np.ndarray) -> tuple[np.ndarray, float]:
+def _field_mask(grey: np.ndarray, chroma: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Mask of the imaging sector/rectangle in `grey` and the fraction of the frame it fills.
 
     Works at quarter resolution: close the speckle into a solid blob, open away text lines and
@@ -93,7 +93,15 @@ def _field_mask(grey: np.ndarray) -> tuple[np.ndarray, float]:
     h, w = grey.shape
     f = 4 if min(h, w) >= 200 else (2 if min(h, w) >= 60 else 1)
     small = cv2.resize(grey, (max(1, w // f), max(1, h // f)), interpolation=cv2.INTER_AREA)
-    fg = (small > DARK).astype(np.uint8)
+    fg = small > DARK
+    if chroma is not None:
+        # flat coloured header bars and panels are not B-mode (a Doppler map is coloured but textured)
+        size = (small.shape[1], small.shape[0])
+        g32 = grey.astype(np.float32)
+        var = cv2.resize(g32 * g32, size, interpolation=cv2.INTER_AREA) - cv2.resize(g32, size, interpolation=cv2.INTER_AREA) ** 2
+        flat_colour = (cv2.resize(chroma, size, interpolation=cv2.INTER_AREA) >= 20) & (var < 9.0)
+        fg &= ~flat_colour
+    fg = fg.astype(np.uint8)
     fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
     k = max(3, min(9, min(small.shape) // 8) | 1)
     fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
@@ -113,12 +121,12 @@ def _field_mask(grey: np.ndarray) -> tuple[np.ndarray, float]:
     return mask, float(mask.mean())
 
 
-def detect_fields(grey: np.ndarray) -> list[Field]:
+def detect_fields(grey: np.ndarray, chroma: np.ndarray | None = None) -> list[Field]:
     """Field from the pixels; the whole frame (low confidence) when nothing field-like stands out."""
     h, w = grey.shape
     if int(grey.max()) <= 2 * DARK or int(grey.min()) >= 250:
         return [Field(0, 0, h - 1, w - 1, np.ones((h, w), bool), "whole", 0.1)]
-    mask, frac = _field_mask(grey)
+    mask, frac = _field_mask(grey, chroma)
     if frac < 0.02:
         return [Field(0, 0, h - 1, w - 1, np.ones((h, w), bool), "whole", 0.2)]
     ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
@@ -130,13 +138,13 @@ def detect_fields(grey: np.ndarray) -> list[Field]:
     return [Field(y0, x0, y1, x1, mask[y0:y1 + 1, x0:x1 + 1], "detected", round(min(conf, 0.9), 2))]
 
 
-def find_fields(grey: np.ndarray, regions: Sequence[Region] | None) -> list[Field]:
+def find_fields(grey: np.ndarray, regions: Sequence[Region] | None, chroma: np.ndarray | None = None) -> list[Field]:
     """Regions first (the scanner knows best), pixels otherwise."""
     if regions:
         fields = fields_from_regions(grey, regions)
         if fields:
             return fields
-    return detect_fields(grey)
+    return detect_fields(grey, chroma)
 
 
 def crop_to_field(image: np.ndarray, regions: Sequence[Region] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
@@ -147,6 +155,6 @@ def crop_to_field(image: np.ndarray, regions: Sequence[Region] | None = None) ->
     from cleaning.convert import grey_and_chroma, to_uint8
 
     img8 = to_uint8(np.asarray(image))
-    grey, _ = grey_and_chroma(img8)
-    f = find_fields(grey, regions)[0]
+    grey, chroma = grey_and_chroma(img8)
+    f = find_fields(grey, regions, chroma)[0]
     return np.asarray(image)[f.y0:f.y1 + 1, f.x0:f.x1 + 1], (f.y0, f.x0)

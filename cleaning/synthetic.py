@@ -171,14 +171,15 @@ def burn_in_annotations(
     n: int | None = None,
     kinds: Sequence[str] = KINDS,
     colour: bool | None = None,
-    mask_threshold: float = 0.25,
+    min_change: int = 10,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (annotated copy of image, HxW bool mask of the pixels the annotations changed).
 
     `image` is HxW or HxWx3 uint8. Annotations get random kinds, positions, sizes, fonts and
     intensities (grey 170-255 or a scanner colour). Grey input stays grey unless `colour` is True
-    (None: 30% chance), in which case the result is HxWx3. The mask holds pixels whose drawing
-    opacity is >= `mask_threshold` (antialiasing fringes below that barely change the pixel).
+    (None: 30% chance), in which case the result is HxWx3. The mask holds the pixels that the
+    drawing visibly changed: by at least `min_change` grey levels in some channel (an annotation
+    drawn in grey 200 over tissue at 200 changes nothing and is not in the mask).
     """
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
         raise ValueError("burn_in_annotations expects an HxW or HxWx3 uint8 image")
@@ -188,7 +189,6 @@ def burn_in_annotations(
     out = image.astype(np.float32)
     if colour and out.ndim == 2:
         out = np.repeat(out[:, :, None], 3, axis=2)
-    mask = np.zeros((h, w), dtype=bool)
     count = int(rng.integers(2, 7)) if n is None else n
     for _ in range(count):
         kind = str(rng.choice(list(kinds)))
@@ -203,5 +203,8 @@ def burn_in_annotations(
             value = np.float32(rng.uniform(170, 255))
         a = alpha[:, :, None] if out.ndim == 3 else alpha
         out = out * (1.0 - a) + a * value
-        mask |= alpha >= mask_threshold
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8), mask
+    result = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    before = image if image.ndim == result.ndim else np.repeat(image[:, :, None], 3, axis=2)
+    change = np.abs(result.astype(np.int16) - before.astype(np.int16))
+    mask = (change.max(axis=2) if change.ndim == 3 else change) >= min_change
+    return result, mask

@@ -1,0 +1,246 @@
+"""Benchmark for cleaning/: synthetic burn-ins on BUS-BRA (recall, precision, lesion damage, PSNR/SSIM),
+per-frame time, and before/mask/after contact sheets of real scanner images.
+
+    taskset -c 0 python benchmarks/cleaning.py --n 300 --sheets docs/
+
+Numbers go to stdout (and --json FILE); docs/cleaning.md quotes them with this command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from skimage.metrics import structural_similarity
+
+# run as a script, this file's folder comes first on sys.path and its name shadows the package
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+from cleaning import Region, burn_in_annotations, clean_image  # noqa: E402
+
+BUSBRA = Path("/work/shared/datasets/bus-bra")
+BUSI = Path("/work/shared/datasets/busi")
+DICOM_SAMPLES = Path("/work/shared/datasets/dicom-samples")
+PYDICOM_DATA = ["OBXXXX1A.dcm", "gdcm-US-ALOKA-16.dcm", "US1_UNCR.dcm", "color3d_jpeg_baseline.dcm",
+                "JPGLosslessP14SV1_1s_1f_8b.dcm"]
+
+
+def load_dicom(path: str) -> tuple[np.ndarray, list[Region]]:
+    """First frame as the pipeline would see it (palette and YBR converted to RGB) plus its regions."""
+    import pydicom
+    from pydicom.pixels import apply_color_lut
+
+    ds = pydicom.dcmread(path)
+    arr = ds.pixel_array
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        arr = arr[0]
+    if ds.PhotometricInterpretation == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
+        if arr.dtype != np.uint8:
+            arr = (arr >> 8).astype(np.uint8)
+    return arr, regions_from_dataset(ds)
+
+
+def regions_from_dataset(ds: Any) -> list[Region]:
+    regions = []
+    for r in ds.get("SequenceOfUltrasoundRegions", []):
+        spacing = None
+        if int(r.get("PhysicalUnitsXDirection", 0)) == 3 and int(r.get("PhysicalUnitsYDirection", 0)) == 3:
+            spacing = (float(r.PhysicalDeltaY) * 10.0, float(r.PhysicalDeltaX) * 10.0)
+        regions.append(Region(int(r.RegionLocationMinX0), int(r.RegionLocationMinY0),
+                              int(r.RegionLocationMaxX1), int(r.RegionLocationMaxY1),
+                              int(r.RegionSpatialFormat), int(r.RegionDataType), spacing))
+    return regions
+
+
+def _full_frame_mask(results: list, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Removed-pixel mask, cleaned image and kept-field mask, pasted back into the source frame."""
+    removed = np.ones(shape, bool)  # whatever is cropped away is gone too
+    kept = np.zeros(shape, bool)
+    cleaned = np.zeros(shape, np.uint8)
+    for r in results:
+        y, x = r.offset
+        h, w = r.image.shape[:2]
+        removed[y:y + h, x:x + w] = r.annotation_mask
+        kept[y:y + h, x:x + w] = True
+        cleaned[y:y + h, x:x + w] = r.image if r.image.ndim == 2 else cv2.cvtColor(r.image, cv2.COLOR_RGB2GRAY)
+    return removed, cleaned, kept
+
+
+def synthetic(n: int, seed: int) -> dict[str, float]:
+    """Burn annotations into n BUS-BRA images (one per patient) and score what clean_image removes."""
+    rows = [r for r in csv.DictReader(open(BUSBRA / "index.csv")) if r["fold5"] == "1"]  # never trained on
+    rng = np.random.default_rng(seed)
+    by_patient: dict[str, dict[str, str]] = {}
+    for row in rows:
+        by_patient.setdefault(row["patient"], row)
+    picks = [by_patient[p] for p in rng.permutation(sorted(by_patient))[:n]]
+    tp = fp = fn = fp_native = 0
+    lesion_total = lesion_removed = 0
+    field_lost = field_total = 0
+    psnr_clean, psnr_dirty, ssim_clean, ssim_dirty = [], [], [], []
+    per_image_recall = []
+    for row in picks:
+        original = cv2.imread(str(BUSBRA / row["image"]), cv2.IMREAD_GRAYSCALE)
+        lesion = cv2.imread(str(BUSBRA / row["mask"]), cv2.IMREAD_GRAYSCALE) > 127
+        dirty, truth = burn_in_annotations(original, rng)
+        results = clean_image(dirty)
+        removed, cleaned, kept = _full_frame_mask(results, original.shape)
+        native, _, _ = _full_frame_mask(clean_image(original), original.shape)
+        tp += int((removed & truth).sum())
+        fn += int((~removed & truth).sum())
+        fp += int((removed & ~truth).sum())
+        fp_native += int((removed & ~truth & ~native).sum())
+        per_image_recall.append((removed & truth).sum() / max(1, truth.sum()))
+        lesion_total += int(lesion.sum())
+        lesion_removed += int((removed & lesion & ~truth).sum())
+        field_total += original.size
+        field_lost += int((~kept).sum())
+        grey_dirty = dirty if dirty.ndim == 2 else cv2.cvtColor(dirty, cv2.COLOR_RGB2GRAY)
+        psnr_clean.append(cv2.PSNR(np.where(kept, cleaned, original), original))
+        psnr_dirty.append(cv2.PSNR(grey_dirty, original))
+        ssim_clean.append(structural_similarity(np.where(kept, cleaned, original), original, data_range=255))
+        ssim_dirty.append(structural_similarity(grey_dirty, original, data_range=255))
+    return {
+        "images": len(picks),
+        "recall": tp / max(1, tp + fn),
+        "precision": tp / max(1, tp + fp),
+        "precision_excl_native": tp / max(1, tp + fp_native),
+        "median_image_recall": float(np.median(per_image_recall)),
+        "lesion_pixels_removed_fraction": lesion_removed / max(1, lesion_total),
+        "field_pixels_cropped_fraction": field_lost / max(1, field_total),
+        "psnr_annotated_db": float(np.mean(psnr_dirty)),
+        "psnr_cleaned_db": float(np.mean(psnr_clean)),
+        "ssim_annotated": float(np.mean(ssim_dirty)),
+        "ssim_cleaned": float(np.mean(ssim_clean)),
+    }
+
+
+def timing(repeats: int, seed: int) -> dict[str, float]:
+    """Milliseconds per 800x600 frame (BUS-BRA resized and annotated; real DICOM at 800x600)."""
+    cv2.setNumThreads(1)
+    rows = list(csv.DictReader(open(BUSBRA / "index.csv")))
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in rng.choice(len(rows), 10, replace=False):
+        img = cv2.resize(cv2.imread(str(BUSBRA / rows[int(i)]["image"]), cv2.IMREAD_GRAYSCALE), (800, 600))
+        frames.append((burn_in_annotations(img, rng)[0], None))
+    from pydicom.data import get_testdata_file
+
+    ob, ob_regions = load_dicom(str(get_testdata_file("OBXXXX1A.dcm")))
+    frames.append((ob, ob_regions))
+    frames.append((ob, None))
+    for f, r in frames:  # warm-up
+        clean_image(f, r)
+    times = []
+    for _ in range(repeats):
+        for f, r in frames:
+            t = time.perf_counter()
+            clean_image(f, r)
+            times.append((time.perf_counter() - t) * 1000)
+    return {"ms_median": float(np.median(times)), "ms_p95": float(np.percentile(times, 95)),
+            "ms_max": float(np.max(times)), "frames": len(times)}
+
+
+def _panel(before: np.ndarray, results: list, width: int) -> np.ndarray:
+    """One row of a contact sheet: source frame, removed-pixel mask (red) on grey, cleaned crops."""
+    src = before if before.ndim == 3 else cv2.cvtColor(before, cv2.COLOR_GRAY2RGB)
+    grey = cv2.cvtColor(src, cv2.COLOR_RGB2GRAY)
+    removed, cleaned, kept = _full_frame_mask(results, grey.shape)
+    overlay = cv2.cvtColor(grey // 2, cv2.COLOR_GRAY2RGB)
+    overlay[removed & kept] = (255, 0, 0)
+    overlay[~kept] = (0, 0, 90)
+    after = cv2.cvtColor(np.where(kept, cleaned, 0).astype(np.uint8), cv2.COLOR_GRAY2RGB)
+    for r in results:
+        y, x = r.offset
+        h, w = r.image.shape[:2]
+        cv2.rectangle(after, (x, y), (x + w - 1, y + h - 1), (0, 200, 0), 2)
+    row = np.hstack([src, overlay, after])
+    scale = width / row.shape[1]
+    return cv2.resize(row, (width, max(1, int(row.shape[0] * scale))), interpolation=cv2.INTER_AREA)
+
+
+def _label(panel: np.ndarray, text: str) -> np.ndarray:
+    bar = np.zeros((18, panel.shape[1], 3), np.uint8)
+    cv2.putText(bar, text, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.vstack([bar, panel])
+
+
+def sheets(out_dir: Path, seed: int) -> list[str]:
+    """Contact sheets (before | removed in red, cropped-away in blue | after, field boxes in green)."""
+    from pydicom.data import get_testdata_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    width = 900
+    written = []
+    dicom_paths = [str(get_testdata_file(f)) for f in PYDICOM_DATA] + sorted(glob.glob(str(DICOM_SAMPLES / "*.dcm")))
+    panels = []
+    for p in dicom_paths:
+        arr, regions = load_dicom(p)
+        for use, tag in ((regions, "regions"), (None, "pixels")):
+            if tag == "regions" and not regions:
+                continue
+            res = clean_image(arr, use)
+            s = res[0].summary
+            panels.append(_label(_panel(arr, res, width),
+                                 f"{Path(p).name} [{tag}] fields={len(res)} flags={s['flags']} "
+                                 f"removed={s['fraction_removed']:.3f} conf={s['confidence']}"))
+    for i in range(0, len(panels), 6):
+        path = out_dir / f"cleaning_dicom_{i // 6 + 1}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(np.vstack(panels[i:i + 6]), cv2.COLOR_RGB2BGR),
+                    [cv2.IMWRITE_PNG_COMPRESSION, 9])
+        written.append(str(path))
+    # BUSI images with calipers (benign folder, fixed picks) and synthetic BUS-BRA burn-ins
+    rng = np.random.default_rng(seed)
+    busi_rows = [r for r in csv.DictReader(open(BUSI / "index.csv")) if r["label"] != "normal"]
+    picks = [busi_rows[int(i)] for i in rng.choice(len(busi_rows), 6, replace=False)]
+    panels = []
+    for r in picks:
+        img = cv2.imread(str(BUSI / r["image"]), cv2.IMREAD_GRAYSCALE)
+        panels.append(_label(_panel(img, clean_image(img), width), f"BUSI {r['image']}"))
+    path = out_dir / "cleaning_busi.png"
+    cv2.imwrite(str(path), cv2.cvtColor(np.vstack(panels), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    written.append(str(path))
+    bb_rows = list(csv.DictReader(open(BUSBRA / "index.csv")))
+    panels = []
+    for i in rng.choice(len(bb_rows), 5, replace=False):
+        img = cv2.imread(str(BUSBRA / bb_rows[int(i)]["image"]), cv2.IMREAD_GRAYSCALE)
+        dirty, _ = burn_in_annotations(img, rng)
+        panels.append(_label(_panel(dirty, clean_image(dirty), width), f"BUS-BRA {bb_rows[int(i)]['image']} + synthetic"))
+    path = out_dir / "cleaning_synthetic.png"
+    cv2.imwrite(str(path), cv2.cvtColor(np.vstack(panels), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    written.append(str(path))
+    return written
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--n", type=int, default=300, help="synthetic images (one per BUS-BRA patient)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=5, help="timing passes over 12 frames")
+    ap.add_argument("--sheets", type=Path, default=None, help="write contact sheets into this folder")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--skip-synthetic", action="store_true")
+    args = ap.parse_args()
+    report: dict[str, Any] = {}
+    if not args.skip_synthetic:
+        report["synthetic"] = synthetic(args.n, args.seed)
+        print(json.dumps({"synthetic": report["synthetic"]}, indent=1))
+    report["timing_800x600"] = timing(args.repeats, args.seed)
+    print(json.dumps({"timing_800x600": report["timing_800x600"]}, indent=1))
+    if args.sheets:
+        report["sheets"] = sheets(args.sheets, args.seed)
+        print("\n".join(report["sheets"]))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
