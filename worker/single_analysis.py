@@ -68,7 +68,7 @@ def analyze_files(settings: Settings, paths: list[Path], out_dir: Path) -> list[
 
 
 def _unique_name(path: Path, used: set[str]) -> str:
-    base = path.stem if path.suffix.lower() in (".dcm", ".png", ".jpg", ".jpeg", ".dicom") else path.name
+    base = path.stem or path.name
     name, n = base, 1
     while name in used:
         n += 1

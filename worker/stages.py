@@ -17,6 +17,7 @@ import shutil
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,7 @@ from sqlalchemy import select, update
 
 from db import Instance, InstanceState, Job, JobState, ResultObject, Series, Study
 from db.audit import set_instance_state
-from dicom_node.eligibility import skip_reason
+from dicom_node.eligibility import is_our_result, skip_reason
 from dicom_node.pixels import PixelReadError, read_frame, read_frames
 from dicom_node.regions import UltrasoundRegion, read_regions, spacing_at
 from dicom_node.results.overlay_render import render_overlay
@@ -292,16 +293,23 @@ def clean_study(settings: Settings, db: Database, study_id: int, generation: int
     (work / "clean").mkdir(parents=True)
     with db.session() as session:
         rows = session.execute(
-            select(Instance.id, Instance.path, Instance.sop_instance_uid)
+            select(Instance.id, Instance.path, Instance.sop_instance_uid, Instance.state)
             .join(Series, Series.id == Instance.series_id)
             .where(Instance.study_id == study_id)
             .order_by(Series.series_number, Series.id, Instance.instance_number, Instance.id)
         ).all()
+    kept = _only_our_results_arrived(settings, db, study_id, rows)
+    if kept is not None:
+        _write_json(work / "clean.json", {"generation": generation, "items": [], "kept_generation": kept})
+        detail = {"kept_generation": kept, "reason": "only sonopacs results arrived since the last run"}
+        _add_job_detail(db, study_id, "clean", generation, detail)
+        log.info("study %s g%s: %s", study_uid, generation, detail["reason"])
+        return
     items: list[dict[str, Any]] = []
     counts = {"instances": len(rows), "eligible": 0, "skipped": 0, "failed": 0, "frames": 0, "fields": 0}
     failures: list[str] = []
     timings = {"read_s": 0.0, "clean_s": 0.0}
-    for instance_id, raw_path, sop_uid in rows:
+    for instance_id, raw_path, sop_uid, _state in rows:
         t_read = time.perf_counter()
         try:
             ds = pydicom.dcmread(_instance_path(settings, raw_path))
@@ -359,6 +367,41 @@ def clean_study(settings: Settings, db: Database, study_id: int, generation: int
     log.info("study %s g%s cleaned: %s", study_uid, generation, detail)
 
 
+def _only_our_results_arrived(
+    settings: Settings, db: Database, study_id: int, rows: Sequence[Any]
+) -> int | None:
+    """The generation whose results stay current when the study reopened only for our own objects.
+
+    Our SC/SR coming back from the PACS reopen the study like any instance would; re-running would
+    publish a new series, which could come back again: a loop. So when every instance not yet
+    handled by a run is one of ours and results exist, they are skipped and the results kept.
+    A reprocess request (no new instances) still runs in full.
+    """
+    new = [row for row in rows if row[3] == InstanceState.RECEIVED]
+    if not new:
+        return None
+    with db.session() as session:
+        current = session.execute(
+            select(ResultObject.generation)
+            .where(ResultObject.study_id == study_id, ResultObject.superseded.is_(False))
+            .limit(1)
+        ).scalar_one_or_none()
+    if current is None:
+        return None
+    reasons = {}
+    for instance_id, raw_path, _uid, _state in new:
+        try:
+            header = pydicom.dcmread(_instance_path(settings, raw_path), stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - unreadable: let the full run report it
+            return None
+        if not is_our_result(header, settings.pipeline.uid_root):
+            return None
+        reasons[instance_id] = "sonopacs result (our own output is never analysed)"
+    for instance_id, reason in reasons.items():
+        _set_state(db, instance_id, InstanceState.SKIPPED, reason)
+    return int(current)
+
+
 def _fail_instance(
     db: Database, instance_id: int, reason: str, counts: dict[str, int], failures: list[str]
 ) -> None:
@@ -401,7 +444,10 @@ def analyze_study(settings: Settings, db: Database, study_id: int, generation: i
                 mask=np.asarray(result.mask, bool),
                 heatmap=np.asarray(result.heatmap, np.float16),
             )
-    _write_json(work / "analysis.json", {"generation": generation, "items": items})
+    _write_json(
+        work / "analysis.json",
+        {"generation": generation, "items": items, "kept_generation": manifest.get("kept_generation")},
+    )
     detail["seconds"] = round(time.perf_counter() - t0, 3)
     _add_job_detail(db, study_id, "analyze", generation, detail)
     log.info("study %s g%s analysed: %s", study_uid, generation, detail)
@@ -423,7 +469,12 @@ def publish_study(settings: Settings, db: Database, study_id: int, generation: i
         _add_job_detail(db, study_id, "publish", generation, {"skipped": "already published"})
         return
     work = _work_dir(settings, study_uid, generation)
-    items = _read_json(work / "analysis.json")["items"]
+    analysis = _read_json(work / "analysis.json")
+    if analysis.get("kept_generation") is not None:
+        kept = {"kept_generation": analysis["kept_generation"], "objects": {}}
+        _add_job_detail(db, study_id, "publish", generation, kept)
+        return
+    items = analysis["items"]
     by_instance: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for it in items:
         by_instance[int(it["instance_id"])].append(it)

@@ -127,18 +127,18 @@ def _frames(finding: ImageFinding) -> list[int] | None:
     return [finding.frame_number] if finding.frame_number is not None else None
 
 
-def _measurements(finding: ImageFinding, algorithm: AlgorithmIdentification) -> list[Measurement]:
+def _measurements(finding: ImageFinding) -> list[Measurement]:
+    """Probability and axes; the algorithm is identified once, on the enclosing group."""
     out = [
         Measurement(
             name=PROBABILITY_OF_CANCER,
             value=round(float(finding.malignancy_probability), 4),
             unit=NO_UNITS,
-            algorithm_id=algorithm,
         )
     ]
     for name, value in ((codes.SCT.LongAxis, finding.long_axis_mm), (codes.SCT.ShortAxis, finding.short_axis_mm)):
         if value is not None and finding.has_lesion:
-            out.append(Measurement(name=name, value=round(float(value), 2), unit=MM, algorithm_id=algorithm))
+            out.append(Measurement(name=name, value=round(float(value), 2), unit=MM))
     return out
 
 
@@ -161,7 +161,7 @@ def _image_group(
             finding_type=MASS,
             algorithm_id=algorithm,
             finding_sites=_finding_sites(finding),
-            measurements=_measurements(finding, algorithm),
+            measurements=_measurements(finding),
             qualitative_evaluations=evaluations,
         )
     return MeasurementsAndQualitativeEvaluations(
@@ -170,7 +170,7 @@ def _image_group(
         ),
         algorithm_id=algorithm,
         finding_sites=_finding_sites(finding),
-        measurements=_measurements(finding, algorithm),
+        measurements=_measurements(finding),
         qualitative_evaluations=evaluations,
         source_images=[SourceImageForMeasurementGroup.from_source_image(finding.source, _frames(finding))],
     )
@@ -197,7 +197,6 @@ def _summary_group(
                 name=PROBABILITY_OF_CANCER,
                 value=round(float(top.malignancy_probability), 4),
                 unit=NO_UNITS,
-                algorithm_id=algorithm,
             )
         ],
         qualitative_evaluations=[QualitativeEvaluation(OVERALL, FINDING_CODES[top.label])],
