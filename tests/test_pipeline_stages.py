@@ -78,7 +78,7 @@ def test_stages_publish_a_complete_set_and_record_everything(
     assert sr_row.summary and sr_row.summary["most_suspicious_sop_instance_uid"] in uid.values()
     assert {p: p.read_bytes() for p in files} == originals  # originals never modified
     with db.session() as session:
-        details = {j.stage: j.detail for j in session.scalars(select(Job).where(Job.id.in_(jobs.values())))}
+        details = {j.stage: j.detail or {} for j in session.scalars(select(Job).where(Job.id.in_(jobs.values())))}
         audit = session.scalars(select(AuditEvent).where(AuditEvent.event == "instance_state")).all()
     assert details["clean"]["eligible"] == 2 and details["clean"]["failed"] == 1
     assert details["analyze"]["fields"] >= 2 and "inference_s" in details["analyze"]
@@ -97,7 +97,9 @@ def test_reprocessing_supersedes_and_our_returning_results_do_not_loop(
     second = _results(db, study_id)
     assert {r.sop_instance_uid for r in _results(db, study_id, superseded=True)} == {r.sop_instance_uid for r in first}
     assert not {r.series_instance_uid for r in first} & {r.series_instance_uid for r in second}
-    assert {r.summary["label"] for r in first if r.kind == "sc"} == {r.summary["label"] for r in second if r.kind == "sc"}
+    assert {(r.summary or {}).get("label") for r in first if r.kind == "sc"} == {
+        (r.summary or {}).get("label") for r in second if r.kind == "sc"
+    }
 
     # The PACS sends our SC and SR back: the study reopens, but nothing new is analysed or published.
     returned = [settings.storage.root / r.path for r in second if r.kind in ("sc", "sr")]
