@@ -12,6 +12,7 @@ import io
 import json
 import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 MAX_PIXELS = 40_000_000
+BUSY_WAIT_SECONDS = 60
+# One upload at a time: the model is large and the dashboard shares its host with the worker.
+_one_at_a_time = threading.Semaphore(1)
 DISCLAIMER = "AI result, for assistance only, not for diagnosis. Research use."
 
 
@@ -85,8 +89,22 @@ def analyze_upload(settings: Settings, data: bytes, filename: str | None) -> dic
     kind, name = validate_upload(data, filename)
     try:
         from worker.single_analysis import analyze_files
+        from worker.stages import get_analyzer
     except ImportError as exc:
         raise HTTPException(503, "analysis engine not installed (worker.single_analysis is missing)") from exc
+    try:
+        get_analyzer(settings)  # loaded once per process; a missing model is our fault, not the file's
+    except (ImportError, AttributeError, OSError, NotImplementedError, RuntimeError) as exc:
+        raise HTTPException(503, f"analysis engine not installed or not loadable: {type(exc).__name__}: {exc}") from exc
+    if not _one_at_a_time.acquire(timeout=BUSY_WAIT_SECONDS):
+        raise HTTPException(503, "the analysis engine is busy; try again shortly", headers={"Retry-After": "10"})
+    try:
+        return _run(settings, analyze_files, data, name, kind)
+    finally:
+        _one_at_a_time.release()
+
+
+def _run(settings: Settings, analyze_files: Any, data: bytes, name: str, kind: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sonopacs-analyze-") as tmp:
         src = Path(tmp) / "in" / name
         src.parent.mkdir()

@@ -118,7 +118,7 @@ def celery_app(settings: Settings) -> Any:
 def workers_online(settings: Settings) -> tuple[list[str] | None, str | None]:
     """Names of workers that answered a ping, or None and why we cannot tell."""
     if is_embedded(settings.broker_url):
-        return None, "the embedded broker cannot broadcast; see Jobs running below"
+        return None, "Celery ping needs Redis: the embedded broker cannot broadcast. Jobs running are counted from the database."
     replies = celery_app(settings).control.ping(timeout=PING_TIMEOUT) or []
     return sorted(name for reply in replies for name in reply), None
 

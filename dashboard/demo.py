@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    ComprehensiveSRStorage,
     ExplicitVRLittleEndian,
     SecondaryCaptureImageStorage,
     UltrasoundImageStorage,
@@ -37,7 +38,7 @@ from db.models import (
 from db.session import Database
 
 UID_PREFIX = "1.2.826.0.1.3680043.8.498."
-SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+SR_STORAGE = ComprehensiveSRStorage
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class DemoStudy:
     patient_id: str
     accession_number: str
     sc_path: Path
+    result_sop_uids: tuple[str, ...] = ()
 
 
 def overlay_pixels(rows: int = 360, cols: int = 480, seed: int = 0) -> np.ndarray:
@@ -100,6 +102,45 @@ def write_secondary_capture(path: Path, study_uid: str, series_uid: str, patient
     return sop_uid
 
 
+def write_minimal_sr(path: Path, study_uid: str, series_uid: str, patient_id: str, accession: str) -> str:
+    """A tiny Comprehensive SR (a titled container with one text item) standing in for the TID 1500 report."""
+    from pydicom.sequence import Sequence
+
+    sop_uid = generate_uid(prefix=UID_PREFIX)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = SR_STORAGE
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = SR_STORAGE
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.PatientID = patient_id
+    ds.PatientName = "DEMO^PATIENT"
+    ds.AccessionNumber = accession
+    ds.Modality = "SR"
+    ds.SeriesNumber = 9002
+    ds.InstanceNumber = 1
+    ds.ValueType = "CONTAINER"
+    ds.ContinuityOfContent = "SEPARATE"
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "UNVERIFIED"
+    title = Dataset()
+    title.CodeValue, title.CodingSchemeDesignator, title.CodeMeaning = "126000", "DCM", "Imaging Measurement Report"
+    ds.ConceptNameCodeSequence = Sequence([title])
+    item = Dataset()
+    item.RelationshipType, item.ValueType = "CONTAINS", "TEXT"
+    name = Dataset()
+    name.CodeValue, name.CodingSchemeDesignator, name.CodeMeaning = "121106", "DCM", "Comment"
+    item.ConceptNameCodeSequence = Sequence([name])
+    item.TextValue = "Demo report. AI result, for assistance only, not for diagnosis."
+    ds.ContentSequence = Sequence([item])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return sop_uid
+
+
 def seed_processed_study(
     db: Database,
     storage_root: Path,
@@ -118,6 +159,9 @@ def seed_processed_study(
     rel_sc = Path("results") / study_uid / result_series / "sc1.dcm"
     sc_path = storage_root / rel_sc
     sc_uid = write_secondary_capture(sc_path, study_uid, result_series, patient_id, accession)
+    sr_series = generate_uid(prefix=UID_PREFIX)
+    rel_sr = Path("results") / study_uid / sr_series / "sr1.dcm"
+    sr_uid = write_minimal_sr(storage_root / rel_sr, study_uid, sr_series, patient_id, accession)
     with db.session() as session:
         study = Study(
             study_instance_uid=study_uid,
@@ -182,10 +226,8 @@ def seed_processed_study(
                                  sop_instance_uid=sc_uid, series_instance_uid=result_series, path=str(rel_sc),
                                  model_name="demo-model", model_version="1.0", summary=summary, created_at=start))
         session.add(ResultObject(study_id=study.id, generation=1, kind="sr", sop_class_uid=SR_STORAGE,
-                                 sop_instance_uid=generate_uid(prefix=UID_PREFIX),
-                                 series_instance_uid=generate_uid(prefix=UID_PREFIX),
-                                 path=f"results/{study_uid}/sr.dcm", model_name="demo-model", model_version="1.0",
-                                 summary=summary, created_at=start))
+                                 sop_instance_uid=sr_uid, series_instance_uid=sr_series, path=str(rel_sr),
+                                 model_name="demo-model", model_version="1.0", summary=summary, created_at=start))
         if state in (StudyState.EXPORTED, StudyState.EXPORT_FAILED):
             session.add(_transition(study, "exporting", start + timedelta(seconds=1)))
             ok = state == StudyState.EXPORTED
@@ -201,8 +243,9 @@ def seed_processed_study(
         study.state = state
         study.state_reason = "association with PACS@pacs:104 rejected" if state == StudyState.EXPORT_FAILED else None
         study.updated_at = start + timedelta(seconds=3)
-        record(session, "study_received", "listener", study=study, detail="2 instance(s)")
-        return DemoStudy(study.id, study_uid, patient_id, accession, sc_path)
+        received = record(session, "study_received", "listener", study=study, detail="2 instance(s)")
+        received.time = t0 + timedelta(seconds=2)
+        return DemoStudy(study.id, study_uid, patient_id, accession, sc_path, (sc_uid, sr_uid))
 
 
 def _transition(study: Study, to: str, when: datetime) -> AuditEvent:

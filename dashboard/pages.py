@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 from urllib.parse import urlencode
 
@@ -136,14 +137,28 @@ def studies_fragment(
     return render(request, "fragments/studies.html", {"data": data, "filters": filters})
 
 
+def _study_live(request: Request, study: dict[str, Any]) -> tuple[str, str]:
+    """The live part of the study page and a digest of it, so an unchanged poll swaps nothing."""
+    template = request.app.state.templates.get_template("fragments/study_live.html")
+    html = template.render({"s": study, "request": request})
+    return html, hashlib.sha256(html.encode()).hexdigest()[:16]
+
+
 @router.get("/studies/{study_id}")
 def study_page(request: Request, study_id: int, _: LoggedIn) -> Response:
-    return render(request, "study.html", {"s": service.study(request, study_id), "poll": DETAIL_POLL})
+    study = service.study(request, study_id)
+    live, digest = _study_live(request, study)
+    return render(request, "study.html", {"s": study, "live": live, "digest": digest, "poll": DETAIL_POLL})
 
 
 @router.get("/fragments/studies/{study_id}")
-def study_fragment(request: Request, study_id: int, _: LoggedIn) -> Response:
-    return render(request, "fragments/study_live.html", {"s": service.study(request, study_id)})
+def study_fragment(request: Request, study_id: int, _: LoggedIn, v: str | None = None) -> Response:
+    study = service.study(request, study_id)
+    live, digest = _study_live(request, study)
+    if v == digest:
+        return Response(status_code=204)  # htmx keeps the page as it is: no flicker, focus kept
+    return render(request, "fragments/study_live_wrapper.html",
+                  {"s": study, "live": live, "digest": digest, "poll": DETAIL_POLL})
 
 
 @router.post("/studies/{study_id}/{action}")

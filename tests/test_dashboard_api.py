@@ -234,3 +234,45 @@ def test_openapi_documents_the_api(env: dict[str, Any]) -> None:
         assert path in spec["paths"]
     docs = env["client"].get("/docs").text
     assert "/static/swagger-ui-bundle.js" in docs and "cdn" not in docs
+
+
+def test_analyze_good_png_returns_result_and_overlay(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The endpoint's own work (validation, temp folder, JSON + base64 PNGs) with the engine stubbed,
+    so it is tested whether or not the shipped model is installed on this machine."""
+    import base64
+    import json
+    from pathlib import Path
+
+    import worker.single_analysis
+    import worker.stages
+
+    def fake_analyze(settings: Settings, paths: list[Path], out: Path) -> list[dict[str, Any]]:
+        stem = paths[0].stem
+        Image.open(paths[0]).convert("RGB").save(out / f"{stem}_overlay.png")
+        Image.new("L", Image.open(paths[0]).size).save(out / f"{stem}_mask.png")
+        record = {"label": "benign", "probabilities": {"normal": 0.1, "benign": 0.7, "malignant": 0.2}}
+        (out / f"{stem}.json").write_text(json.dumps(record))
+        return [{"input": str(paths[0]), **record}]
+
+    monkeypatch.setattr(worker.stages, "get_analyzer", lambda settings: object())
+    monkeypatch.setattr(worker.single_analysis, "analyze_files", fake_analyze)
+    r = env["client"].post("/api/v1/analyze", files={"file": ("my scan (1).png", _png_bytes(), "image/png")},
+                           headers={"X-CSRF-Token": env["token"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["result"]["label"] == "benign" and "input" not in body["result"]
+    assert body["filename"] == "my_scan_1.png" and "not for diagnosis" in body["disclaimer"]
+    overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay_png_base64"])))
+    assert overlay.size == (80, 64)
+
+
+def test_analyze_without_a_loadable_model_is_503(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    import worker.stages
+
+    def missing(settings: Settings) -> None:
+        raise ImportError("cannot import name 'Analyzer' from 'models'")
+
+    monkeypatch.setattr(worker.stages, "get_analyzer", missing)
+    r = env["client"].post("/api/v1/analyze", files={"file": ("a.png", _png_bytes())},
+                           headers={"X-CSRF-Token": env["token"]})
+    assert r.status_code == 503 and "analysis engine" in r.json()["detail"]
