@@ -32,6 +32,11 @@ PYDICOM_DATA = ["OBXXXX1A.dcm", "gdcm-US-ALOKA-16.dcm", "US1_UNCR.dcm", "color3d
                 "JPGLosslessP14SV1_1s_1f_8b.dcm"]
 
 
+def _read_index(root: Path) -> list[dict[str, str]]:
+    with open(root / "index.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def load_dicom(path: str) -> tuple[np.ndarray, list[Region]]:
     """First frame as the pipeline would see it (palette and YBR converted to RGB) plus its regions."""
     import pydicom
@@ -76,7 +81,7 @@ def _full_frame_mask(results: list, shape: tuple[int, int]) -> tuple[np.ndarray,
 
 def synthetic(n: int, seed: int) -> dict[str, float]:
     """Burn annotations into n BUS-BRA images (one per patient) and score what clean_image removes."""
-    rows = [r for r in csv.DictReader(open(BUSBRA / "index.csv")) if r["fold5"] == "1"]  # never trained on
+    rows = [r for r in _read_index(BUSBRA) if r["fold5"] == "1"]  # never trained on
     rng = np.random.default_rng(seed)
     by_patient: dict[str, dict[str, str]] = {}
     for row in rows:
@@ -126,7 +131,7 @@ def synthetic(n: int, seed: int) -> dict[str, float]:
 def timing(repeats: int, seed: int) -> dict[str, float]:
     """Milliseconds per 800x600 frame (BUS-BRA resized and annotated; real DICOM at 800x600)."""
     cv2.setNumThreads(1)
-    rows = list(csv.DictReader(open(BUSBRA / "index.csv")))
+    rows = list(_read_index(BUSBRA))
     rng = np.random.default_rng(seed)
     frames = []
     for i in rng.choice(len(rows), 10, replace=False):
@@ -199,7 +204,7 @@ def sheets(out_dir: Path, seed: int) -> list[str]:
         written.append(str(path))
     # BUSI images with calipers (benign folder, fixed picks) and synthetic BUS-BRA burn-ins
     rng = np.random.default_rng(seed)
-    busi_rows = [r for r in csv.DictReader(open(BUSI / "index.csv")) if r["label"] != "normal"]
+    busi_rows = [r for r in _read_index(BUSI) if r["label"] != "normal"]
     picks = [busi_rows[int(i)] for i in rng.choice(len(busi_rows), 6, replace=False)]
     panels = []
     for r in picks:
@@ -208,7 +213,7 @@ def sheets(out_dir: Path, seed: int) -> list[str]:
     path = out_dir / "cleaning_busi.png"
     cv2.imwrite(str(path), cv2.cvtColor(np.vstack(panels), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     written.append(str(path))
-    bb_rows = list(csv.DictReader(open(BUSBRA / "index.csv")))
+    bb_rows = list(_read_index(BUSBRA))
     panels = []
     for i in rng.choice(len(bb_rows), 5, replace=False):
         img = cv2.imread(str(BUSBRA / bb_rows[int(i)]["image"]), cv2.IMREAD_GRAYSCALE)

@@ -30,10 +30,12 @@ def validate(image: object, max_pixels: int) -> np.ndarray:
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Window anything wider than 8 bits to 0..255 using the 0.5-99.5 percentiles of its own pixels.
+    """Bring wider pixels to 0..255.
 
-    Why percentiles: 16-bit ultrasound often uses only 8-12 of its bits, and a plain /257 would
-    leave a black image; a percentile window is robust to a few hot pixels.
+    Colour (HxWx3) is scaled by its bit depth (2^bits - 1 from the largest value): 16-bit RGB comes
+    from palette LUTs or RGB scanners and is 8-bit display data scaled up, so its contrast must not
+    change. Grey is windowed on its own 0.5-99.5 percentiles: 16-bit grey ultrasound often uses only
+    8-12 of its bits, and a plain /257 would leave a black image.
     """
     if image.dtype == np.uint8:
         return image
@@ -41,6 +43,12 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     finite = np.isfinite(data)
     if not finite.all():
         data = np.where(finite, data, 0.0)
+    lo_all, hi_all = float(data.min()), float(data.max())
+    if lo_all >= 0 and hi_all <= 255:
+        return np.clip(data + 0.5, 0, 255).astype(np.uint8)
+    if data.ndim == 3 and lo_all >= 0:
+        full = 2.0 ** np.ceil(np.log2(hi_all + 1.0)) - 1.0
+        return np.clip(data * (255.0 / full) + 0.5, 0, 255).astype(np.uint8)
     step = max(1, int(np.sqrt(data.size / 250_000)))
     sample = data[::step, ::step]
     lo, hi = np.percentile(sample, [0.5, 99.5])

@@ -46,7 +46,7 @@ def find_candidates(grey: np.ndarray, chroma: np.ndarray | None, exclude: np.nda
     # a seed must stand out from the top-hat of its own neighbourhood too, so that strokes over bright
     # speckle do not merge with it into one mixed component
     local = cv2.blur(tophat, (15, 15))
-    seeds = (tophat >= SEED_TOPHAT) & (tophat >= cv2.multiply(local, 2))
+    seeds = (tophat >= SEED_TOPHAT) & (tophat.astype(np.int16) >= 2 * local.astype(np.int16))
     if chroma is not None:
         seeds |= chroma >= COLOUR_CHROMA
     if exclude is not None:

@@ -93,16 +93,18 @@ def _field_mask(grey: np.ndarray, chroma: np.ndarray | None = None) -> tuple[np.
     h, w = grey.shape
     f = 4 if min(h, w) >= 200 else (2 if min(h, w) >= 60 else 1)
     small = cv2.resize(grey, (max(1, w // f), max(1, h // f)), interpolation=cv2.INTER_AREA)
-    fg = small > DARK
+    # background is the darkest level present (0-1 on most scanners); dim sector edges sit a few
+    # grey levels above it, so the threshold follows the background, capped at DARK
+    thr = min(DARK, max(2, int(np.percentile(small, 2)) + 2))
+    fg_bool: np.ndarray = small > thr
     if chroma is not None:
         # flat coloured header bars and panels are not B-mode (a Doppler map is coloured but textured)
         size = (small.shape[1], small.shape[0])
         g32 = grey.astype(np.float32)
         var = cv2.resize(g32 * g32, size, interpolation=cv2.INTER_AREA) - cv2.resize(g32, size, interpolation=cv2.INTER_AREA) ** 2
         flat_colour = (cv2.resize(chroma, size, interpolation=cv2.INTER_AREA) >= 20) & (var < 9.0)
-        fg &= ~flat_colour
-    fg = fg.astype(np.uint8)
-    fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
+        fg_bool &= ~flat_colour
+    fg = cv2.morphologyEx(fg_bool.astype(np.uint8), cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
     k = max(3, min(9, min(small.shape) // 8) | 1)
     fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
@@ -111,7 +113,7 @@ def _field_mask(grey: np.ndarray, chroma: np.ndarray | None = None) -> tuple[np.
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     pts = cv2.findNonZero((labels == largest).astype(np.uint8))
     hull = cv2.convexHull(pts)
-    small_mask = np.zeros(small.shape, dtype=np.uint8)
+    small_mask: np.ndarray = np.zeros(small.shape, dtype=np.uint8)
     cv2.fillConvexPoly(small_mask, hull, 1)
     # margin: the quarter-resolution border is coarse, and cutting tissue is worse than keeping a
     # little background; annotations in the margin are still found by the detector

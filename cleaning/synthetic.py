@@ -107,7 +107,9 @@ def _draw_dotted_line(alpha: np.ndarray, rng: np.random.Generator, x: int, y: in
     for i in range(1, n):
         px = round(x + (x2 - x) * i / n)
         py = round(y + (y2 - y) * i / n)
-        _cv_draw(alpha, lambda a, px=px, py=py: cv2.circle(a, (px, py), dot, 255, -1, cv2.LINE_AA))
+        layer = np.zeros(alpha.shape, np.uint8)
+        cv2.circle(layer, (px, py), dot, 255, -1, cv2.LINE_AA)
+        np.maximum(alpha, layer.astype(np.float32) / 255.0, out=alpha)
     _draw_caliper(alpha, rng, x, y)
     _draw_caliper(alpha, rng, x2, y2)
 
@@ -149,8 +151,10 @@ def _draw_ruler(alpha: np.ndarray, rng: np.random.Generator, x: int, y: int) -> 
     x = int(rng.choice([int(rng.integers(2, 12)), w - int(rng.integers(6, 16))]))
     step = int(rng.integers(15, 45))
     tick = int(rng.integers(3, 8))
+    layer = np.zeros(alpha.shape, np.uint8)
     for yy in range(int(rng.integers(5, 20)), h - 5, step):
-        _cv_draw(alpha, lambda a, yy=yy: cv2.line(a, (x, yy), (x + tick, yy), 255, 1, cv2.LINE_AA))
+        cv2.line(layer, (x, yy), (x + tick, yy), 255, 1, cv2.LINE_AA)
+    np.maximum(alpha, layer.astype(np.float32) / 255.0, out=alpha)
 
 
 _DRAWERS: dict[str, Callable[[np.ndarray, np.random.Generator, int, int], None]] = {
@@ -196,11 +200,12 @@ def burn_in_annotations(
         x = int(rng.integers(0, max(1, w - 20)))
         y = int(rng.integers(0, max(1, h - 20)))
         _DRAWERS[kind](alpha, rng, x, y)
+        value: np.ndarray | float
         if out.ndim == 3 and colour:
             value = np.array(_COLOURS[int(rng.integers(len(_COLOURS)))], dtype=np.float32)
-            value *= rng.uniform(0.75, 1.0)
+            value = value * rng.uniform(0.75, 1.0)
         else:
-            value = np.float32(rng.uniform(170, 255))
+            value = float(rng.uniform(170, 255))
         a = alpha[:, :, None] if out.ndim == 3 else alpha
         out = out * (1.0 - a) + a * value
     result = np.clip(out + 0.5, 0, 255).astype(np.uint8)

@@ -26,6 +26,11 @@ MODEL_PATH = Path(__file__).with_name("detector_model.json")
 BUSBRA = Path("/work/shared/datasets/bus-bra")
 
 
+def _read_index(root: Path) -> list[dict[str, str]]:
+    with open(root / "index.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def augment_base(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Vary scale, gain and gamma so the classifier sees the speckle sizes and brightness of real frames."""
     scale = 1.0 if rng.random() < 0.35 else float(rng.uniform(0.8, 2.2))
@@ -63,12 +68,15 @@ def component_samples(image: np.ndarray, truth: np.ndarray, ignore: np.ndarray) 
 
 
 def build_dataset(n_images: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rows = [r for r in csv.DictReader(open(BUSBRA / "index.csv")) if r["fold5"] != "1"]
+    rows = [r for r in _read_index(BUSBRA) if r["fold5"] != "1"]
     rng = np.random.default_rng(seed)
     previous = TreeEnsemble.from_json(MODEL_PATH) if MODEL_PATH.exists() else None
     xs, ys = [], []
     for i in rng.choice(len(rows), n_images, replace=False):
-        img = augment_base(cv2.imread(str(BUSBRA / rows[int(i)]["image"]), cv2.IMREAD_GRAYSCALE), rng)
+        base = cv2.imread(str(BUSBRA / rows[int(i)]["image"]), cv2.IMREAD_GRAYSCALE)
+        if base is None:
+            raise FileNotFoundError(rows[int(i)]["image"])
+        img = augment_base(np.asarray(base, dtype=np.uint8), rng)
         dirty, truth = burn_in_annotations(img, rng, n=int(rng.integers(3, 10)))
         x, y = component_samples(dirty, truth, native_overlay(img, previous))
         xs.append(x)

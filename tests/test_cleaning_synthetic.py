@@ -1,0 +1,117 @@
+"""Synthetic burn-ins on two BUS-BRA images: overlays found and inpainted, lesion untouched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cleaning import burn_in_annotations, clean_image
+from cleaning.synthetic import KINDS
+from cleaning.train_detector import MODEL_PATH
+from cleaning.trees import TreeEnsemble
+
+DATA = Path(__file__).parent / "data" / "cleaning"
+SAMPLES = [("bus_0009-l.jpg", "mask_0009-l.png"), ("bus_0056-l.jpg", "mask_0056-l.png")]
+
+
+def _sample(i: int) -> tuple[np.ndarray, np.ndarray]:
+    img = cv2.imread(str(DATA / SAMPLES[i][0]), cv2.IMREAD_GRAYSCALE)
+    lesion = cv2.imread(str(DATA / SAMPLES[i][1]), cv2.IMREAD_GRAYSCALE) > 127
+    return img, lesion
+
+
+def _removed_in_frame(img: np.ndarray) -> np.ndarray:
+    (r,) = clean_image(img)
+    removed = np.ones(img.shape[:2], bool)  # cropped away counts as removed
+    y, x = r.offset
+    h, w = r.image.shape
+    removed[y:y + h, x:x + w] = r.annotation_mask
+    return removed
+
+
+def test_burn_in_contract_and_determinism() -> None:
+    img, _ = _sample(0)
+    a, ma = burn_in_annotations(img, np.random.default_rng(3), colour=False)
+    b, mb = burn_in_annotations(img, np.random.default_rng(3), colour=False)
+    assert a.dtype == np.uint8 and a.shape == img.shape and ma.shape == img.shape and ma.dtype == bool
+    assert np.array_equal(a, b) and np.array_equal(ma, mb)
+    assert ma.any()
+    change = np.abs(a.astype(int) - img.astype(int))
+    assert change[~ma].max() < 10  # the mask holds every visibly changed pixel
+    assert change[ma].min() >= 10
+    c, mc = burn_in_annotations(img, np.random.default_rng(4), colour=True)
+    assert c.shape == (*img.shape, 3) and mc.any()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_kind_draws_something(kind: str) -> None:
+    img, _ = _sample(1)
+    _, mask = burn_in_annotations(img, np.random.default_rng(7), kinds=[kind], n=1, colour=False)
+    assert mask.sum() > 5
+
+
+def test_white_text_and_calipers_are_removed() -> None:
+    """Scanner-style white overlays (text, '+' calipers with a dotted line) are found and erased."""
+    img, lesion = _sample(0)
+    dirty = img.copy()
+    cv2.putText(dirty, "MAMA ESQ QSE", (20, 320), cv2.FONT_HERSHEY_SIMPLEX, 0.6, 255, 1, cv2.LINE_AA)
+    cv2.putText(dirty, "D1 1.52cm", (150, 30), cv2.FONT_HERSHEY_PLAIN, 1.0, 255, 1, cv2.LINE_AA)
+    ys, xs = np.nonzero(lesion)
+    for cx, cy in ((int(xs.min()), int(ys.mean())), (int(xs.max()), int(ys.mean()))):
+        cv2.line(dirty, (cx - 5, cy), (cx + 5, cy), 255, 1)
+        cv2.line(dirty, (cx, cy - 5), (cx, cy + 5), 255, 1)
+    truth = np.abs(dirty.astype(int) - img.astype(int)) >= 10
+    removed = _removed_in_frame(dirty)
+    recall = (removed & truth).sum() / truth.sum()
+    assert recall >= 0.85
+    (r,) = clean_image(dirty)
+    y, x = r.offset
+    h, w = r.image.shape
+    inside = truth[y:y + h, x:x + w]
+    # the erased strokes now look like the tissue around them, not like 255-white text
+    assert np.median(r.image[inside]) < np.median(dirty[y:y + h, x:x + w][inside]) - 40
+
+
+def test_random_burn_ins_recall_precision_and_lesion() -> None:
+    """Looser than the benchmark (few images): catches a detector that stops working."""
+    rng = np.random.default_rng(11)
+    tp = fp = fn = lesion_hit = lesion_total = 0
+    for i in (0, 1):
+        img, lesion = _sample(i)
+        native = _removed_in_frame(img)
+        for _ in range(3):
+            dirty, truth = burn_in_annotations(img, rng)
+            removed = _removed_in_frame(dirty)
+            tp += int((removed & truth).sum())
+            fn += int((~removed & truth).sum())
+            fp += int((removed & ~truth & ~native).sum())
+            lesion_hit += int((removed & lesion & ~truth).sum())
+            lesion_total += int(lesion.sum())
+    assert tp / (tp + fn) >= 0.6
+    assert tp / (tp + fp) >= 0.6
+    assert lesion_hit / lesion_total < 0.01
+
+
+def test_clean_image_leaves_clean_tissue_mostly_alone() -> None:
+    for i in (0, 1):
+        img, lesion = _sample(i)
+        (r,) = clean_image(img)
+        assert r.summary["field_source"] in ("detected", "whole")
+        assert r.image.shape[0] >= 0.95 * img.shape[0] and r.image.shape[1] >= 0.95 * img.shape[1]
+        y, x = r.offset
+        h, w = r.image.shape
+        assert (r.annotation_mask & lesion[y:y + h, x:x + w]).sum() / lesion.sum() < 0.01
+        assert float(r.summary["fraction_removed"]) < 0.05  # type: ignore[arg-type]
+
+
+def test_shipped_model_loads_and_scores(tmp_path: Path) -> None:
+    model = TreeEnsemble.from_json(MODEL_PATH)
+    x = np.random.default_rng(0).normal(size=(50, len(model.feature_names))) * 50
+    p = model.probability(x)
+    assert p.shape == (50,) and np.all((p >= 0) & (p <= 1))
+    model.to_json(tmp_path / "m.json")
+    again = TreeEnsemble.from_json(tmp_path / "m.json")
+    assert np.allclose(again.decision(x), model.decision(x), atol=1e-4)
