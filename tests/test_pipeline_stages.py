@@ -22,11 +22,28 @@ from tests.support.us_realistic import write_realistic_study
 
 @pytest.fixture
 def pipeline(tmp_path: Path, make_settings: Callable[..., Settings]) -> tuple[Settings, Database, list[Path]]:
-    settings = make_settings(pipeline={"presentation_state": True, "segmentation": True})
+    settings = make_settings(pipeline={"presentation_state": True, "segmentation": True, "max_frames": 3})
     analyzer_or_skip(settings)
     upgrade(settings.database_url)
     files = write_realistic_study(tmp_path / "study", n_images=2, jpeg_every=2)
     return settings, Database(settings.database_url), files
+
+
+def _cine(template: Path, out: Path, n_frames: int) -> Path:
+    """A JPEG YBR_FULL_422 cine of the template image, slightly shifted frame to frame."""
+    import numpy as np
+
+    from dicom_node.pixels import read_frame
+    from tests.support.us_realistic import to_jpeg_ybr422
+
+    ds = pydicom.dcmread(template)
+    grey = read_frame(ds, 0)
+    frames = np.stack([np.repeat(np.roll(grey, 4 * i, axis=1)[:, :, None], 3, 2) for i in range(n_frames)])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.InstanceNumber = 99
+    to_jpeg_ybr422(ds, frames)
+    ds.save_as(out, enforce_file_format=True)
+    return out
 
 
 def _results(db: Database, study_id: int, superseded: bool = False) -> list[ResultObject]:
@@ -57,6 +74,8 @@ def test_stages_publish_a_complete_set_and_record_everything(
     ds.SOPInstanceUID = pydicom.uid.generate_uid()
     ds.PixelData = ds.PixelData[:1000]  # truncated pixels: decoding fails
     ds.save_as(broken, enforce_file_format=True)
+    cine = _cine(files[0], tmp_path / "cine.dcm", n_frames=5)
+    files = [*files, cine]
     originals = {p: p.read_bytes() for p in files}
     study_id = register_files(db, [*files, broken])
     register_files(db, [ct])  # another study: untouched
@@ -68,7 +87,13 @@ def test_stages_publish_a_complete_set_and_record_everything(
     (failed,) = [v for k, v in states.items() if k not in uid.values()]
     assert failed[0] == InstanceState.FAILED and "decode" in (failed[1] or "")
     results = _results(db, study_id)
-    assert sorted(r.kind for r in results) == ["pr", "pr", "sc", "sc", "seg", "seg", "sr"]
+    # SEG only for single-frame sources
+    assert sorted(r.kind for r in results) == ["pr", "pr", "pr", "sc", "sc", "sc", "seg", "seg", "sr"]
+    cine_sc = next(r for r in results if r.kind == "sc" and (r.summary or {}).get("source_sop_instance_uid") == uid[cine])
+    frame_index = (cine_sc.summary or {})["frame_index"]
+    assert frame_index in (0, 2, 4)  # K=3 evenly spaced frames of 5; the most suspicious is reported
+    sc = pydicom.dcmread(settings.storage.root / cine_sc.path)
+    assert sc.SourceImageSequence[0].ReferencedFrameNumber == frame_index + 1
     for r in results:
         path = settings.storage.root / r.path
         assert path.exists() and r.sop_instance_uid.startswith(settings.pipeline.uid_root)
@@ -80,9 +105,10 @@ def test_stages_publish_a_complete_set_and_record_everything(
     with db.session() as session:
         details = {j.stage: j.detail or {} for j in session.scalars(select(Job).where(Job.id.in_(jobs.values())))}
         audit = session.scalars(select(AuditEvent).where(AuditEvent.event == "instance_state")).all()
-    assert details["clean"]["eligible"] == 2 and details["clean"]["failed"] == 1
+    assert details["clean"]["eligible"] == 3 and details["clean"]["failed"] == 1
+    assert details["clean"]["frames"] == 2 + 3
     assert details["analyze"]["fields"] >= 2 and "inference_s" in details["analyze"]
-    assert details["publish"]["objects"] == {"sc": 2, "sr": 1, "pr": 2, "seg": 2}
+    assert details["publish"]["objects"] == {"sc": 3, "sr": 1, "pr": 3, "seg": 2}
     assert {a.to_state for a in audit} == {"processed", "failed"}
 
 
