@@ -26,12 +26,12 @@ from dicom_node.results.overlay_render import render_overlay
 from dicom_node.results.secondary_capture import build_secondary_capture
 from dicom_node.results.structured_report import build_structured_report
 from dicom_node.results.types import DISCLAIMER, ImageFinding
+from worker import stages
 from worker.stages import (
     SERIES_NUMBER_BASE,
     analysis_record,
     clean_frame,
     finding_from_record,
-    get_analyzer,
     identity,
     pick_most_suspicious,
 )
@@ -56,7 +56,7 @@ def analyze_files(settings: Settings, paths: list[Path], out_dir: Path) -> list[
         name = _unique_name(path, used)
         try:
             if analyzer is None:
-                analyzer = get_analyzer(settings)
+                analyzer = stages.get_analyzer(settings)  # via the module: one cache, patchable
             results.append(_analyze_one(settings, analyzer, path, out_dir, name))
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
             reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, InputError) else str(exc)
