@@ -60,7 +60,13 @@ def settled(db: Database, study_id: int, runs: int) -> Study | None:
                 Job.study_id == study_id, Job.stage == "pipeline", Job.state == JobState.SUCCEEDED
             )
         )
-        return study if study.state not in ACTIVE and done == runs else None
+        busy = session.scalar(
+            select(func.count(Job.id)).where(
+                Job.study_id == study_id,
+                Job.state.in_((JobState.QUEUED, JobState.RUNNING, JobState.RETRYING)),
+            )
+        )
+        return study if study.state not in ACTIVE and done == runs and not busy else None
 
 
 def pipeline_jobs(db: Database, study_id: int) -> list[tuple[int, JobState]]:
@@ -84,12 +90,15 @@ def check_outcome(db: Database, study: Study) -> None:
         assert failed and all(j.error for j in failed)
         assert any(j.error and j.error in (study.state_reason or "") for j in failed)
     else:
-        assert study.state in (
-            StudyState.RESULTS_READY,
-            StudyState.EXPORTING,
-            StudyState.EXPORTED,
-            StudyState.EXPORT_FAILED,
-        )
+        # No export destination in these settings: results are kept and the audit trail says so.
+        assert study.state == StudyState.RESULTS_READY
+        with db.session() as session:
+            skipped = session.scalars(
+                select(AuditEvent.detail).where(
+                    AuditEvent.study_id == study.id, AuditEvent.event == "export_skipped"
+                )
+            ).all()
+        assert skipped and "no export destination" in skipped[-1]
 
 
 def test_chain_enqueued_once_per_generation(
