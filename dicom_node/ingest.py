@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -58,11 +59,15 @@ class Received:
 class Ingestor:
     """Files instances and keeps the database in step; safe to call from many association threads."""
 
-    def __init__(self, database: Database, store: InstanceStore) -> None:
+    def __init__(self, database: Database, store: InstanceStore, io_threads: int = 4) -> None:
         self.database = database
         self.store = store
         # Striped locks: two copies of one SOP Instance UID are never filed at the same time.
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        self._io = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="sonopacs-fsync")
+
+    def close(self) -> None:
+        self._io.shutdown(wait=True)
 
     def ingest(self, header: InstanceHeader, received: Received) -> StoreOutcome:
         lock = self._locks[hash(header.sop_instance_uid) % _LOCK_STRIPES]
@@ -155,68 +160,77 @@ class Ingestor:
             if existing is not None:
                 return self._duplicate(session, existing, received)
 
-            study = session.scalar(select(Study).where(Study.study_instance_uid == header.study_instance_uid))
-            series = session.scalar(
-                select(Series).where(Series.series_instance_uid == header.series_instance_uid)
-            )
-            # Durable file first; the rows that make it visible are committed after.
-            self.store.write(path, received.data)
+            # The file is written and fsync'ed on an I/O thread while the rows are prepared here; the
+            # commit waits for it, so a committed row always points at a durable file.
+            pending = self._io.submit(self.store.write, path, received.data)
+            try:
+                self._add_rows(session, header, received, path)
+            finally:
+                wait([pending])
+            pending.result()  # raises StorageError: the transaction rolls back, nothing is committed
+        return StoreOutcome(status.SUCCESS, "instance_received")
 
-            now = utcnow()
-            if study is None:
-                study = _new_study(header, now)
-                session.add(study)
-                session.flush()
-                record(
-                    session,
-                    "study_state",
-                    ACTOR,
-                    study=study,
-                    to_state=StudyState.RECEIVING.value,
-                    detail="first instance received",
-                )
-                reopened = ""
-            else:
-                reopened = _reopen(session, study, now)
-            if series is None:
-                series = Series(
-                    study_id=study.id,
-                    series_instance_uid=header.series_instance_uid,
-                    modality=header.modality,
-                    series_number=header.series_number,
-                    series_description=header.series_description,
-                    manufacturer=header.manufacturer,
-                )
-                session.add(series)
-                session.flush()
-            session.add(
-                Instance(
-                    series_id=series.id,
-                    study_id=study.id,
-                    sop_instance_uid=header.sop_instance_uid,
-                    sop_class_uid=header.sop_class_uid,
-                    transfer_syntax_uid=header.transfer_syntax_uid,
-                    instance_number=header.instance_number,
-                    number_of_frames=header.number_of_frames,
-                    path=str(path),
-                    size_bytes=len(received.data),
-                    sha256=received.sha256,
-                    calling_ae=received.calling_ae[:16],
-                    received_at=now,
-                )
-            )
+    def _add_rows(self, session: Session, header: InstanceHeader, received: Received, path: Path) -> None:
+        """Study (created or reopened), Series, Instance and the audit row, flushed but not committed."""
+        study = session.scalar(select(Study).where(Study.study_instance_uid == header.study_instance_uid))
+        series = session.scalar(
+            select(Series).where(Series.series_instance_uid == header.series_instance_uid)
+        )
+        now = utcnow()
+        if study is None:
+            study = _new_study(header, now)
+            session.add(study)
+            session.flush()
             record(
                 session,
-                "instance_received",
+                "study_state",
                 ACTOR,
                 study=study,
-                sop_instance_uid=header.sop_instance_uid,
-                detail=(
-                    f"calling_ae={received.calling_ae} size={len(received.data)} sha256={received.sha256} "
-                    f"transfer_syntax={header.transfer_syntax_uid}{reopened}"
-                ),
+                to_state=StudyState.RECEIVING.value,
+                detail="first instance received",
             )
-        return StoreOutcome(status.SUCCESS, "instance_received")
+            reopened = ""
+        else:
+            reopened = _reopen(session, study, now)
+        if series is None:
+            series = Series(
+                study_id=study.id,
+                series_instance_uid=header.series_instance_uid,
+                modality=header.modality,
+                series_number=header.series_number,
+                series_description=header.series_description,
+                manufacturer=header.manufacturer,
+            )
+            session.add(series)
+            session.flush()
+        session.add(
+            Instance(
+                series_id=series.id,
+                study_id=study.id,
+                sop_instance_uid=header.sop_instance_uid,
+                sop_class_uid=header.sop_class_uid,
+                transfer_syntax_uid=header.transfer_syntax_uid,
+                instance_number=header.instance_number,
+                number_of_frames=header.number_of_frames,
+                path=str(path),
+                size_bytes=len(received.data),
+                sha256=received.sha256,
+                calling_ae=received.calling_ae[:16],
+                received_at=now,
+            )
+        )
+        record(
+            session,
+            "instance_received",
+            ACTOR,
+            study=study,
+            sop_instance_uid=header.sop_instance_uid,
+            detail=(
+                f"calling_ae={received.calling_ae} size={len(received.data)} sha256={received.sha256} "
+                f"transfer_syntax={header.transfer_syntax_uid}{reopened}"
+            ),
+        )
+        session.flush()
 
     def _duplicate(self, session: Session, existing: Instance, received: Received) -> StoreOutcome:
         detail = f"calling_ae={received.calling_ae} size={len(received.data)} sha256={received.sha256}"
@@ -274,8 +288,16 @@ def _reopen(session: Session, study: Study, now: datetime) -> str:
     The UPDATE comes first so this transaction holds the row (PostgreSQL row lock, SQLite write lock)
     before reading generation/enqueued_generation: the stability monitor cannot slip in between.
     """
-    session.execute(update(Study).where(Study.id == study.id).values(last_received_at=now))
-    session.refresh(study)
+    state, generation, enqueued = session.execute(
+        update(Study)
+        .where(Study.id == study.id)
+        .values(last_received_at=now)
+        .returning(Study.state, Study.generation, Study.enqueued_generation)
+        .execution_options(synchronize_session=False)
+    ).one()
+    if state == StudyState.RECEIVING and enqueued < generation:
+        return ""  # the usual case: still receiving, this generation not yet enqueued
+    session.refresh(study)  # under the lock now: the values to decide on
     note = ""
     if study.enqueued_generation >= study.generation:
         study.generation += 1

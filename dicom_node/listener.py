@@ -58,7 +58,7 @@ class Listener:
         self._owns_database = database is None
         self.database = database or _database_for(settings)
         self.store = InstanceStore(Path(settings.storage.root))
-        self.ingestor = Ingestor(self.database, self.store)
+        self.ingestor = Ingestor(self.database, self.store, io_threads=settings.dicom.max_associations)
         self.port: int = settings.dicom.port
         self._server: ThreadedAssociationServer | None = None
         self._ae: AE | None = None
@@ -133,6 +133,7 @@ class Listener:
             assoc.join(timeout=max(0.0, join_until - time.monotonic()))
         if self._ae is not None:
             self._ae.shutdown()
+        self.ingestor.close()
         if self._owns_database:
             self.database.dispose()
         log.info("listener stopped")
