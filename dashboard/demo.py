@@ -152,7 +152,8 @@ def seed_processed_study(
 ) -> DemoStudy:
     """One study that went receiving -> ... -> `state`, with jobs, SC + SR results and an export."""
     now = now or datetime.now(UTC)
-    t0 = now - timedelta(minutes=3)
+    # Three minutes ago, but never yesterday: "studies today" must count a study seeded just after midnight.
+    t0 = max(now - timedelta(minutes=3), now.replace(hour=0, minute=0, second=0, microsecond=0))
     study_uid = generate_uid(prefix=UID_PREFIX)
     series_uid = generate_uid(prefix=UID_PREFIX)
     result_series = generate_uid(prefix=UID_PREFIX)
