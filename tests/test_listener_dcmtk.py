@@ -15,6 +15,7 @@ from db.session import Database
 from tests.conftest import requires_dcmtk
 from tests.support.dicom_factory import write_us_study
 from tests.support.listener import audit_rows, dataset_body, dcmtk, running_listener
+from tests.support.net import wait_until
 
 pytestmark = requires_dcmtk
 
@@ -114,3 +115,31 @@ def test_tls_with_client_certificates(make_settings: Callable[..., Settings], tm
     assert plain.returncode != 0  # a plain TCP peer cannot talk to a TLS listener
     assert anonymous.returncode != 0  # tls_ca set: a client certificate is required
     assert _instance_count(settings) == 1
+
+
+def test_max_associations_is_enforced_and_audited(make_settings: Callable[..., Settings]) -> None:
+    from pynetdicom import AE
+
+    settings = make_settings(dicom={"max_associations": 1})
+    with running_listener(settings) as listener:
+        holder = AE(ae_title="HOLDER")
+        holder.add_requested_context("1.2.840.10008.1.1")
+        held = holder.associate("127.0.0.1", listener.port, ae_title="SONOPACS")
+        assert held.is_established
+        try:
+            second = _run(
+                dcmtk("echoscu"), "-aet", "SECOND", "-aec", "SONOPACS", "127.0.0.1", str(listener.port)
+            )
+        finally:
+            held.release()
+
+        def third_accepted() -> bool:  # the released association's thread takes a moment to end
+            echo = _run(
+                dcmtk("echoscu"), "-aet", "THIRD", "-aec", "SONOPACS", "127.0.0.1", str(listener.port)
+            )
+            return echo.returncode == 0
+
+        wait_until(third_accepted, timeout=20, interval=0.3)
+    assert second.returncode != 0
+    reasons = [r.detail or "" for r in audit_rows(settings, "association_rejected")]
+    assert any("calling_ae=SECOND" in r and "too many associations" in r for r in reasons)
