@@ -34,6 +34,8 @@ from worker.stages import (
     finding_from_record,
     identity,
     pick_most_suspicious,
+    result_heatmap,
+    result_mask,
 )
 
 if TYPE_CHECKING:
@@ -134,7 +136,7 @@ def _analyze_one(settings: Settings, analyzer: Any, path: Path, out_dir: Path, n
     points = dict(getattr(analyzer, "operating_points", {}) or {})
     for it, res in zip(items, analyses, strict=True):
         it["analysis"] = analysis_record(res, points)
-        it["mask"], it["heatmap"] = np.asarray(res.mask, bool), np.asarray(res.heatmap, np.float16)
+        it["mask"], it["heatmap"] = result_mask(res), result_heatmap(res)
     best = pick_most_suspicious(items)
     frame = frames[indices.index(best["frame_index"])]
     source = ds if ds is not None else _png_header(frame)

@@ -143,6 +143,18 @@ def analysis_record(result: Any, operating_points: dict[str, float] | None = Non
     return record
 
 
+def result_mask(result: Any) -> np.ndarray:
+    """The lesion mask as bool (all False when the model gives none)."""
+    if result.mask is None:
+        return np.zeros(np.asarray(result.heatmap).shape[:2], bool)
+    return np.asarray(result.mask).astype(bool)
+
+
+def result_heatmap(result: Any) -> np.ndarray | None:
+    """The heat map as float16 (storage), or None when the model gives none."""
+    return None if result.heatmap is None else np.asarray(result.heatmap, np.float16)
+
+
 def _opt_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
@@ -439,11 +451,11 @@ def analyze_study(settings: Settings, db: Database, study_id: int, generation: i
         points = dict(getattr(analyzer, "operating_points", {}) or {})
         for it, result in zip(items, results, strict=True):
             it["analysis"] = analysis_record(result, points)
-            np.savez_compressed(
-                out_dir / it["file"],
-                mask=np.asarray(result.mask, bool),
-                heatmap=np.asarray(result.heatmap, np.float16),
-            )
+            heat = result_heatmap(result)
+            if heat is None:
+                np.savez_compressed(out_dir / it["file"], mask=result_mask(result))
+            else:
+                np.savez_compressed(out_dir / it["file"], mask=result_mask(result), heatmap=heat)
     _write_json(
         work / "analysis.json",
         {"generation": generation, "items": items, "kept_generation": manifest.get("kept_generation")},
@@ -539,7 +551,13 @@ def _build_objects(
         frame = read_frame(ds, int(best["frame_index"]))
         arrays = np.load(work / "analysis" / best["file"])
         finding = finding_from_record(
-            ds, int(best["frame_index"]), frame, best["analysis"], best["offset"], arrays["mask"], arrays["heatmap"]
+            ds,
+            int(best["frame_index"]),
+            frame,
+            best["analysis"],
+            best["offset"],
+            arrays["mask"],
+            arrays.get("heatmap"),
         )
         findings.append(finding)
         summary = summary_of(finding, best)
