@@ -87,6 +87,12 @@ def current_user_or_none(request: Request) -> CurrentUser | None:
     uid = request.session.get("uid")
     if not isinstance(uid, int):
         return None
+    # The cookie is re-issued on every response (sliding); this caps a session's total lifetime too.
+    max_age = request.app.state.settings.dashboard.session_max_age_seconds
+    auth_at = request.session.get("auth_at")
+    if not isinstance(auth_at, int) or time.time() - auth_at > max_age:
+        request.session.clear()
+        return None
     database = request.app.state.db
     with database.session() as session:
         user = session.scalar(select(User).where(User.id == uid))

@@ -339,13 +339,14 @@ def study_detail(session: Session, study_id: int) -> dict[str, Any] | None:
     return out
 
 
-def _audit_row(a: AuditEvent) -> dict[str, Any]:
+def _audit_row(a: AuditEvent, accession: str | None = None) -> dict[str, Any]:
     return {
         "id": a.id,
         "time": aware(a.time),
         "actor": a.actor,
         "event": a.event,
         "study_id": a.study_id,
+        "accession_number": accession,
         "from_state": a.from_state,
         "to_state": a.to_state,
         "detail": a.detail,
@@ -361,7 +362,7 @@ def audit_log(
     limit: int = 100,
     offset: int = 0,
 ) -> dict[str, Any]:
-    stmt: Select[Any] = select(AuditEvent)
+    stmt: Select[Any, Any] = select(AuditEvent, Study.accession_number).outerjoin(Study, Study.id == AuditEvent.study_id)
     if event:
         stmt = stmt.where(AuditEvent.event == event)
     if actor:
@@ -369,8 +370,8 @@ def audit_log(
     if study_id is not None:
         stmt = stmt.where(AuditEvent.study_id == study_id)
     total = int(session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
-    rows = session.scalars(stmt.order_by(AuditEvent.time.desc(), AuditEvent.id.desc()).limit(limit).offset(offset))
-    return {"total": total, "limit": limit, "offset": offset, "items": [_audit_row(a) for a in rows]}
+    rows = session.execute(stmt.order_by(AuditEvent.time.desc(), AuditEvent.id.desc()).limit(limit).offset(offset))
+    return {"total": total, "limit": limit, "offset": offset, "items": [_audit_row(a, acc) for a, acc in rows]}
 
 
 def result_object(session: Session, result_id: int) -> ResultObject | None:

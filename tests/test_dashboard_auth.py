@@ -232,3 +232,24 @@ def test_user_add_cli_hashes_password(make_settings: Callable[..., Settings], mo
     with pytest.raises(SystemExit):
         add_user(settings, "eve", role="viewer", password="short")
     db.dispose()
+
+
+def test_session_has_an_absolute_lifetime(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    import time as real_time
+
+    client: TestClient = env["client"]
+    assert api_login(client, "victor").status_code == 200
+    assert client.get("/api/v1/studies").status_code == 200
+    import dashboard.auth
+
+    class Later:
+        """Only dashboard.auth's clock moves on; the cookie signature (itsdangerous) stays fresh."""
+
+        monotonic = staticmethod(real_time.monotonic)
+
+        @staticmethod
+        def time() -> float:
+            return real_time.time() + env["settings"].dashboard.session_max_age_seconds + 5
+
+    monkeypatch.setattr(dashboard.auth, "time", Later)
+    assert client.get("/api/v1/studies").status_code == 401
