@@ -65,21 +65,29 @@ def model_info(settings: Settings) -> dict[str, Any]:
         return {"available": False, "reason": "no weights folder found (models package not installed yet)"}
     files = _read_json_files(folder)
     metrics = files.get("metrics.json", {})
+    manifest = files.get("model.json", {})
     card_path = folder / "model_card.md"
     card = card_path.read_text() if card_path.is_file() else None
+    # The manifest (model.json) is authoritative; the others are searched only when it is absent.
+    ordered = [manifest, metrics, *(v for k, v in files.items() if k not in ("model.json", "metrics.json"))]
     operating_points = None
     version = None
-    for data in [metrics, *files.values()]:
+    for data in ordered:
         operating_points = operating_points or _find_key(data, ("operating_points",))
         version = version or _find_key(data, _VERSION_KEYS)
+    headline = metrics.get("oof", {}).get("all") if isinstance(metrics.get("oof"), dict) else None
     return {
         "available": card is not None or bool(files),
         "reason": None if card is not None or files else "the weights folder has no model card or metrics yet",
         "weights_dir": folder.name,
+        "name": manifest.get("name") if isinstance(manifest, dict) else None,
         "version": version,
         "model_card_markdown": card,
         "model_card_html": render_markdown(card) if card else None,
-        "metrics": scalar_metrics(metrics) if isinstance(metrics, dict) else {},
+        "metrics": scalar_metrics(headline if isinstance(headline, dict) else metrics)
+        if isinstance(metrics, dict)
+        else {},
+        "metrics_scope": "out-of-fold, all datasets" if isinstance(headline, dict) else None,
         "operating_points": operating_points,
         "files": sorted(p.name for p in folder.iterdir() if p.is_file()),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -211,8 +212,11 @@ def test_model_page_degrades_without_weights(env: dict[str, Any], make_settings:
     weights.mkdir()
     (weights / "model_card.md").write_text("# Demo model\n\n| metric | value |\n|---|---|\n| AUC | 0.9 |\n\n"
                                            "<script>alert(1)</script>\n")
-    (weights / "metrics.json").write_text('{"model_version": "demo-2", "accuracy": 0.81, '
-                                          '"operating_points": {"default": 0.5, "high_sensitivity": 0.2}}')
+    ops = {"default": 0.5, "high_sensitivity": 0.2}
+    (weights / "model.json").write_text(json.dumps({"name": "demo-net", "version": "demo-2", "operating_points": ops}))
+    (weights / "metrics.json").write_text(json.dumps({
+        "operating_points": ops, "jobs": {"cv0": {"version": "not-this-one"}},
+        "oof": {"all": {"accuracy": 0.81, "confusion_matrix": [[1, 0], [0, 1]]}}}))
     settings = make_settings(model={"weights_dir": weights})
     prepare(Database(settings.database_url), USERS)
     with TestClient(create_app(settings)) as client:
@@ -220,6 +224,7 @@ def test_model_page_degrades_without_weights(env: dict[str, Any], make_settings:
         info = client.get("/api/v1/model").json()
         page = client.get("/model", headers={"Accept": "text/html"}).text
     assert info["version"] == "demo-2" and info["operating_points"]["high_sensitivity"] == 0.2
+    assert info["metrics"] == {"accuracy": 0.81} and info["name"] == "demo-net"
     assert "<table>" in page and "<script>alert" not in page and "high_sensitivity" in page
     empty = make_settings(model={"weights_dir": tmp_path / "missing"})
     prepare(Database(empty.database_url), USERS)
@@ -240,7 +245,6 @@ def test_analyze_good_png_returns_result_and_overlay(env: dict[str, Any], monkey
     """The endpoint's own work (validation, temp folder, JSON + base64 PNGs) with the engine stubbed,
     so it is tested whether or not the shipped model is installed on this machine."""
     import base64
-    import json
     from pathlib import Path
 
     import worker.single_analysis
