@@ -68,7 +68,8 @@ def create_app(settings: Settings, *, login_limiter: LoginRateLimiter | None = N
         lifespan=_lifespan,
     )
     app.state.settings = settings
-    app.state.db = Database(settings.database_url)
+    # hide_parameters: a failing query's error (and traceback in the log) must not show search terms.
+    app.state.db = Database(settings.database_url, hide_parameters=True)
     app.state.broker = BrokerProbe(settings)
     app.state.registry = make_registry(app.state.db, app.state.broker)
     app.state.login_limiter = login_limiter or LoginRateLimiter()

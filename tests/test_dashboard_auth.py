@@ -253,3 +253,13 @@ def test_session_has_an_absolute_lifetime(env: dict[str, Any], monkeypatch: pyte
 
     monkeypatch.setattr(dashboard.auth, "time", Later)
     assert client.get("/api/v1/studies").status_code == 401
+
+
+def test_database_errors_do_not_log_search_terms(env: dict[str, Any]) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    db = env["client"].app.state.db
+    with pytest.raises(OperationalError) as err, db.session() as session:
+        session.execute(text("SELECT * FROM no_such_table WHERE patient_id = :q"), {"q": PHI_PATIENT_ID})
+    assert PHI_PATIENT_ID not in str(err.value)
