@@ -117,7 +117,7 @@ def recent_failures(session: Session, limit: int = 10) -> list[dict[str, Any]]:
             {
                 "study_id": s.id,
                 "accession_number": s.accession_number,
-                "what": f"study {s.state.value}",
+                "what": f"study {s.state.value.replace('_', ' ')}",
                 "reason": s.state_reason,
                 "time": aware(s.updated_at),
             }
