@@ -280,3 +280,31 @@ def test_analyze_without_a_loadable_model_is_503(env: dict[str, Any], monkeypatc
     r = env["client"].post("/api/v1/analyze", files={"file": ("a.png", _png_bytes())},
                            headers={"X-CSRF-Token": env["token"]})
     assert r.status_code == 503 and "analysis engine" in r.json()["detail"]
+
+
+def test_admin_actions_really_enqueue_and_are_audited(env: dict[str, Any]) -> None:
+    """No worker runs here: the messages must be waiting in the broker, and the audit names the user."""
+    from dashboard.broker import queue_depths
+
+    client: TestClient = env["client"]
+    sid = env["failed"].id
+    headers = {"X-CSRF-Token": env["token"]}
+    r = client.post(f"/api/v1/studies/{sid}/resend", headers=headers)
+    assert r.status_code == 200, r.text
+    assert queue_depths(env["settings"])["export"] == 1
+    r = client.post(f"/api/v1/studies/{sid}/reprocess", headers=headers)
+    assert r.status_code == 200 and r.json()["result"] == 2  # the new generation
+    assert queue_depths(env["settings"])["control"] == 1
+    study = client.get(f"/api/v1/studies/{sid}").json()
+    assert study["state"] == "queued" and study["generation"] == 2
+    actors = {(a["actor"], a["event"]) for a in study["audit"]}
+    assert {("user:alice", "resend_requested"), ("user:alice", "study_state")} <= actors
+    # The worker refuses a resend while the new run is pending: a 409 with its reason, not a 500.
+    r = client.post(f"/api/v1/studies/{sid}/resend", headers=headers)
+    assert r.status_code == 409 and "queued" in r.json()["detail"]
+    assert client.post("/api/v1/studies/424242/resend", headers=headers).status_code == 404
+    # The page form (no htmx) redirects back with a flash message.
+    r = client.post(f"/studies/{env['done'].id}/resend", data={"csrf_token": env["token"]},
+                    headers={"Accept": "text/html"}, follow_redirects=False)
+    assert r.status_code == 303
+    assert "queued for export again" in client.get(r.headers["location"], headers={"Accept": "text/html"}).text

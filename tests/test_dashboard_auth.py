@@ -263,3 +263,17 @@ def test_database_errors_do_not_log_search_terms(env: dict[str, Any]) -> None:
     with pytest.raises(OperationalError) as err, db.session() as session:
         session.execute(text("SELECT * FROM no_such_table WHERE patient_id = :q"), {"q": PHI_PATIENT_ID})
     assert PHI_PATIENT_ID not in str(err.value)
+
+
+def test_sonopacs_user_add_command(make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    import sonopacs_cli
+
+    settings = make_settings()
+    prepare(Database(settings.database_url))
+    monkeypatch.setenv("SONOPACS_DATABASE__URL", settings.database_url)
+    assert sonopacs_cli.main(["user", "add", "frank", "--role", "admin", "--password", "frank-password"]) == 0
+    with TestClient(create_app(settings)) as client:
+        token = csrf(client)
+        r = client.post("/api/v1/auth/login", json={"username": "frank", "password": "frank-password"},
+                        headers={"X-CSRF-Token": token})
+    assert r.status_code == 200 and r.json()["role"] == "admin"
