@@ -15,11 +15,13 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from cleaning.features import COLOUR_CHROMA, find_candidates
+from cleaning.features import COLOUR_CHROMA, Candidates, find_candidates
 from cleaning.train_detector import MODEL_PATH
 from cleaning.trees import TreeEnsemble
 
-ACCEPT = 0.5  # classifier probability above which a candidate component is an overlay
+ACCEPT = 0.4  # classifier probability above which a candidate component is an overlay
+LINE_DOUBT = 0.05  # below this a component is not rescued by text-line neighbours
+GROW_ROUNDS = 1  # 2 rounds: +1.7 points recall, -9 points precision on the synthetic set
 FRINGE_TOPHAT = 12  # grow accepted strokes into neighbours at least this far above the local opening
 _SQUARE3 = np.ones((3, 3), np.uint8)
 
@@ -65,6 +67,37 @@ def doppler_areas(chroma: np.ndarray, rgb_max: np.ndarray) -> np.ndarray:
     return big[labels] & (coloured > 0)
 
 
+def complete_text_lines(cand: Candidates, prob: np.ndarray, rounds: int = 3) -> np.ndarray:
+    """Accept doubtful components that sit in a text line with accepted ones.
+
+    Why: a blurred or thin glyph alone looks like speckle, but letters come in rows of similar
+    height and brightness; a neighbour on the same line, one glyph-height away, settles it.
+    """
+    accept = prob >= ACCEPT
+    doubtful = np.flatnonzero((prob >= LINE_DOUBT) & ~accept)
+    if doubtful.size == 0 or not accept.any():
+        return accept
+    x, y, w, h = (cand.boxes[:, i].astype(np.float64) for i in range(4))
+    bright = cand.features[:, 9].astype(np.float64)  # max grey
+    for _ in range(rounds):
+        acc = np.flatnonzero(accept)
+        d = doubtful[~accept[doubtful]]
+        if d.size == 0 or acc.size == 0:
+            break
+        dy = np.minimum(y[d, None] + h[d, None], y[None, acc] + h[None, acc]) - np.maximum(y[d, None], y[None, acc])
+        same_row = dy >= 0.5 * np.minimum(h[d, None], h[None, acc])
+        gap = np.maximum(x[None, acc] - (x[d, None] + w[d, None]), x[d, None] - (x[None, acc] + w[None, acc]))
+        near = gap <= 1.2 * np.maximum(h[d, None], h[None, acc])
+        similar = (np.abs(bright[d, None] - bright[None, acc]) <= 40) & (h[d, None] <= 2.5 * h[None, acc]) & (
+            h[None, acc] <= 2.5 * h[d, None])
+        glyph_sized = (h[None, acc] >= 5) & (h[None, acc] <= 40)
+        hit = (same_row & near & similar & glyph_sized).any(axis=1)
+        if not hit.any():
+            break
+        accept[d[hit]] = True
+    return accept
+
+
 def detect_annotations(grey: np.ndarray, chroma: np.ndarray | None, rgb_max: np.ndarray | None = None) -> Detection:
     """Annotation mask for one field crop (grey uint8; chroma and max over RGB uint8, or None)."""
     flags: list[str] = []
@@ -81,7 +114,7 @@ def detect_annotations(grey: np.ndarray, chroma: np.ndarray | None, rgb_max: np.
     if cand.n <= 1:
         return Detection(np.zeros(grey.shape, bool), [], flags, dop_frac)
     prob = _model().probability(cand.features.astype(np.float64))
-    keep = np.concatenate([[False], prob >= ACCEPT])
+    keep = np.concatenate([[False], complete_text_lines(cand, prob)])
     accepted = keep[cand.labels]
     kinds: list[str] = []
     if accepted.any():
@@ -90,8 +123,8 @@ def detect_annotations(grey: np.ndarray, chroma: np.ndarray | None, rgb_max: np.
             kinds.append("bright_graphics")
         if (keep[1:] & coloured).any():
             kinds.append("colour_graphics")
-        grown = cv2.dilate(accepted.astype(np.uint8), _SQUARE3).astype(bool) & (cand.tophat >= FRINGE_TOPHAT)
-        accepted |= grown
+        for _ in range(GROW_ROUNDS):  # antialiased / JPEG-softened edges, one pixel ring per round
+            accepted |= cv2.dilate(accepted.astype(np.uint8), _SQUARE3).astype(bool) & (cand.tophat >= FRINGE_TOPHAT)
         if doppler is not None:
             accepted &= ~doppler  # never inpaint Doppler: it is flagged, not hidden
     return Detection(accepted, kinds, flags, dop_frac, int(keep.sum()))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cleaning.annotations import detect_annotations
-from cleaning.convert import grey_and_chroma, to_uint8, validate
+from cleaning.convert import grey_and_chroma, rgb_max, to_uint8, validate
 from cleaning.field import Field, find_fields
 from cleaning.inpaint import inpaint
 from cleaning.types import CleanResult, Region
@@ -31,8 +31,8 @@ def clean_image(
     img8 = to_uint8(img)
     grey, chroma = grey_and_chroma(img8)
     fields = find_fields(grey, regions, chroma)
-    rgb_max = img8.max(axis=2) if chroma is not None else None
-    results = [_clean_field(grey, chroma, rgb_max, f) for f in fields]
+    value = rgb_max(img8) if chroma is not None else None
+    results = [_clean_field(grey, chroma, value, f) for f in fields]
     if len(results) > 1:
         for r in results:
             _flags(r).append("dual_view")
@@ -45,10 +45,10 @@ def _flags(result: CleanResult) -> list[str]:
     return flags
 
 
-def _clean_field(grey: np.ndarray, chroma: np.ndarray | None, rgb_max: np.ndarray | None, f: Field) -> CleanResult:
+def _clean_field(grey: np.ndarray, chroma: np.ndarray | None, value: np.ndarray | None, f: Field) -> CleanResult:
     box = (slice(f.y0, f.y1 + 1), slice(f.x0, f.x1 + 1))
     crop = grey[box]
-    det = detect_annotations(crop, None if chroma is None else chroma[box], None if rgb_max is None else rgb_max[box])
+    det = detect_annotations(crop, None if chroma is None else chroma[box], None if value is None else value[box])
     # Only what the detector found is removed. Blanking everything outside a detected sector was
     # tried and cut dim sector edges (SonoSite), so the field mask only sets the crop box.
     removed = det.mask

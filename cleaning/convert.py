@@ -69,7 +69,14 @@ def grey_and_chroma(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     if image.ndim == 2:
         return image, None
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    chroma = cv2.subtract(image.max(axis=2), image.min(axis=2))
-    if int(chroma.max()) <= 12:
+    r, g, b = cv2.split(image)
+    chroma = cv2.subtract(cv2.max(cv2.max(r, g), b), cv2.min(cv2.min(r, g), b))
+    if cv2.minMaxLoc(chroma)[1] <= 12:
         return grey, None
     return grey, chroma
+
+
+def rgb_max(image: np.ndarray) -> np.ndarray:
+    """Largest of R, G, B per pixel (HSV 'value'): how bright a coloured pixel is."""
+    r, g, b = cv2.split(image)
+    return cv2.max(cv2.max(r, g), b)

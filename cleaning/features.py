@@ -32,6 +32,7 @@ class Candidates:
     n: int  # number of labels including background 0
     features: np.ndarray  # (n-1, len(FEATURE_NAMES)) float32, row i is label i+1
     tophat: np.ndarray  # uint8 HxW, grey - opening(9x9): used to grow accepted strokes
+    boxes: np.ndarray  # (n-1, 4) int: x, y, width, height of each component
 
 
 def _per_label_max(values: np.ndarray, lab: np.ndarray, n: int) -> np.ndarray:
@@ -54,7 +55,7 @@ def find_candidates(grey: np.ndarray, chroma: np.ndarray | None, exclude: np.nda
     seeds8 = seeds.astype(np.uint8)
     n, labels, stats, cents = cv2.connectedComponentsWithStats(seeds8, connectivity=8)
     if n <= 1:
-        return Candidates(labels, n, np.zeros((0, len(FEATURE_NAMES)), np.float32), tophat)
+        return Candidates(labels, n, np.zeros((0, len(FEATURE_NAMES)), np.float32), tophat, np.zeros((0, 4), int))
     idx = np.flatnonzero(seeds8)
     lab = labels.ravel()[idx]
     g = grey.ravel()[idx].astype(np.float64)
@@ -85,9 +86,13 @@ def find_candidates(grey: np.ndarray, chroma: np.ndarray | None, exclude: np.nda
     rcount = np.maximum(np.bincount(rlab, minlength=n), 1)
     ring_mean = np.bincount(rlab, weights=rg, minlength=n) / rcount
     ring_std = np.sqrt(np.maximum(np.bincount(rlab, weights=rg * rg, minlength=n) / rcount - ring_mean ** 2, 0))
-    density = cv2.boxFilter(seeds8.astype(np.float32), -1, (31, 31))
+    # share of seed pixels in the 31x31 window around each centroid (text comes in clusters)
+    integral = cv2.integral(seeds8)
     cy = np.clip(cents[:, 1].round().astype(int), 0, grey.shape[0] - 1)
     cx = np.clip(cents[:, 0].round().astype(int), 0, grey.shape[1] - 1)
+    ya, yb = np.clip(cy - 15, 0, grey.shape[0]), np.clip(cy + 16, 0, grey.shape[0])
+    xa, xb = np.clip(cx - 15, 0, grey.shape[1]), np.clip(cx + 16, 0, grey.shape[1])
+    density = (integral[yb, xb] - integral[ya, xb] - integral[yb, xa] + integral[ya, xa]) / 961.0
     p99 = float(np.percentile(grey[::4, ::4], 99))
     th90 = float(np.percentile(tophat[::4, ::4], 90))
     chroma_mean = mean(chroma.ravel()[idx].astype(np.float64)) if chroma is not None else np.zeros(n)
@@ -95,6 +100,6 @@ def find_candidates(grey: np.ndarray, chroma: np.ndarray | None, exclude: np.nda
         np.log1p(area), w, h, area / np.maximum(w * h, 1), np.maximum(w, h) / np.maximum(np.minimum(w, h), 1),
         w / np.maximum(h, 1), mean_th, _per_label_max(th, lab, n), mean_g, max_g, std_g, plateau,
         mean(grad) / np.maximum(mean_th, 1), mean(tophat5) / np.maximum(mean_th, 1), max_g - ring_mean, ring_std,
-        chroma_mean, density[cy, cx], np.full(n, p99), np.full(n, th90), mean_g - mean_th,
+        chroma_mean, density, np.full(n, p99), np.full(n, th90), mean_g - mean_th,
     ], axis=1)[1:].astype(np.float32)
-    return Candidates(labels, n, feats, tophat)
+    return Candidates(labels, n, feats, tophat, stats[1:, :4].astype(int))

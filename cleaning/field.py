@@ -126,7 +126,8 @@ def _field_mask(grey: np.ndarray, chroma: np.ndarray | None = None) -> tuple[np.
 def detect_fields(grey: np.ndarray, chroma: np.ndarray | None = None) -> list[Field]:
     """Field from the pixels; the whole frame (low confidence) when nothing field-like stands out."""
     h, w = grey.shape
-    if int(grey.max()) <= 2 * DARK or int(grey.min()) >= 250:
+    lo, hi, _, _ = cv2.minMaxLoc(grey)
+    if hi <= 2 * DARK or lo >= 250:
         return [Field(0, 0, h - 1, w - 1, np.ones((h, w), bool), "whole", 0.1)]
     mask, frac = _field_mask(grey, chroma)
     if frac < 0.02:

@@ -16,13 +16,24 @@ def inpaint(grey: np.ndarray, mask: np.ndarray, radius: int = 3) -> np.ndarray:
         return grey.copy()
     out = grey.copy()
     m8 = mask.astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(cv2.dilate(m8, np.ones((9, 9), np.uint8)), connectivity=8)
     h, w = grey.shape
+    # group strokes into boxes on a 4x-reduced map (16x cheaper than labelling full resolution)
+    small = cv2.resize(m8, (max(1, w // 4), max(1, h // 4)), interpolation=cv2.INTER_AREA) > 0
+    small |= cv2.resize(m8, (max(1, w // 4), max(1, h // 4)), interpolation=cv2.INTER_NEAREST) > 0
+    small8 = cv2.dilate(small.astype(np.uint8), np.ones((3, 3), np.uint8))
+    n, _, stats, _ = cv2.connectedComponentsWithStats(small8, connectivity=8)
+    sy, sx = h / small8.shape[0], w / small8.shape[1]
+    pad = radius + 2
+    covered = np.zeros((h, w), bool)
     for i in range(1, n):
         x, y, bw, bh = stats[i, :4]
-        y0, x0 = max(0, y - radius), max(0, x - radius)
-        y1, x1 = min(h, y + bh + radius), min(w, x + bw + radius)
+        y0, x0 = max(0, int(y * sy) - pad), max(0, int(x * sx) - pad)
+        y1, x1 = min(h, int((y + bh) * sy) + pad), min(w, int((x + bw) * sx) + pad)
+        covered[y0:y1, x0:x1] = True
         sub = m8[y0:y1, x0:x1]
         if sub.any():
             out[y0:y1, x0:x1] = cv2.inpaint(out[y0:y1, x0:x1], sub, radius, cv2.INPAINT_TELEA)
+    left = mask & ~covered  # rounding at the reduced scale: fill the rest on the whole frame
+    if left.any():
+        out = cv2.inpaint(out, left.astype(np.uint8), radius, cv2.INPAINT_TELEA)
     return out

@@ -26,22 +26,20 @@ class TreeEnsemble:
     feature_names: list[str]
 
     def decision(self, x: np.ndarray) -> np.ndarray:
-        """Raw score (log-odds) per row of x (rows x features)."""
+        """Raw score (log-odds) per row of x (rows x features); all trees walked at once."""
         n = x.shape[0]
-        score = np.full(n, self.bias, dtype=np.float64)
         if n == 0:
-            return score
-        rows = np.arange(n)
-        for t in range(self.feature.shape[0]):
-            node = np.zeros(n, dtype=np.int64)
-            feat, thr, lft, rgt = self.feature[t], self.threshold[t], self.left[t], self.right[t]
-            for _ in range(self.depth):
-                f = feat[node]
-                leaf = f < 0
-                go_left = x[rows, np.where(leaf, 0, f)] <= thr[node]
-                node = np.where(leaf, node, np.where(go_left, lft[node], rgt[node]))
-            score += self.value[t][node]
-        return score
+            return np.full(0, self.bias)
+        trees = self.feature.shape[0]
+        tree_idx = np.arange(trees)[:, None]
+        rows = np.arange(n)[None, :]
+        node = np.zeros((trees, n), dtype=np.int64)
+        for _ in range(self.depth):
+            f = self.feature[tree_idx, node]
+            leaf = f < 0
+            go_left = x[rows, np.maximum(f, 0)] <= self.threshold[tree_idx, node]
+            node = np.where(leaf, node, np.where(go_left, self.left[tree_idx, node], self.right[tree_idx, node]))
+        return self.bias + self.value[tree_idx, node].sum(axis=0)
 
     def probability(self, x: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-np.clip(self.decision(x), -50, 50)))
