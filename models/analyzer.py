@@ -1,0 +1,137 @@
+"""``models.Analyzer``: one cleaned B-mode image in, an ``AnalysisResult`` out.
+
+Per image: letterbox to the model size, run the network on the image and its horizontal mirror
+(test-time augmentation: averaged prediction, and the spread of the malignancy probability as the
+uncertainty), Grad-CAM from ``monai.visualize.GradCAM`` on the deepest encoder features, the
+largest lesion component mapped back to the input's pixels, and its measurements.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.visualize import GradCAM
+from monai.visualize.class_activation_maps import ModelWithHooks
+
+from models.calibration import calibrated_probs
+from models.measure import lesion_mask, measure_lesion
+from models.networks import ClassifierView, SonoNet, build_network
+from models.transforms import letterbox_image, to_gray, to_model_input
+from models.types import CLASSES, AnalysisResult
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights"
+
+
+def _pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class _PerSampleHooks(ModelWithHooks):
+    """MONAI's hook wrapper, scoring each sample's own argmax class (MONAI indexes
+    ``logits[:, idx]``, which mixes samples when ``idx`` is a per-sample tensor)."""
+
+    def class_score(self, logits: torch.Tensor, class_idx: Any) -> torch.Tensor:
+        if isinstance(class_idx, torch.Tensor) and class_idx.ndim == 1:
+            return logits.gather(1, class_idx[:, None]).squeeze(1)
+        return logits[:, class_idx]
+
+
+class Analyzer:
+    """Loaded model + calibration + operating points. Deterministic for the same input."""
+
+    def __init__(self, net: SonoNet, manifest: dict[str, Any], device: torch.device) -> None:
+        self.net = net.to(device).eval()
+        self.device = device
+        self.manifest = manifest
+        self.name: str = manifest["name"]
+        self.version: str = manifest["version"]
+        self.size: int = int(manifest["image_size"])
+        self.temperature: float = float(manifest["temperature"])
+        self.operating_points: dict[str, float] = {k: float(v) for k, v in manifest["operating_points"].items()}
+        self._view = ClassifierView(self.net)
+        hooked = _PerSampleHooks(self._view, "net.cam_target", register_forward=True, register_backward=True)
+        self._cam = GradCAM(nn_module=hooked, target_layers="net.cam_target")  # type: ignore[arg-type]
+
+    @classmethod
+    def load(cls, weights_dir: Path | None = None, device: str = "auto") -> Analyzer:
+        wdir = Path(weights_dir) if weights_dir is not None else DEFAULT_WEIGHTS
+        manifest = json.loads((wdir / "model.json").read_text())
+        net = build_network(manifest["model"])
+        state = torch.load(wdir / "model.pt", map_location="cpu", weights_only=True)
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        for p in net.parameters():
+            p.requires_grad_(False)  # Grad-CAM needs only the gradient at cam_target
+        net.cam_detach = True
+        return cls(net, manifest, _pick_device(device))
+
+    def analyze(self, image: np.ndarray, spacing_mm: tuple[float, float] | None = None) -> AnalysisResult:
+        return self.analyze_batch([image], [spacing_mm])[0]
+
+    def analyze_batch(self, images: list[np.ndarray],
+                      spacings: list[tuple[float, float] | None] | None = None) -> list[AnalysisResult]:
+        """Analyse several images in one network pass (each with its mirror for TTA)."""
+        if not images:
+            return []
+        spacings = list(spacings) if spacings is not None else [None] * len(images)
+        if len(spacings) != len(images):
+            raise ValueError("spacings must have one entry per image")
+        boxes, tensors = [], []
+        for img in images:
+            lb, box = letterbox_image(to_gray(img), self.size)
+            boxes.append(box)
+            tensors.append(to_model_input(lb))
+        x = torch.stack(tensors).to(self.device)
+        n = len(images)
+        xx = torch.cat([x, x.flip(-1)])
+        with torch.enable_grad():
+            cam = self._cam(xx, class_idx=None)  # per-sample argmax class of each view
+        assert self._view.last_logits is not None and self._view.last_seg is not None
+        logits = self._view.last_logits.detach().float().cpu().numpy().astype(np.float64)
+        seg = torch.softmax(self._view.last_seg.detach().float(), dim=1)[:, 1]
+        seg_np = seg.cpu().numpy()
+        cam_np = cam.detach().float().cpu().numpy()[:, 0]
+        results = []
+        for i in range(n):
+            probs_views = calibrated_probs(logits[[i, n + i]], self.temperature)
+            probs = calibrated_probs(logits[[i, n + i]].mean(axis=0, keepdims=True), self.temperature)[0]
+            prob_map = (seg_np[i] + seg_np[n + i][:, ::-1]) / 2
+            heat = (cam_np[i] + cam_np[n + i][:, ::-1]) / 2
+            results.append(self._result(probs, probs_views, prob_map, heat, boxes[i], spacings[i]))
+        return results
+
+    def _result(self, probs: np.ndarray, probs_views: np.ndarray, prob_map: np.ndarray, heat: np.ndarray,
+                box: Any, spacing: tuple[float, float] | None) -> AnalysisResult:
+        label_idx = int(np.argmax(probs))
+        label = CLASSES[label_idx]
+        pm = float(probs[2])
+        full_prob = box.unletterbox(prob_map.astype(np.float32))
+        mask = lesion_mask(full_prob) if label != "normal" else np.zeros(full_prob.shape, bool)
+        heat_full = box.unletterbox(heat.astype(np.float32))
+        lo, hi = float(heat_full.min()), float(heat_full.max())
+        heat_full = ((heat_full - lo) / (hi - lo)) if hi > lo else np.zeros_like(heat_full)
+        lesion = measure_lesion(mask, spacing)
+        return AnalysisResult(
+            probabilities={c: float(p) for c, p in zip(CLASSES, probs, strict=True)},
+            label=label,
+            malignancy_probability=pm,
+            decisions={k: bool(pm >= t) for k, t in self.operating_points.items()},
+            mask=mask,
+            heatmap=np.clip(heat_full, 0, 1).astype(np.float32),
+            lesion=lesion,
+            uncertainty=float(np.std(probs_views[:, 2])),
+            model_name=self.name,
+            model_version=self.version,
+            extra={
+                "operating_points": dict(self.operating_points),
+                "tta_views": 2,
+                "heatmap_method": "monai GradCAM on the deepest encoder features, class = predicted label",
+                "lesion_probability_max": float(full_prob.max()),
+            },
+        )
+

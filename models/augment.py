@@ -1,0 +1,94 @@
+"""Batched ultrasound augmentation on the training device (GPU or CPU), same code either way.
+
+Per-sample MONAI dictionary transforms would keep a GPU waiting on a Python loop; these batched
+tensor ops do the same kinds of change in one pass: horizontal flip, small affine + elastic
+deformation (one ``grid_sample`` for image and mask), gamma/contrast, multiplicative speckle, blur,
+simulated low resolution and synthetic burned-in annotations.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def _u(n: int, lo: float, hi: float, g: torch.Generator, dev: torch.device) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=dev) * (hi - lo) + lo
+
+
+def _p(n: int, p: float, g: torch.Generator, dev: torch.device) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=dev) < p
+
+
+class Augmenter:
+    """Call with x (B,1,S,S in [0,1]) and y (B,1,S,S {0,1}); returns augmented copies."""
+
+    def __init__(self, cfg: dict[str, Any], stamps: torch.Tensor, generator: torch.Generator) -> None:
+        self.cfg = cfg
+        self.stamps = stamps  # K x S x S on the training device
+        self.g = generator
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c, g, dev = self.cfg, self.g, x.device
+        b, _, s, _ = x.shape
+        # --- geometry: flip, affine, elastic in one sampling grid
+        flip = torch.where(_p(b, c.get("flip", 0.5), g, dev), -1.0, 1.0)
+        use_aff = _p(b, c.get("affine", 0.8), g, dev).float()
+        ang = _u(b, -1, 1, g, dev) * math.radians(c.get("rotate_deg", 10)) * use_aff
+        lo, hi = c.get("scale", [0.9, 1.1])
+        sc = torch.exp(_u(b, math.log(lo), math.log(hi), g, dev) * use_aff)
+        aspect = torch.exp(_u(b, -0.08, 0.08, g, dev) * use_aff)
+        tr = c.get("translate", 0.05)
+        tx, ty = _u(b, -tr, tr, g, dev) * use_aff * 2, _u(b, -tr, tr, g, dev) * use_aff * 2
+        cos, sin = torch.cos(ang), torch.sin(ang)
+        theta = torch.zeros(b, 2, 3, device=dev)
+        theta[:, 0, 0] = cos / (sc * aspect) * flip
+        theta[:, 0, 1] = -sin / sc
+        theta[:, 1, 0] = sin / (sc * aspect) * flip
+        theta[:, 1, 1] = cos / sc
+        theta[:, 0, 2], theta[:, 1, 2] = tx, ty
+        grid = F.affine_grid(theta, [b, 1, s, s], align_corners=False)
+        el = _p(b, c.get("elastic", 0.3), g, dev).float()[:, None, None, None]
+        if el.any():
+            coarse = torch.randn(b, 2, 6, 6, generator=g, device=dev) * c.get("elastic_magnitude", 0.015) * 4
+            disp = F.interpolate(coarse, size=(s, s), mode="bicubic", align_corners=False)
+            grid = grid + disp.permute(0, 2, 3, 1) * el
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        y = (F.grid_sample(y, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5).float()
+        # --- intensity: gamma, contrast/brightness
+        glo, ghi = c.get("gamma", [0.8, 1.25])
+        gam = torch.exp(_u(b, math.log(glo), math.log(ghi), g, dev))[:, None, None, None]
+        x = x.clamp(0, 1) ** gam
+        clo, chi = c.get("contrast", [0.8, 1.2])
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        x = (x - mean) * _u(b, clo, chi, g, dev)[:, None, None, None] + mean
+        x = x + _u(b, -0.06, 0.06, g, dev)[:, None, None, None]
+        # --- multiplicative speckle (spatially correlated over ~2 px, like resolution cells)
+        sp = _p(b, c.get("speckle", 0.5), g, dev).float() * _u(b, 0, c.get("speckle_sigma", 0.2), g, dev)
+        noise = torch.randn(b, 1, s // 2, s // 2, generator=g, device=dev)
+        noise = F.interpolate(noise, size=(s, s), mode="bilinear", align_corners=False)
+        x = x * (1 + sp[:, None, None, None] * noise)
+        # --- blur (3x3 / 5x5 binomial) and simulated low resolution
+        bl = _p(b, c.get("blur", 0.2), g, dev)
+        if bl.any():
+            k1 = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], device=dev)
+            k = (k1[:, None] * k1[None, :]) / 256.0
+            blurred = F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), k[None, None])
+            x = torch.where(bl[:, None, None, None], blurred, x)
+        lr = _p(b, c.get("lowres", 0.2), g, dev)
+        if lr.any():
+            f = float(_u(1, 1.5, 3.0, g, dev).item())
+            small = F.interpolate(x, scale_factor=1 / f, mode="area")
+            up = F.interpolate(small, size=(s, s), mode="bilinear", align_corners=False)
+            x = torch.where(lr[:, None, None, None], up, x)
+        # --- synthetic burned-in annotations (bright overlays the model must ignore)
+        an = _p(b, c.get("annotations", 0.3), g, dev)
+        if an.any() and self.stamps.shape[0] > 0:
+            idx = torch.randint(0, self.stamps.shape[0], (b,), generator=g, device=dev)
+            st = self.stamps[idx][:, None] * an[:, None, None, None].float()
+            x = torch.maximum(x, st)
+        return x.clamp(0, 1), y

@@ -1,0 +1,105 @@
+"""Turn a training run's job outputs into a shippable weights folder.
+
+Temperature and both operating points are fitted on the pooled out-of-fold predictions of the CV
+jobs; the same numbers then describe the final model, which trained on all data (the usual
+assumption that fold models and the final model behave alike — stated in the model card).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.calibration import calibrated_probs, fit_temperature, operating_points
+from models.metrics import classification_metrics
+from models.plots import plot_confusion, plot_reliability, plot_roc
+
+log = logging.getLogger(__name__)
+
+
+def _load_preds(paths: list[Path]) -> dict[str, np.ndarray]:
+    parts = [dict(np.load(p)) for p in paths]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _seg_summary(d: dict[str, np.ndarray], sel: np.ndarray) -> dict[str, float | None]:
+    dice, iou = d["dice"][sel], d["iou"][sel]
+    ok = np.isfinite(dice)
+    return {"dice": float(dice[ok].mean()) if ok.any() else None,
+            "iou": float(iou[ok].mean()) if ok.any() else None, "n_masks": int(ok.sum())}
+
+
+def metrics_for(d: dict[str, np.ndarray], sel: np.ndarray, temperature: float, ops: dict[str, float]
+                ) -> dict[str, Any]:
+    probs = calibrated_probs(d["logits"][sel], temperature)
+    return {**classification_metrics(probs, d["labels"][sel], ops), **_seg_summary(d, sel)}
+
+
+def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+    jobs = out / "jobs"
+    cv = sorted(jobs.glob("cv*/preds.npz"))
+    if not cv:
+        raise FileNotFoundError(f"no cross-validation predictions under {jobs}")
+    oof = _load_preds(cv)
+    temperature = fit_temperature(oof["logits"], oof["labels"])
+    probs = calibrated_probs(oof["logits"], temperature)
+    target = float(cfg.get("calibration", {}).get("high_sensitivity_target", 0.95))
+    ops = operating_points(probs[:, 2], oof["labels"] == 2, target)
+    report: dict[str, Any] = {
+        "temperature": temperature,
+        "operating_points": ops,
+        "oof": {"all": metrics_for(oof, np.ones(len(oof["labels"]), bool), temperature, ops)},
+        "oof_uncalibrated_ece": metrics_for(oof, np.ones(len(oof["labels"]), bool), 1.0, ops)["ece"],
+        "cross_dataset": {},
+        "jobs": {},
+    }
+    for ds in sorted(set(oof["datasets"].tolist())):
+        report["oof"][ds] = metrics_for(oof, oof["datasets"] == ds, temperature, ops)
+    plot_confusion(report["oof"]["all"]["confusion_matrix"], out / "oof_confusion.png", "OOF confusion")
+    plot_roc(probs, oof["labels"], ops, out / "oof_roc.png")
+    plot_reliability(probs, oof["labels"], out / "oof_reliability.png")
+    for p in sorted(jobs.glob("cross_*/preds.npz")):
+        d = _load_preds([p])
+        sel = np.ones(len(d["labels"]), bool)
+        # a model trained on one dataset: its own temperature is unknown, report uncalibrated (T=1)
+        report["cross_dataset"][p.parent.name] = metrics_for(d, sel, 1.0, ops)
+    for info in sorted(jobs.glob("*/info.json")):
+        report["jobs"][info.parent.name] = json.loads(info.read_text())
+    final = jobs / "final" / "model.pt"
+    if final.exists():
+        wdir = out / "weights"
+        wdir.mkdir(parents=True, exist_ok=True)
+        ck = torch.load(final, map_location="cpu", weights_only=True)
+        state = {k: (v.half() if v.is_floating_point() else v) for k, v in ck["state_dict"].items()}
+        torch.save(state, wdir / "model.pt")
+        cfg_text = Path(cfg["_path"]).read_text()
+        manifest = {
+            "name": cfg["name"],
+            "version": cfg["version"],
+            "image_size": int(cfg["data"]["image_size"]),
+            "model": cfg["model"],
+            "temperature": temperature,
+            "operating_points": ops,
+            "best_epoch": ck.get("best_epoch"),
+            "config_sha256": hashlib.sha256(cfg_text.encode()).hexdigest(),
+            "seed": cfg["seed"],
+            "overrides": cfg.get("_overrides", []),
+        }
+        (wdir / "model.json").write_text(json.dumps(manifest, indent=2))
+        (wdir / "config.yaml").write_text(cfg_text)
+        (wdir / "metrics.json").write_text(json.dumps(report, indent=2))
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    log.info("OOF: %s", json.dumps({k: v for k, v in report["oof"]["all"].items() if not isinstance(v, (dict, list))}))
+    return report
+
+
+def load_manifest(wdir: Path) -> dict[str, Any]:
+    m: dict[str, Any] = json.loads((wdir / "model.json").read_text())
+    return m
+

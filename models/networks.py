@@ -1,0 +1,80 @@
+"""Joint segmentation + classification network on a MONAI FlexibleUNet.
+
+One encoder serves both tasks: the lesion mask teaches the encoder where the lesion is, which
+helps classification on small data; the classification head pools the deepest encoder features.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from monai.networks.nets import FlexibleUNet
+from torch import nn
+
+from models.transforms import normalize_batch
+
+
+class SonoNet(nn.Module):
+    """FlexibleUNet (trained from scratch) + a pooled linear classification head.
+
+    ``forward`` returns (class logits B x 3, segmentation logits B x 2 x H x W). ``cam_target`` is an
+    identity on the deepest encoder features so Grad-CAM can hook it by name.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 8),
+        num_classes: int = 3,
+        dropout: float = 0.3,
+    ) -> None:
+        super().__init__()
+        self.unet = FlexibleUNet(
+            in_channels=1,
+            out_channels=2,
+            backbone=backbone,
+            pretrained=False,
+            decoder_channels=tuple(decoder_channels),
+            spatial_dims=2,
+        )
+        with torch.no_grad():
+            feats = self.unet.encoder(torch.zeros(1, 1, 64, 64))
+        ch = int(feats[-1].shape[1])
+        self.cam_target = nn.Identity()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(ch, num_classes))
+        self.cam_detach = False  # Grad-CAM: stop gradients at cam_target (cheap; exact for this head)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = normalize_batch(x)
+        feats = self.unet.encoder(x)
+        seg = self.unet.segmentation_head(self.unet.decoder(feats, self.unet.skip_connect))
+        deep = feats[-1]
+        if self.cam_detach:
+            deep = deep.detach().requires_grad_(True)
+        logits = self.head(self.pool(self.cam_target(deep)))
+        return logits, seg
+
+
+class ClassifierView(nn.Module):
+    """Adapter for ``monai.visualize.GradCAM``: returns class logits, keeps the last seg logits."""
+
+    def __init__(self, net: SonoNet) -> None:
+        super().__init__()
+        self.net = net
+        self.last_seg: torch.Tensor | None = None
+        self.last_logits: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits, seg = self.net(x)
+        self.last_seg, self.last_logits = seg, logits
+        return logits
+
+
+def build_network(model_cfg: dict[str, Any]) -> SonoNet:
+    return SonoNet(
+        backbone=model_cfg.get("backbone", "resnet18"),
+        decoder_channels=tuple(model_cfg.get("decoder_channels", (128, 64, 32, 16, 8))),
+        dropout=float(model_cfg.get("dropout", 0.3)),
+    )

@@ -1,0 +1,349 @@
+"""``sonopacs train --config FILE``: cross-validation, final model, cross-dataset runs, calibration.
+
+A config lists *jobs*: ``cv`` (k group/patient-aware folds giving out-of-fold predictions),
+``final`` (all data, the shipped model) and ``cross`` (train on one dataset, test on another).
+Each job is independent and seeded, so ``python -m models.training --jobs cv0,cv1`` may run jobs
+in parallel processes; ``train_from_config`` runs them one after another, then ``finalize`` fits
+the temperature and operating points on the out-of-fold predictions and writes the weights folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from monai.losses import DiceCELoss
+from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
+from tqdm import tqdm
+
+from models.augment import Augmenter
+from models.data import Packed, build_pack, concat_packs, load_pack, read_index, save_pack
+from models.measure import lesion_mask
+from models.metrics import dice_iou
+from models.networks import SonoNet, build_network
+from models.synthetic import stamp_bank
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_config(path: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read a YAML config; ``overrides`` like ``train.epochs=3`` are for quick checks only."""
+    cfg = yaml.safe_load(Path(path).read_text())
+    cfg["_path"] = str(path)
+    for item in overrides or []:
+        key, _, val = item.partition("=")
+        node = cfg
+        *parents, leaf = key.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = yaml.safe_load(val)
+    cfg["_overrides"] = list(overrides or [])
+    return cfg
+
+
+def load_data(cfg: dict[str, Any]) -> Packed:
+    """All datasets of the config, from their packs (built and saved on first use)."""
+    size = int(cfg["data"]["image_size"])
+    packs = []
+    for ds in cfg["data"]["datasets"]:
+        pack_path = Path(ds["pack"]) if ds.get("pack") else None
+        if pack_path is not None and pack_path.exists():
+            packs.append(load_pack(pack_path))
+            continue
+        recs = read_index(Path(ds["index"]), ds["name"], ds.get("group_column"))
+        p = build_pack(recs, size)
+        if pack_path is not None:
+            save_pack(p, pack_path)
+            p = load_pack(pack_path)  # train on exactly what a later run will read
+        packs.append(p)
+    return concat_packs(packs)
+
+
+def eligible(data: Packed, cfg: dict[str, Any]) -> np.ndarray:
+    keep = data.labels >= 0
+    if cfg["data"].get("drop_label_conflict", True):
+        keep &= ~data.conflicts
+    return np.flatnonzero(keep)
+
+
+def _strata(data: Packed, idx: np.ndarray) -> np.ndarray:
+    ds = {d: i for i, d in enumerate(sorted(set(data.datasets.tolist())))}
+    return np.array([data.labels[i] * 10 + ds[data.datasets[i]] for i in idx])
+
+
+def make_jobs(data: Packed, cfg: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
+    """Job name -> {train, test} indices; every split is by group (near-duplicate set / patient)."""
+    idx = eligible(data, cfg)
+    jobs: dict[str, dict[str, np.ndarray]] = {}
+    kinds = cfg.get("jobs", ["cv", "final"])
+    if "cv" in kinds:
+        k = int(cfg["cv"]["folds"])
+        sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=int(cfg["seed"]))
+        for f, (tr, te) in enumerate(sgkf.split(idx, _strata(data, idx), data.groups[idx])):
+            jobs[f"cv{f}"] = {"train": idx[tr], "test": idx[te]}
+    if "final" in kinds:
+        jobs["final"] = {"train": idx, "test": idx[:0]}
+    if "cross" in kinds:
+        for c in cfg.get("cross", []):
+            jobs[f"cross_{c['train']}_to_{c['test']}"] = {
+                "train": idx[data.datasets[idx] == c["train"]],
+                "test": idx[data.datasets[idx] == c["test"]],
+            }
+    for j in jobs.values():  # guard the one rule that makes validation honest
+        assert not set(data.groups[j["train"]]) & set(data.groups[j["test"]]), "group leak"
+    return jobs
+
+
+def inner_split(data: Packed, train: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out ~frac of the training groups for early stopping (never the job's test set)."""
+    n_splits = max(2, round(1 / frac))
+    sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    try:
+        fit, val = next(iter(sgkf.split(train, _strata(data, train), data.groups[train])))
+    except ValueError:  # too few samples per class to stratify (tiny data): random groups
+        fit, val = next(iter(GroupShuffleSplit(1, test_size=frac, random_state=seed).split(
+            train, groups=data.groups[train])))
+    return train[fit], train[val]
+
+
+def class_weights(labels: np.ndarray, mode: str) -> torch.Tensor:
+    counts = np.bincount(labels, minlength=3).astype(np.float64)
+    if mode != "balanced":
+        return torch.ones(3)
+    present = counts > 0
+    w = np.zeros(3)
+    w[present] = counts[present].sum() / (present.sum() * counts[present])
+    return torch.tensor(w, dtype=torch.float32)
+
+
+@torch.no_grad()
+def predict(net: SonoNet, images: torch.Tensor, batch: int = 128, tta: bool = True
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Class logits (N x 3) and lesion probability maps (N x S x S), averaged over a flip TTA."""
+    net.eval()
+    dev = next(net.parameters()).device
+    logits, probs = [], []
+    for s in range(0, len(images), batch):
+        x = images[s : s + batch].to(dev).float()[:, None] / 255.0
+        if dev.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        views = [x, x.flip(-1)] if tta else [x]
+        lg: torch.Tensor | float = 0.0
+        pr: torch.Tensor | float = 0.0
+        for v, xv in enumerate(views):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                lo, seg = net(xv)
+            p = torch.softmax(seg.float(), dim=1)[:, 1]
+            lg = lg + lo.float() / len(views)
+            pr = pr + (p.flip(-1) if v else p) / len(views)
+        logits.append(torch.as_tensor(lg).cpu())
+        probs.append(torch.as_tensor(pr).cpu())
+    return torch.cat(logits).numpy(), torch.cat(probs).numpy()
+
+
+def _seg_scores(prob_maps: np.ndarray, masks: np.ndarray, labels_pred: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Dice/IoU per image after the Analyzer's post-processing (NaN where the truth is empty)."""
+    dice = np.full(len(masks), np.nan)
+    iou = np.full(len(masks), np.nan)
+    for i, (p, m) in enumerate(zip(prob_maps, masks, strict=True)):
+        if m.any():
+            pred = lesion_mask(p) if labels_pred[i] != 0 else np.zeros_like(m, bool)
+            dice[i], iou[i] = dice_iou(pred, m.astype(bool))
+    return dice, iou
+
+
+def _lr_at(step: int, total: int, warm: int, base: float) -> float:
+    if step < warm:
+        return base * (step + 1) / warm
+    t = (step - warm) / max(1, total - warm)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[str, Any],
+              device: torch.device, out_dir: Path, job_seed: int) -> None:
+    """Train one job with early stopping on an inner group split; save model, log and test preds."""
+    tcfg = cfg["train"]
+    jdir = out_dir / "jobs" / name
+    jdir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(job_seed)
+    np.random.seed(job_seed % 2**32)
+    fit, val = inner_split(data, split["train"], float(tcfg.get("inner_val_fraction", 0.12)), job_seed)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    imgs = torch.from_numpy(data.images).to(device)
+    msks = torch.from_numpy(data.masks).to(device)
+    labs = torch.from_numpy(data.labels).to(device)
+    net = build_network(cfg["model"]).to(device)
+    if cuda:
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    size = data.images.shape[-1]
+    g = torch.Generator(device=device)
+    g.manual_seed(job_seed)
+    stamps = torch.from_numpy(stamp_bank(int(tcfg.get("n_stamps", 256)), size, job_seed)).to(device)
+    aug = Augmenter(tcfg.get("augment", {}), stamps, g)
+    opt = torch.optim.AdamW(net.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
+    cw = class_weights(data.labels[fit], tcfg.get("class_weights", "balanced")).to(device)
+    seg_loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    bs = min(int(tcfg["batch_size"]), len(fit))
+    steps_per_epoch = max(1, len(fit) // bs)
+    epochs = int(tcfg["epochs"])
+    total = epochs * steps_per_epoch
+    warm = int(tcfg.get("warmup_epochs", 1)) * steps_per_epoch
+    amp = cuda and tcfg.get("amp", "bf16") == "bf16"
+    cpu_gen = torch.Generator().manual_seed(job_seed)
+    best: tuple[float, int, dict[str, torch.Tensor]] = (-1e9, -1, {})
+    rows: list[dict[str, Any]] = []
+    patience, min_epochs = int(tcfg.get("patience", 20)), int(tcfg.get("min_epochs", 0))
+    step = 0
+    t_start, stopped_by_clock = time.time(), False
+    bar = tqdm(range(epochs), desc=name, disable=None)
+    for ep in bar:
+        net.train()
+        t0 = time.time()
+        perm = torch.from_numpy(fit)[torch.randperm(len(fit), generator=cpu_gen)].to(device)
+        tot: dict[str, torch.Tensor | float] = {"loss": 0.0, "cls": 0.0, "seg": 0.0}
+        for s in range(steps_per_epoch):
+            b = perm[s * bs : (s + 1) * bs]
+            x = imgs[b].float()[:, None] / 255.0
+            y = msks[b].float()[:, None]
+            x, y = aug(x, y)
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            for pg in opt.param_groups:
+                pg["lr"] = _lr_at(step, total, warm, float(tcfg["lr"]))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits, seg = net(x)
+            lc = F.cross_entropy(logits.float(), labs[b], weight=cw,
+                                 label_smoothing=float(tcfg.get("label_smoothing", 0.0)))
+            ls = seg_loss(seg.float(), y)
+            loss = float(tcfg.get("cls_weight", 1.0)) * lc + float(tcfg.get("seg_weight", 1.0)) * ls
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            tot["loss"] += loss.detach()
+            tot["cls"] += lc.detach()
+            tot["seg"] += ls.detach()
+        v_logits, v_prob = predict(net, imgs[torch.from_numpy(val).to(device)], tta=False)
+        v_lab = data.labels[val]
+        v_pred = v_logits.argmax(1)
+        v_dice, _ = _seg_scores(v_prob, data.masks[val], v_pred)
+        v_ce = float(F.cross_entropy(torch.from_numpy(v_logits), torch.from_numpy(v_lab)))
+        mal = v_lab == 2
+        from models.metrics import _auc
+
+        p_m = torch.softmax(torch.from_numpy(v_logits), 1)[:, 2].numpy()
+        v_auc = _auc(mal, p_m)
+        mdice = float(np.nanmean(v_dice)) if np.isfinite(v_dice).any() else 0.0
+        score = (v_auc if v_auc is not None else 0.5) + mdice - 0.25 * v_ce
+        row = {"epoch": ep + 1, "lr": _lr_at(step - 1, total, warm, float(tcfg["lr"])),
+               **{f"train_{k}": float(v) / steps_per_epoch for k, v in tot.items()},
+               "val_ce": v_ce, "val_acc": float((v_pred == v_lab).mean()), "val_auc_malignant": v_auc,
+               "val_dice": mdice, "val_score": score, "seconds": time.time() - t0}
+        rows.append(row)
+        if score > best[0]:
+            best = (score, ep + 1, copy.deepcopy({k: v.detach().cpu() for k, v in net.state_dict().items()}))
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", auc=f"{v_auc or 0:.3f}", dice=f"{mdice:.3f}",
+                        best=best[1])
+        with (jdir / "log.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        if time.time() - t_start > 60 * float(tcfg.get("max_minutes", 1e9)):
+            log.warning("%s: wall-clock limit reached at epoch %d", name, ep + 1)
+            stopped_by_clock = True
+            break
+        if ep + 1 >= min_epochs and ep + 1 - best[1] >= patience:
+            log.info("%s: early stop at epoch %d (best %d)", name, ep + 1, best[1])
+            break
+    net.load_state_dict(best[2])
+    torch.save({"state_dict": best[2], "best_epoch": best[1], "model": cfg["model"]}, jdir / "model.pt")
+    test = split["test"]
+    info = {"job": name, "best_epoch": best[1], "epochs_run": len(rows), "n_fit": len(fit),
+            "n_val": len(val), "n_test": len(test), "seed": job_seed, "device": str(device),
+            "stopped_by_clock": stopped_by_clock, "minutes": (time.time() - t_start) / 60}
+    if len(test):
+        t_logits, t_prob = predict(net, imgs[torch.from_numpy(test).to(device)])
+        dice, iou = _seg_scores(t_prob, data.masks[test], t_logits.argmax(1))
+        np.savez_compressed(jdir / "preds.npz", index=test, logits=t_logits, labels=data.labels[test],
+                            datasets=data.datasets[test], names=data.names[test], groups=data.groups[test],
+                            dice=dice, iou=iou)
+    (jdir / "info.json").write_text(json.dumps(info, indent=2))
+
+
+def run_jobs(cfg: dict[str, Any], out_dir: Path, device: torch.device, only: list[str] | None = None) -> None:
+    data = load_data(cfg)
+    jobs = make_jobs(data, cfg)
+    names = list(jobs)
+    for i, name in enumerate(names):
+        if only is not None and name not in only:
+            continue
+        log.info("job %s: %d train, %d test", name, len(jobs[name]["train"]), len(jobs[name]["test"]))
+        train_job(name, jobs[name], data, cfg, device, out_dir, int(cfg["seed"]) + 1000 * i)
+
+
+def train_from_config(config_path: Path, out_dir: Path | None = None, device: str = "auto") -> None:
+    """Run every job of the config in this process, then calibrate and write the weights folder."""
+    cfg = load_config(config_path)
+    out = Path(out_dir or cfg.get("out_dir", "runs/" + Path(config_path).stem))
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(config_path, out / "config.yaml")
+    run_jobs(cfg, out, resolve_device(device))
+    from models.finalize import finalize
+
+    finalize(cfg, out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--out")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--jobs", help="comma-separated job names (default: all, then finalize)")
+    ap.add_argument("--finalize-only", action="store_true")
+    ap.add_argument("--list-jobs", action="store_true")
+    ap.add_argument("--set", action="append", default=[], help="override, e.g. train.epochs=3")
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = load_config(Path(a.config), a.set)
+    out = Path(a.out or cfg.get("out_dir", "runs/" + Path(a.config).stem))
+    if a.list_jobs:
+        print(" ".join(make_jobs(load_data(cfg), cfg)))
+        return
+    from models.finalize import finalize
+
+    if a.finalize_only:
+        finalize(cfg, out)
+    elif a.jobs:
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(a.config, out / "config.yaml")
+        run_jobs(cfg, out, resolve_device(a.device), a.jobs.split(","))
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(a.config, out / "config.yaml")
+        run_jobs(cfg, out, resolve_device(a.device))
+        finalize(cfg, out)
+
+
+if __name__ == "__main__":
+    main()

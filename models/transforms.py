@@ -1,0 +1,107 @@
+"""Deterministic preprocessing shared by training, evaluation and the Analyzer.
+
+The model sees a square, aspect-preserving letterbox of the cleaned image: the long side is
+resized to ``size`` and the short side zero-padded symmetrically (ultrasound geometry must not be
+stretched: a lesion's taller-than-wide shape is itself a malignancy sign). The MONAI transforms do
+the resize and pad; ``Letterbox`` records how to map outputs back to the input's own pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, Resize, ScaleIntensityRange, SpatialPad
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """uint8 HxW from HxW, HxWx1, HxWx3 or HxWx4 input (colour Doppler becomes luminance)."""
+    img = np.asarray(image)
+    if img.ndim == 3:
+        if img.shape[2] == 1:
+            img = img[..., 0]
+        elif img.shape[2] >= 3:
+            img = cv2.cvtColor(np.ascontiguousarray(img[..., :3]), cv2.COLOR_RGB2GRAY)
+        else:
+            raise ValueError(f"unsupported channel count {img.shape}")
+    if img.ndim != 2:
+        raise ValueError(f"expected a 2D image, got shape {image.shape}")
+    if img.dtype != np.uint8:
+        img = img.astype(np.float32)
+        lo, hi = float(img.min()), float(img.max())
+        img = ((img - lo) / max(hi - lo, 1e-6) * 255.0).round().astype(np.uint8)
+    return img
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where an HxW image lies inside the size x size model input."""
+
+    height: int
+    width: int
+    size: int
+
+    @property
+    def scale(self) -> float:
+        return self.size / max(self.height, self.width)
+
+    @property
+    def inner(self) -> tuple[int, int]:
+        """(rows, cols) of the resized image inside the padded square."""
+        return (max(1, round(self.height * self.scale)), max(1, round(self.width * self.scale)))
+
+    @property
+    def pad(self) -> tuple[int, int]:
+        """(top, left) padding, as MONAI's symmetric SpatialPad places it."""
+        ih, iw = self.inner
+        return ((self.size - ih) // 2, (self.size - iw) // 2)
+
+    def unletterbox(self, arr: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+        """Map a size x size model output back to the input's HxW pixel geometry."""
+        (ih, iw), (top, left) = self.inner, self.pad
+        crop = np.ascontiguousarray(arr[top : top + ih, left : left + iw])
+        return cv2.resize(crop, (self.width, self.height), interpolation=interpolation)
+
+
+def _resize_pad(size: int, mode: str) -> Compose:
+    return Compose(
+        [
+            Resize(spatial_size=size, size_mode="longest", mode=mode, anti_aliasing=mode == "area"),
+            SpatialPad(spatial_size=(size, size), method="symmetric"),
+        ]
+    )
+
+
+def letterbox_image(gray: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """uint8 HxW -> uint8 size x size letterbox (MONAI Resize longest side + symmetric pad)."""
+    box = Letterbox(gray.shape[0], gray.shape[1], size)
+    t = torch.from_numpy(gray.astype(np.float32))[None]
+    out = _resize_pad(size, "area" if box.scale < 1 else "bilinear")(t)
+    arr = np.asarray(out[0]).round().clip(0, 255).astype(np.uint8)
+    return arr, box
+
+
+def letterbox_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Bool HxW -> uint8 {0,1} size x size with the same geometry as ``letterbox_image``."""
+    t = torch.from_numpy(mask.astype(np.float32))[None]
+    out = _resize_pad(size, "bilinear")(t)
+    return (np.asarray(out[0]) >= 0.5).astype(np.uint8)
+
+
+_SCALE = ScaleIntensityRange(a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True)
+
+
+def to_model_input(letterboxed: np.ndarray) -> torch.Tensor:
+    """uint8 size x size -> float tensor 1 x size x size in [0, 1] (MONAI intensity scaling)."""
+    t = torch.from_numpy(np.ascontiguousarray(letterboxed)).float()[None]
+    out = _SCALE(t)
+    # a plain tensor: MONAI's MetaTensor adds per-op overhead that the network does not need
+    return out.as_tensor() if isinstance(out, MetaTensor) else torch.as_tensor(out)
+
+
+def normalize_batch(x: torch.Tensor) -> torch.Tensor:
+    """Fixed standardisation applied inside the network wrapper ([0,1] -> roughly zero mean)."""
+    return (x - 0.25) / 0.25
