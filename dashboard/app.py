@@ -31,10 +31,12 @@ DEFAULT_SECRET = "change-me"
 
 def _secret_key(settings: Settings) -> str:
     key = settings.dashboard.secret_key.get_secret_value()
-    if key == DEFAULT_SECRET or len(key) < 16:
+    # A published placeholder ("change-me", compose's "change-me-in-production") would let anyone
+    # forge an admin session cookie, so it is never used as the signing key.
+    if key.lower().startswith(DEFAULT_SECRET) or len(key) < 16:
         log.warning(
-            "dashboard.secret_key is unset or short: using a random key, so sessions end when the "
-            "dashboard restarts; set SONOPACS_DASHBOARD__SECRET_KEY"
+            "dashboard.secret_key is a placeholder or short: using a random key, so sessions end when "
+            "the dashboard restarts; set SONOPACS_DASHBOARD__SECRET_KEY"
         )
         return secrets.token_urlsafe(48)
     return key

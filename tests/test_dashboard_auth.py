@@ -277,3 +277,28 @@ def test_sonopacs_user_add_command(make_settings: Callable[..., Settings], monke
         r = client.post("/api/v1/auth/login", json={"username": "frank", "password": "frank-password"},
                         headers={"X-CSRF-Token": token})
     assert r.status_code == 200 and r.json()["role"] == "admin"
+
+
+@pytest.mark.parametrize(
+    ("placeholder", "status"),
+    [("change-me", 401), ("change-me-in-production", 401), ("short", 401), ("a-real-site-secret-0123456789", 200)],
+)
+def test_placeholder_secret_key_is_never_used_for_signing(
+    make_settings: Callable[..., Settings], placeholder: str, status: int
+) -> None:
+    """A cookie signed with a published key must not be accepted as a session (a real key: control)."""
+    import base64
+    import json
+
+    import itsdangerous
+
+    settings = make_settings(dashboard={"secret_key": placeholder})
+    db = Database(settings.database_url)
+    prepare(db, USERS)
+    forged = itsdangerous.TimestampSigner(placeholder).sign(
+        base64.b64encode(json.dumps({"uid": 1, "auth_at": 2_000_000_000}).encode())
+    ).decode()
+    with TestClient(create_app(settings)) as client:
+        client.cookies.set("sonopacs_session", forged)
+        assert client.get("/api/v1/studies").status_code == status
+    db.dispose()
