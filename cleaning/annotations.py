@@ -98,6 +98,36 @@ def complete_text_lines(cand: Candidates, prob: np.ndarray, rounds: int = 3) -> 
     return accept
 
 
+def grey_bars(grey: np.ndarray) -> np.ndarray:
+    """Grey-scale / colour-scale bars: tall narrow strips, flat along each row, graded top to bottom.
+
+    Why a rule and not the classifier: a bar is 5-40 px wide, wider than any stroke the top-hat
+    sees, and no tissue is exactly constant across several columns for dozens of rows.
+    """
+    h, w = grey.shape
+    if w < 8 or h < 40:
+        return np.zeros(grey.shape, bool)
+    g = grey.astype(np.int16)
+    dx = np.abs(np.diff(g, axis=1)) <= 1
+    flat = np.zeros(grey.shape, bool)
+    flat[:, 1:-1] = dx[:, :-1] & dx[:, 1:]
+    flat &= grey >= 16
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(flat.astype(np.uint8), connectivity=4)
+    if n <= 1:
+        return flat & False
+    bw, bh = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
+    area = stats[:, cv2.CC_STAT_AREA]
+    shape_ok = (bh >= max(40, h // 8)) & (bw >= 3) & (bw <= 40) & (area >= 0.6 * bw * bh) & (bh >= 3 * bw)
+    shape_ok[0] = False
+    out = np.zeros(grey.shape, bool)
+    for i in np.flatnonzero(shape_ok):
+        x, y, cw, ch = stats[i, :4]
+        column = grey[y:y + ch, x:x + cw][labels[y:y + ch, x:x + cw] == i]
+        if int(column.max()) - int(column.min()) >= 60:  # a graded scale, not a flat panel
+            out[max(0, y - 2):y + ch + 2, max(0, x - 2):x + cw + 2] = True
+    return out
+
+
 def detect_annotations(grey: np.ndarray, chroma: np.ndarray | None, rgb_max: np.ndarray | None = None) -> Detection:
     """Annotation mask for one field crop (grey uint8; chroma and max over RGB uint8, or None)."""
     flags: list[str] = []
@@ -111,8 +141,6 @@ def detect_annotations(grey: np.ndarray, chroma: np.ndarray | None, rgb_max: np.
         else:
             doppler = None
     cand = find_candidates(grey, chroma, exclude=doppler)
-    if cand.n <= 1:
-        return Detection(np.zeros(grey.shape, bool), [], flags, dop_frac)
     prob = _model().probability(cand.features.astype(np.float64))
     keep = np.concatenate([[False], complete_text_lines(cand, prob)])
     accepted = keep[cand.labels]
@@ -125,6 +153,10 @@ def detect_annotations(grey: np.ndarray, chroma: np.ndarray | None, rgb_max: np.
             kinds.append("colour_graphics")
         for _ in range(GROW_ROUNDS):  # antialiased / JPEG-softened edges, one pixel ring per round
             accepted |= cv2.dilate(accepted.astype(np.uint8), _SQUARE3).astype(bool) & (cand.tophat >= FRINGE_TOPHAT)
-        if doppler is not None:
-            accepted &= ~doppler  # never inpaint Doppler: it is flagged, not hidden
+    bars = grey_bars(grey)
+    if bars.any():
+        kinds.append("scale_bar")
+        accepted |= bars
+    if doppler is not None:
+        accepted &= ~doppler  # never inpaint Doppler: it is flagged, not hidden
     return Detection(accepted, kinds, flags, dop_frac, int(keep.sum()))

@@ -47,7 +47,36 @@ def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if rng.random() < 0.5:
         image = cv2.GaussianBlur(image, (3, 3), float(rng.uniform(0.4, 0.8)))
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(60, 95))])
-    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else image
+    decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else None
+    return image if decoded is None else np.asarray(decoded, dtype=np.uint8)
+
+
+def sector_frame(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Put the image behind a scanner-like field edge (convex-probe sector with a curved top, or a
+    rectangle on black), so field borders and the bright near-field arc are seen as tissue."""
+    h, w = img.shape[:2]
+    pad = int(rng.integers(10, 60))
+    canvas = np.zeros((h + 2 * pad, w + 2 * pad), np.uint8)
+    canvas[pad:pad + h, pad:pad + w] = img
+    mask = np.zeros_like(canvas)
+    if rng.random() < 0.6:
+        apex = (pad + w // 2, pad - int(rng.uniform(0.3, 1.5) * h))
+        r_in = pad + h * 0.05 - apex[1]
+        r_out = pad + h - apex[1]
+        half = np.degrees(np.arctan2(w / 2, r_out)) * rng.uniform(0.8, 1.0)
+        cv2.ellipse(mask, apex, (int(r_out), int(r_out)), 90, -half, half, 255, -1)
+        cv2.ellipse(mask, apex, (int(r_in), int(r_in)), 90, -half, half, 0, -1)
+    else:
+        cv2.rectangle(mask, (pad, pad), (pad + w - 1, pad + h - 1), 255, -1)
+    framed = np.where(mask > 0, canvas, 0).astype(np.uint8)
+    if rng.random() < 0.5:  # near-field brightening fading over the top rows of the field
+        inside: np.ndarray = mask > 0
+        first = np.argmax(inside, axis=0)
+        depth = np.arange(canvas.shape[0])[:, None] - first[None, :]
+        columns = np.asarray(inside.any(axis=0))[None, :]
+        fade = np.clip(1.0 - depth / float(rng.uniform(4, 10)), 0, 1) * inside * columns
+        framed = np.clip(framed + fade * float(rng.uniform(30, 90)), 0, 255).astype(np.uint8)
+    return framed
 
 
 def native_overlay(clean: np.ndarray, model: TreeEnsemble | None) -> np.ndarray:
@@ -86,6 +115,8 @@ def build_dataset(n_images: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         if base is None:
             raise FileNotFoundError(rows[int(i)]["image"])
         img = augment_base(np.asarray(base, dtype=np.uint8), rng)
+        if rng.random() < 0.4:
+            img = sector_frame(img, rng)
         dirty, truth = burn_in_annotations(img, rng, n=int(rng.integers(3, 10)))
         if rng.random() < 0.4:
             dirty = degrade(dirty, rng)
