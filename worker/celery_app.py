@@ -88,6 +88,9 @@ def make_celery(settings: Settings) -> Celery:
         "accept_content": ["json"],
         "task_track_started": False,
         "broker_connection_retry_on_startup": True,
+        # With acks_late the broker redelivers a running task whose connection dropped; cancel
+        # our copy instead of running the same stage twice at once.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "enable_utc": True,

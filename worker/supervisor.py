@@ -87,7 +87,9 @@ def serve(settings: Settings, config_file: str | Path | None = None) -> int:
     code = 0
     try:
         for child in procs:
-            child.process = subprocess.Popen(child.argv, preexec_fn=_die_with_parent)  # noqa: PLW1509
+            # Own process group: a terminal's Ctrl-C reaches serve only, which then stops the
+            # children in order, instead of every process getting SIGINT at once.
+            child.process = subprocess.Popen(child.argv, preexec_fn=_die_with_parent, process_group=0)
             log.info("started %s (pid %s)", child.name, child.process.pid)
         monitor.start()
         while not stop.wait(0.5):
