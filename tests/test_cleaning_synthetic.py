@@ -115,3 +115,21 @@ def test_shipped_model_loads_and_scores(tmp_path: Path) -> None:
     model.to_json(tmp_path / "m.json")
     again = TreeEnsemble.from_json(tmp_path / "m.json")
     assert np.allclose(again.decision(x), model.decision(x), atol=1e-4)
+
+
+def test_coloured_overlay_is_removed_not_flagged_as_doppler() -> None:
+    """Big green measurement text and a yellow box are graphics; only colour maps are Doppler."""
+    img, _ = _sample(1)
+    rgb = np.repeat(img[:, :, None], 3, axis=2)
+    dirty = rgb.copy()
+    cv2.putText(dirty, "Dist 1.23 cm", (10, 300), cv2.FONT_HERSHEY_DUPLEX, 0.9, (0, 255, 0), 2, cv2.LINE_AA)
+    cv2.rectangle(dirty, (60, 40), (200, 90), (255, 255, 0), 1)
+    truth = np.abs(dirty.astype(int) - rgb.astype(int)).max(axis=2) >= 10
+    (r,) = clean_image(dirty)
+    assert "doppler" not in r.summary["flags"]  # type: ignore[operator]
+    assert "colour_graphics" in r.summary["kinds"]  # type: ignore[operator]
+    removed = np.ones(img.shape, bool)
+    y, x = r.offset
+    h, w = r.image.shape
+    removed[y:y + h, x:x + w] = r.annotation_mask
+    assert (removed & truth).sum() / truth.sum() >= 0.85
