@@ -52,12 +52,17 @@ def scanner_frame(tissue: np.ndarray, seed: int = 0) -> np.ndarray:
     return frame
 
 
-def write_realistic_study(folder: Path, n_images: int = 4, jpeg_every: int = 2) -> list[Path]:
-    """One study, one series; every `jpeg_every`-th image is JPEG Baseline YBR_FULL_422 (RGB)."""
+def write_realistic_study(
+    folder: Path, n_images: int = 4, jpeg_every: int = 2, tissue: list[np.ndarray] | None = None
+) -> list[Path]:
+    """One study, one series; every `jpeg_every`-th image is JPEG Baseline YBR_FULL_422 (RGB).
+
+    `tissue` overrides the images wrapped (default: tissue_images(n_images)).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     study_uid, series_uid = generate_uid(prefix=TEST_UID_ROOT), generate_uid(prefix=TEST_UID_ROOT)
     paths = []
-    for i, tissue in enumerate(tissue_images(n_images)):
+    for i, tissue in enumerate(tissue if tissue is not None else tissue_images(n_images)):
         frame = scanner_frame(tissue, seed=i)
         ds = us_dataset(
             frame,
