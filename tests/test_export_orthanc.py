@@ -82,12 +82,13 @@ def export_jobs(db: Database, study_id: int) -> list[JobState]:
 
 
 def test_export_succeeds_and_survives_a_pacs_outage(
+    backend: str,
     make_settings: Callable[..., Settings],
     orthanc_factory: Callable[..., Orthanc],
     tmp_path: Path,
 ) -> None:
     pacs = orthanc_factory()
-    settings = export_settings(make_settings, "sqlite", pacs, max_retries=30)
+    settings = export_settings(make_settings, backend, pacs, max_retries=30)
     upgrade(settings.database_url)
     db = Database(settings.database_url)
     config = write_config(settings, tmp_path / "sonopacs.yaml")
