@@ -111,8 +111,8 @@ def _field_mask(grey: np.ndarray, chroma: np.ndarray | None = None) -> tuple[np.
     if n <= 1:
         return np.ones((h, w), dtype=bool), 0.0
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    pts = cv2.findNonZero((labels == largest).astype(np.uint8))
-    hull = cv2.convexHull(pts)
+    contours, _ = cv2.findContours((labels == largest).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = cv2.convexHull(np.concatenate(contours))
     small_mask: np.ndarray = np.zeros(small.shape, dtype=np.uint8)
     cv2.fillConvexPoly(small_mask, hull, 1)
     # margin: the quarter-resolution border is coarse, and cutting tissue is worse than keeping a
