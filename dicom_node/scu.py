@@ -7,8 +7,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -75,45 +75,44 @@ def send_files(
     calling_ae: str = "SONOPACS",
     timeout: float = 30,
 ) -> SendReport:
-    """C-STORE each file as stored (no re-encoding), one association per group of 128 contexts."""
+    """C-STORE each file's stored bytes (no decoding), one association per group of 128 contexts."""
     report = SendReport()
-    datasets = []
+    files: list[tuple[Path, tuple[str, str]]] = []
     for raw in paths:
         path = Path(raw)
         try:
-            ds = dcmread(path)
-            ds.file_meta.MediaStorageSOPClassUID  # noqa: B018 - must exist to be sent
+            meta = read_file_meta_info(path)
+            key = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
         except (InvalidDicomError, OSError, AttributeError, ValueError) as exc:
             report.failed[path] = f"not a readable DICOM file: {exc}"
             continue
-        datasets.append((path, ds))
+        files.append((path, key))
 
-    for chunk in _chunks_by_context(datasets):
+    for chunk in _chunks_by_context(files):
         _send_chunk(chunk, peer, calling_ae, timeout, report)
     return report
 
 
-def _chunks_by_context(datasets: list[tuple[Path, object]]) -> Iterable[list[tuple[Path, object]]]:
-    chunk: list[tuple[Path, object]] = []
+def _chunks_by_context(
+    files: list[tuple[Path, tuple[str, str]]],
+) -> Iterable[list[tuple[Path, tuple[str, str]]]]:
+    chunk: list[tuple[Path, tuple[str, str]]] = []
     contexts: set[tuple[str, str]] = set()
-    for path, ds in datasets:
-        key = (str(ds.file_meta.MediaStorageSOPClassUID), str(ds.file_meta.TransferSyntaxUID))  # type: ignore[attr-defined]
+    for path, key in files:
         if key not in contexts and len(contexts) >= MAX_CONTEXTS:
             yield chunk
             chunk, contexts = [], set()
         contexts.add(key)
-        chunk.append((path, ds))
+        chunk.append((path, key))
     if chunk:
         yield chunk
 
 
 def _send_chunk(
-    chunk: list[tuple[Path, object]], peer: Peer, calling_ae: str, timeout: float, report: SendReport
+    chunk: list[tuple[Path, tuple[str, str]]], peer: Peer, calling_ae: str, timeout: float, report: SendReport
 ) -> None:
     ae = _make_ae(calling_ae, timeout)
-    keys = sorted(
-        {(str(ds.file_meta.MediaStorageSOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for _, ds in chunk}  # type: ignore[attr-defined]
-    )
+    keys = sorted({key for _, key in chunk})
     ae.requested_contexts = [build_context(sop, [ts]) for sop, ts in keys]
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
     if not assoc.is_established:
@@ -122,13 +121,14 @@ def _send_chunk(
             report.failed[path] = f"association with {peer} {reason}"
         return
     try:
-        for path, ds in chunk:
+        for path, _ in chunk:
             if not assoc.is_established:
                 report.failed[path] = f"association with {peer} ended early"
                 continue
             try:
-                status = assoc.send_c_store(ds)
-            except (ValueError, RuntimeError) as exc:
+                # A path is sent as its stored bytes: no decode, no re-encode.
+                status = assoc.send_c_store(path)
+            except (ValueError, RuntimeError, OSError, InvalidDicomError) as exc:
                 report.failed[path] = f"C-STORE could not be sent: {exc}"
                 continue
             code = int(status.Status) if status else None
