@@ -1,5 +1,5 @@
-"""`sonopacs serve` in a subprocess: migrates, answers C-ECHO, runs the stability monitor and the
-worker (a study left by the 'listener' gets its pipeline run), and exits 0 on SIGTERM."""
+"""`sonopacs serve` in a subprocess: migrates, answers C-ECHO, receives a study over C-STORE and runs
+its pipeline exactly once per generation (listener -> stability monitor -> worker), exits 0 on SIGTERM."""
 
 from __future__ import annotations
 
@@ -11,17 +11,33 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from config import Settings
-from db import Database, Job, JobState, Study, StudyState
-from dicom_node.scu import Peer, echo
+from db import Database, Instance, Job, JobState, Study, StudyState
+from dicom_node.scu import Peer, echo, send_files
+from tests.support.dicom_factory import write_us_study
 from tests.support.net import free_port, wait_for_port, wait_until
-from tests.support.worker_proc import REPO, add_study, clean_env, write_config
+from tests.support.worker_proc import REPO, clean_env, write_config
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("dicom_node.listener") is None, reason="dicom_node.listener has not landed yet"
 )
+
+
+def settled(db: Database, runs: int) -> Study | None:
+    """The one study once its `runs`-th run has ended (no job queued or running, not active)."""
+    with db.session() as session:
+        study = session.scalars(select(Study)).one_or_none()
+        if study is None or study.state in (StudyState.RECEIVING, StudyState.QUEUED, StudyState.PROCESSING):
+            return None
+        done = session.scalar(
+            select(func.count(Job.id)).where(Job.stage == "pipeline", Job.state == JobState.SUCCEEDED)
+        )
+        busy = session.scalar(
+            select(func.count(Job.id)).where(Job.state.in_((JobState.QUEUED, JobState.RUNNING)))
+        )
+        return study if done == runs and not busy else None
 
 
 def test_serve_answers_echo_runs_pipeline_and_stops_on_sigterm(
@@ -32,7 +48,7 @@ def test_serve_answers_echo_runs_pipeline_and_stops_on_sigterm(
         "sqlite",
         dicom={"port": port, "host": "127.0.0.1"},
         dashboard={"port": free_port()},
-        study={"stable_seconds": 0.5, "poll_seconds": 0.2},
+        study={"stable_seconds": 2, "poll_seconds": 0.2},
     )
     config = write_config(settings, tmp_path / "sonopacs.yaml")
     log = tmp_path / "serve.log"
@@ -48,21 +64,24 @@ def test_serve_answers_echo_runs_pipeline_and_stops_on_sigterm(
         wait_for_port(port, timeout=60)
         assert echo(Peer("127.0.0.1", port, settings.dicom.ae_title), calling_ae="TESTSCU") == 0
 
-        # serve migrated the database; a quiet study is picked up by its monitor and worker.
+        # A PACS sends an image: the listener stores it, the monitor enqueues the study once, the
+        # worker runs the whole chain. A 2nd image arriving later reopens it: exactly one more run.
+        files = write_us_study(tmp_path / "study", n_images=2)
+        peer = Peer("127.0.0.1", port, settings.dicom.ae_title)
+        assert send_files(files[:1], peer, calling_ae="TESTSCU").ok
         db = Database(settings.database_url)
-        study_id, _ = add_study(db, quiet_for=5)
-
-        def pipeline_ran() -> bool:
-            with db.session() as session:
-                study = session.get(Study, study_id)
-                ran = session.scalar(
-                    select(Job.id).where(
-                        Job.study_id == study_id, Job.stage == "pipeline", Job.state == JobState.SUCCEEDED
-                    )
-                )
-                return bool(ran) and study is not None and study.state != StudyState.QUEUED
-
-        wait_until(pipeline_ran, timeout=60)
+        first = wait_until(lambda: settled(db, runs=1), timeout=120)
+        assert isinstance(first, Study) and first.generation == 1
+        assert send_files(files[1:], peer, calling_ae="TESTSCU").ok
+        second = wait_until(lambda: settled(db, runs=2), timeout=120)
+        assert isinstance(second, Study) and second.generation == 2 and second.run_count == 2
+        with db.session() as session:
+            runs = session.execute(
+                select(Job.generation, Job.state).where(Job.stage == "pipeline").order_by(Job.id)
+            ).all()
+            n_instances = session.scalar(select(func.count(Instance.id)))
+        assert [tuple(r) for r in runs] == [(1, JobState.SUCCEEDED), (2, JobState.SUCCEEDED)]
+        assert n_instances == 2
         db.dispose()
     finally:
         proc.send_signal(signal.SIGTERM)
