@@ -16,8 +16,7 @@ import cv2
 import numpy as np
 
 from cleaning.features import COLOUR_CHROMA, Candidates, find_candidates
-from cleaning.train_detector import MODEL_PATH
-from cleaning.trees import TreeEnsemble
+from cleaning.trees import MODEL_PATH, TreeEnsemble
 
 ACCEPT = 0.4  # classifier probability above which a candidate component is an overlay
 LINE_DOUBT = 0.05  # below this a component is not rescued by text-line neighbours

@@ -20,9 +20,8 @@ import numpy as np
 from cleaning.convert import grey_and_chroma
 from cleaning.features import FEATURE_NAMES, find_candidates
 from cleaning.synthetic import burn_in_annotations
-from cleaning.trees import TreeEnsemble
+from cleaning.trees import MODEL_PATH, TreeEnsemble
 
-MODEL_PATH = Path(__file__).with_name("detector_model.json")
 BUSBRA = Path("/work/shared/datasets/bus-bra")
 
 

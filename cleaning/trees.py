@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+MODEL_PATH = Path(__file__).with_name("detector_model.json")  # the shipped overlay-component classifier
+
 
 @dataclass
 class TreeEnsemble:

@@ -10,8 +10,7 @@ import pytest
 
 from cleaning import burn_in_annotations, clean_image
 from cleaning.synthetic import KINDS
-from cleaning.train_detector import MODEL_PATH
-from cleaning.trees import TreeEnsemble
+from cleaning.trees import MODEL_PATH, TreeEnsemble
 
 DATA = Path(__file__).parent / "data" / "cleaning"
 SAMPLES = [("bus_0009-l.jpg", "mask_0009-l.png"), ("bus_0056-l.jpg", "mask_0056-l.png")]
