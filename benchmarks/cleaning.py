@@ -229,18 +229,21 @@ def sheets(out_dir: Path, seed: int) -> list[str]:
         path = out_dir / f"cleaning_dicom_{i // 6 + 1}.png"
         _write_png(path, np.vstack(panels[i:i + 6]))
         written.append(str(path))
-    # BUSI images with calipers (benign folder, fixed picks) and synthetic BUS-BRA burn-ins
+    # BUSI: of 60 random lesion images, the 5 where the cleaner removes most (calipers and text
+    # are common there; false detections would show up here too)
     rng = np.random.default_rng(seed)
     busi_rows = [r for r in _read_index(BUSI) if r["label"] != "normal"]
-    picks = [busi_rows[int(i)] for i in rng.choice(len(busi_rows), 5, replace=False)]
-    panels = []
-    for r in picks:
-        img = cv2.imread(str(BUSI / r["image"]), cv2.IMREAD_GRAYSCALE)
-        panels.append(_label(_panel(img, clean_image(img), width), f"BUSI {r['image']}"))
+    scored = []
+    for i in rng.choice(len(busi_rows), 60, replace=False):
+        img = cv2.imread(str(BUSI / busi_rows[int(i)]["image"]), cv2.IMREAD_GRAYSCALE)
+        res = clean_image(img)
+        scored.append((float(res[0].summary["fraction_removed"]), busi_rows[int(i)]["image"], img, res))
+    scored.sort(key=lambda t: -t[0])
+    panels = [_label(_panel(img, res, width), f"BUSI {name} removed={frac:.3f}") for frac, name, img, res in scored[:5]]
     path = out_dir / "cleaning_busi.png"
     _write_png(path, np.vstack(panels))
     written.append(str(path))
-    bb_rows = list(_read_index(BUSBRA))
+    bb_rows = [r for r in _read_index(BUSBRA) if r["fold5"] == "1"]  # patients the detector never saw
     panels = []
     for i in rng.choice(len(bb_rows), 4, replace=False):
         img = cv2.imread(str(BUSBRA / bb_rows[int(i)]["image"]), cv2.IMREAD_GRAYSCALE)
