@@ -269,6 +269,9 @@ def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[s
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
+        if ep + 1 >= int(tcfg.get("stop_after_epochs", {}).get(name, epochs)):
+            log.info("%s: stopping after epoch %d as the config records", name, ep + 1)
+            break
         if time.time() - t_start > 60 * float(tcfg.get("max_minutes", 1e9)):
             log.warning("%s: wall-clock limit reached at epoch %d", name, ep + 1)
             stopped_by_clock = True

@@ -1,0 +1,139 @@
+"""Training smoke run on tiny synthetic data (CPU, a few steps) and the split rules."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from models.data import load_pack, read_index
+from models.training import load_config, load_data, make_jobs, train_from_config
+
+
+def make_synthetic_index(root: Path, n_per_class: int = 4, size: tuple[int, int] = (72, 96), seed: int = 0) -> Path:
+    """Write PNG images/masks and an index.csv with a ``group`` column; return the CSV path."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = ["image,label,mask,group,label_conflict"]
+    k = 0
+    for label in ("normal", "benign", "malignant"):
+        for i in range(n_per_class):
+            img = (rng.gamma(2.0, 40.0, size)).clip(0, 255).astype(np.uint8)
+            mask = np.zeros(size, np.uint8)
+            if label != "normal":
+                c = (int(rng.integers(30, 66)), int(rng.integers(25, 47)))
+                ax = (int(rng.integers(10, 20)), int(rng.integers(6, 12)))
+                cv2.ellipse(mask, c, ax, float(rng.uniform(0, 180)), 0, 360, 255, -1)
+                img[mask > 0] = (img[mask > 0] * (0.3 if label == "malignant" else 0.6)).astype(np.uint8)
+            name = f"{label}_{i}.png"
+            cv2.imwrite(str(root / name), img)
+            mname = ""
+            if label != "normal":
+                mname = f"{label}_{i}_mask.png"
+                cv2.imwrite(str(root / mname), mask)
+            rows.append(f"{name},{label},{mname},g{k // 2},0")
+            k += 1
+    (root / "index.csv").write_text("\n".join(rows) + "\n")
+    return root / "index.csv"
+
+
+def write_smoke_config(root: Path, index_csv: Path, pack: bool = True) -> Path:
+    cfg = f"""name: smoke
+version: 0.0.0
+seed: 1
+out_dir: {root / 'run'}
+data:
+  image_size: 64
+  drop_label_conflict: true
+  datasets:
+    - name: synth
+      index: {index_csv}
+      group_column: group
+      pack: {root / 'pack.npz' if pack else ''}
+model:
+  backbone: resnet10
+  decoder_channels: [32, 16, 8, 8, 8]
+  dropout: 0.1
+train:
+  epochs: 2
+  min_epochs: 1
+  patience: 5
+  batch_size: 4
+  lr: 0.001
+  weight_decay: 0.0001
+  warmup_epochs: 1
+  class_weights: balanced
+  inner_val_fraction: 0.3
+  n_stamps: 8
+  augment: {{annotations: 0.5, elastic: 0.5, blur: 0.5, lowres: 0.5}}
+cv:
+  folds: 2
+jobs: [cv, final]
+calibration:
+  high_sensitivity_target: 0.95
+"""
+    p = root / "smoke.yaml"
+    p.write_text(cfg)
+    return p
+
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("smoke")
+    cfg = write_smoke_config(root, make_synthetic_index(root / "data"))
+    train_from_config(cfg, out_dir=root / "run", device="cpu")
+    return root
+
+
+def test_training_writes_checkpoints_logs_and_weights(smoke_run: Path) -> None:
+    run = smoke_run / "run"
+    for job in ("cv0", "cv1", "final"):
+        assert (run / "jobs" / job / "model.pt").stat().st_size > 10_000
+        rows = list(csv.DictReader((run / "jobs" / job / "log.csv").open()))
+        assert [int(r["epoch"]) for r in rows] == [1, 2]
+        assert all(np.isfinite(float(r["train_loss"])) for r in rows)
+    manifest = json.loads((run / "weights" / "model.json").read_text())
+    ops = manifest["operating_points"]
+    assert 0 <= ops["high_sensitivity"] <= ops["default"] <= 1
+    assert manifest["temperature"] > 0
+    report = json.loads((run / "report.json").read_text())
+    assert report["oof"]["all"]["n_images"] == 12  # every eligible image is out-of-fold exactly once
+    assert (smoke_run / "pack.npz").exists()
+
+
+def test_smoke_weights_load_in_analyzer(smoke_run: Path) -> None:
+    from models import Analyzer
+
+    an = Analyzer.load(smoke_run / "run" / "weights", device="cpu")
+    img = np.full((50, 70), 90, np.uint8)
+    res = an.analyze(img)
+    assert res.mask.shape == img.shape
+    assert abs(sum(res.probabilities.values()) - 1) < 1e-6
+
+
+def test_splits_keep_groups_together_and_drop_conflicts(tmp_path: Path) -> None:
+    index = make_synthetic_index(tmp_path / "data")
+    lines = index.read_text().splitlines()
+    lines[1] = lines[1][:-1] + "1"  # first row: label_conflict=1
+    index.write_text("\n".join(lines) + "\n")
+    cfg = load_config(write_smoke_config(tmp_path, index))
+    data = load_data(cfg)
+    jobs = make_jobs(data, cfg)
+    test_rows = np.concatenate([jobs["cv0"]["test"], jobs["cv1"]["test"]])
+    assert sorted(test_rows.tolist()) == list(range(1, 12))  # row 0 dropped, the rest tested once
+    for j in jobs.values():
+        assert not set(data.groups[j["train"]]) & set(data.groups[j["test"]])
+    assert load_pack(Path(cfg["data"]["datasets"][0]["pack"])).images.shape == (12, 64, 64)
+
+
+def test_read_index_unions_masks_and_groups(tmp_path: Path) -> None:
+    (tmp_path / "index.csv").write_text("image,label,mask,patient\na.png,benign,m1.png|m2.png,7\nb.png,normal,,\n")
+    recs = read_index(tmp_path / "index.csv", "x", "patient")
+    assert [len(r.masks) for r in recs] == [2, 0]
+    assert recs[0].group == "x:7" and recs[1].group != recs[0].group
+    assert recs[1].label == 0

@@ -1,0 +1,62 @@
+"""Measurement, calibration and preprocessing units with known answers."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from scipy.special import softmax
+
+from models.calibration import expected_calibration_error, fit_temperature, operating_points
+from models.measure import lesion_mask, measure_lesion
+from models.transforms import letterbox_image, letterbox_mask
+
+
+def test_ellipse_axes_in_mm_with_anisotropic_pixels() -> None:
+    m = np.zeros((200, 300), np.uint8)
+    cv2.ellipse(m, (150, 100), (60, 20), 0, 0, 360, 1, -1)
+    r = measure_lesion(m.astype(bool), (0.1, 0.2))
+    assert r is not None
+    assert r.long_axis_mm == pytest.approx(24.0, abs=0.5)  # 120 columns x 0.2 mm
+    assert r.short_axis_mm == pytest.approx(4.0, abs=0.3)  # 40 rows x 0.1 mm
+    assert r.area_mm2 == pytest.approx(m.sum() * 0.02)
+    assert measure_lesion(np.zeros((5, 5), bool)) is None
+
+
+def test_lesion_mask_keeps_largest_component_and_fills_holes() -> None:
+    p = np.zeros((100, 100), np.float32)
+    cv2.circle(p, (30, 30), 15, 1.0, -1)
+    cv2.circle(p, (30, 30), 4, 0.0, -1)
+    cv2.circle(p, (80, 80), 5, 1.0, -1)
+    m = lesion_mask(p)
+    assert m[30, 30] and not m[80, 80]
+
+
+def test_temperature_recovers_known_scale() -> None:
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 2, (4000, 3))
+    labels = np.array([rng.choice(3, p=p) for p in softmax(true_logits, axis=1)])
+    assert fit_temperature(true_logits * 3, labels) == pytest.approx(3, rel=0.1)
+    probs = softmax(true_logits, axis=1)
+    assert expected_calibration_error(probs, labels) < 0.03
+
+
+def test_operating_points_reach_target_sensitivity() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.random(500) < 0.3
+    p = np.clip(rng.normal(0.3 + 0.4 * y, 0.2), 0, 1)
+    ops = operating_points(p, y, 0.95)
+    assert (p[y] >= ops["high_sensitivity"]).mean() >= 0.95
+    assert ops["high_sensitivity"] <= ops["default"]
+
+
+def test_letterbox_keeps_aspect_and_maps_back() -> None:
+    img = np.zeros((120, 300), np.uint8)
+    img[40:80, 100:200] = 255
+    lb, box = letterbox_image(img, 64)
+    assert lb.shape == (64, 64) and box.inner == (26, 64)
+    assert lb[: box.pad[0]].max() == 0  # padded, not stretched
+    back = box.unletterbox(letterbox_mask(img > 0, 64).astype(np.float32)) > 0.5
+    assert back.shape == img.shape
+    inter = np.logical_and(back, img > 0).sum()
+    assert 2 * inter / (back.sum() + (img > 0).sum()) > 0.9
