@@ -41,7 +41,7 @@ def test_result_is_well_formed(analyzer: Analyzer, image: np.ndarray) -> None:
         assert r.decisions[name] == (r.malignancy_probability >= t)
     assert r.mask.shape == image.shape and r.mask.dtype == bool
     assert r.heatmap.shape == image.shape and r.heatmap.dtype == np.float32
-    assert 0 <= r.heatmap.min() and r.heatmap.max() <= 1
+    assert r.heatmap.min() >= 0 and r.heatmap.max() <= 1
     assert 0 <= r.uncertainty <= 0.5
     assert (r.model_name, r.model_version) == (analyzer.name, analyzer.version)
     if r.mask.any():
@@ -49,7 +49,7 @@ def test_result_is_well_formed(analyzer: Analyzer, image: np.ndarray) -> None:
         assert r.lesion.long_axis_mm is not None and r.lesion.long_axis_mm >= r.lesion.short_axis_mm  # type: ignore[operator]
         assert r.lesion.area_mm2 == pytest.approx(r.lesion.area_px * 0.1 * 0.12)
         rows, cols = zip(*r.lesion.contour, strict=True)
-        assert 0 <= min(rows) and max(rows) < image.shape[0] and max(cols) < image.shape[1]
+        assert min(rows) >= 0 and max(rows) < image.shape[0] and max(cols) < image.shape[1]
 
 
 def test_known_lesion_is_found(analyzer: Analyzer, image: np.ndarray) -> None:
