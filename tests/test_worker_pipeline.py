@@ -98,7 +98,7 @@ def check_outcome(db: Database, study: Study) -> None:
                     AuditEvent.study_id == study.id, AuditEvent.event == "export_skipped"
                 )
             ).all()
-        assert skipped and "no export destination" in skipped[-1]
+        assert skipped and "no export destination" in (skipped[-1] or "")
 
 
 def test_chain_enqueued_once_per_generation(
@@ -143,7 +143,10 @@ def test_chain_enqueued_once_per_generation(
                 AuditEvent.to_state == "queued",
             )
         ).all()
-    assert sorted(claims) == ["stable: generation 1 enqueued", "stable: generation 2 enqueued"]
+    assert sorted(c or "" for c in claims) == [
+        "stable: generation 1 enqueued",
+        "stable: generation 2 enqueued",
+    ]
     db.dispose()
 
 
