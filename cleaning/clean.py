@@ -60,7 +60,7 @@ def _clean_field(grey: np.ndarray, chroma: np.ndarray | None, value: np.ndarray 
     if removed.any():
         flags.append("text_in_field")
     n = int(removed.sum())
-    confidence = f.confidence * (0.6 if "doppler" in flags else 1.0)
+    confidence = f.confidence * (0.6 if "doppler" in flags else 1.0) * (0.5 if "noisy" in flags else 1.0)
     summary: dict[str, object] = {
         "pixels_removed": n,
         "fraction_removed": round(n / removed.size, 5),
