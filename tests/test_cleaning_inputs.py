@@ -78,3 +78,32 @@ def test_float_nan_input_does_not_crash() -> None:
     img[10:50, 10:50] = 100.0
     (r,) = clean_image(img)
     assert r.image.dtype == np.uint8
+
+
+def test_pure_noise_is_bounded_and_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Noise has thousands of candidate components; past the cap they are not all scored."""
+    import cleaning.annotations
+
+    monkeypatch.setattr(cleaning.annotations, "MAX_SCORED", 300)  # a 600x800 noise frame has ~1,500
+    noise = np.random.default_rng(2).integers(0, 256, (600, 800), dtype=np.uint8)
+    (r,) = clean_image(noise)
+    assert "noisy" in r.summary["flags"]  # type: ignore[operator]
+    assert float(r.summary["confidence"]) <= 0.5  # type: ignore[arg-type]
+
+
+def test_odd_regions() -> None:
+    from cleaning import Region
+
+    img = np.random.default_rng(3).integers(20, 120, (100, 120), dtype=np.uint8)
+    (r,) = clean_image(img, [Region(-10, -10, 500, 500)])  # clipped to the frame
+    assert r.offset == (0, 0) and r.image.shape == (100, 120) and r.summary["field_source"] == "regions"
+    (r,) = clean_image(img, [Region(50, 50, 40, 40)])  # corners given in the wrong order
+    assert r.offset == (40, 40) and r.image.shape == (11, 11)
+    # no usable 2D tissue region (M-mode only, or too small): detected from the pixels instead
+    for regions in ([Region(0, 0, 119, 99, spatial_format=2)], [Region(0, 0, 3, 3)]):
+        (r,) = clean_image(img, regions)
+        assert r.summary["field_source"] != "regions"
+    # two side-by-side tissue regions plus an overlapping colour-flow region
+    results = clean_image(img, [Region(60, 0, 119, 99), Region(0, 0, 59, 99), Region(70, 10, 100, 50, data_type=2)])
+    assert [x.offset for x in results] == [(0, 0), (0, 60)]
+    assert "doppler" in results[1].summary["flags"] and "doppler" not in results[0].summary["flags"]  # type: ignore[operator]
