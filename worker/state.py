@@ -114,6 +114,16 @@ def start_job(
     with db.session() as session:
         job = None
         if task_id:
+            # Still running under this task id: the process running it died and the broker handed
+            # the message back (acks_late). Close that row so it does not look busy forever.
+            for lost in session.scalars(
+                select(Job).where(
+                    Job.celery_task_id == task_id, Job.stage == stage, Job.state == JobState.RUNNING
+                )
+            ):
+                lost.state = JobState.FAILED
+                lost.finished_at = now
+                lost.error = "worker lost while running; the task was handed back and runs again"
             job = session.execute(
                 select(Job)
                 .where(Job.celery_task_id == task_id, Job.stage == stage, Job.state == JobState.QUEUED)
