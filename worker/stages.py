@@ -348,6 +348,7 @@ def clean_study(settings: Settings, db: Database, study_id: int, generation: int
         reason = skip_reason(ds, settings.pipeline.uid_root)
         if reason is not None:
             counts["skipped"] += 1
+            log.info("instance %s skipped: %s", sop_uid, reason)
             _set_state(db, instance_id, InstanceState.SKIPPED, reason)
             continue
         try:
