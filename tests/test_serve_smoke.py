@@ -66,7 +66,9 @@ def test_serve_answers_echo_runs_pipeline_and_stops_on_sigterm(
 
         # A PACS sends an image: the listener stores it, the monitor enqueues the study once, the
         # worker runs the whole chain. A 2nd image arriving later reopens it: exactly one more run.
-        files = write_us_study(tmp_path / "study", n_images=2)
+        # Thumbnail-sized images: the pipeline skips them (too small to analyse), so the chain runs
+        # end to end without loading the model (tests/test_pipeline_e2e.py covers that path).
+        files = write_us_study(tmp_path / "study", n_images=2, rows=32, cols=32)
         peer = Peer("127.0.0.1", port, settings.dicom.ae_title)
         assert send_files(files[:1], peer, calling_ae="TESTSCU").ok
         db = Database(settings.database_url)
