@@ -269,7 +269,8 @@ def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[s
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-        if ep + 1 >= int(tcfg.get("stop_after_epochs", {}).get(name, epochs)):
+        recorded_stop = (tcfg.get("stop_after_epochs") or {}).get(name)
+        if recorded_stop is not None and ep + 1 >= int(recorded_stop):
             log.info("%s: stopping after epoch %d as the config records", name, ep + 1)
             break
         if time.time() - t_start > 60 * float(tcfg.get("max_minutes", 1e9)):
