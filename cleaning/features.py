@@ -41,6 +41,22 @@ def _per_label_max(values: np.ndarray, lab: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def _sobel_at(grey: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """(|Sobel x| + |Sobel y|) / 8 at the flat indices idx only (same borders as cv2.Sobel)."""
+    h, w = grey.shape
+    p = np.pad(grey, 1, mode="reflect").astype(np.int32)  # numpy 'reflect' = OpenCV BORDER_REFLECT_101
+    y, x = np.divmod(idx, w)
+    y += 1
+    x += 1
+
+    def at(dy: int, dx: int) -> np.ndarray:
+        return p[y + dy, x + dx]
+
+    gx = (at(-1, 1) + 2 * at(0, 1) + at(1, 1)) - (at(-1, -1) + 2 * at(0, -1) + at(1, -1))
+    gy = (at(1, -1) + 2 * at(1, 0) + at(1, 1)) - (at(-1, -1) + 2 * at(-1, 0) + at(-1, 1))
+    return (np.abs(gx) + np.abs(gy)).astype(np.float64) / 8.0
+
+
 def find_candidates(grey: np.ndarray, chroma: np.ndarray | None, exclude: np.ndarray | None = None) -> Candidates:
     """Components of bright-thin or coloured pixels, with one feature row each."""
     tophat = cv2.subtract(grey, cv2.morphologyEx(grey, cv2.MORPH_OPEN, _E9))
@@ -61,9 +77,7 @@ def find_candidates(grey: np.ndarray, chroma: np.ndarray | None, exclude: np.nda
     g = grey.ravel()[idx].astype(np.float64)
     th = tophat.ravel()[idx].astype(np.float64)
     tophat5 = cv2.subtract(grey, cv2.morphologyEx(grey, cv2.MORPH_OPEN, _E5)).ravel()[idx].astype(np.float64)
-    gx = cv2.Sobel(grey, cv2.CV_16S, 1, 0, ksize=3)
-    gy = cv2.Sobel(grey, cv2.CV_16S, 0, 1, ksize=3)
-    grad = (np.abs(gx.ravel()[idx].astype(np.float64)) + np.abs(gy.ravel()[idx].astype(np.float64))) / 8.0
+    grad = _sobel_at(grey, idx)
     area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
     w = stats[:, cv2.CC_STAT_WIDTH].astype(np.float64)
     h = stats[:, cv2.CC_STAT_HEIGHT].astype(np.float64)
@@ -78,7 +92,8 @@ def find_candidates(grey: np.ndarray, chroma: np.ndarray | None, exclude: np.nda
     plateau = mean((g >= max_g[lab] - 12).astype(np.float64))
     mean_th = mean(th)
     # ring: pixels just outside each component, labelled by dilating the label image
-    ring_lab = cv2.dilate(labels.astype(np.float32), np.ones((3, 3), np.uint8)).astype(np.int32)
+    label_img = labels.astype(np.uint16) if n < 65536 else labels.astype(np.float32)
+    ring_lab = cv2.dilate(label_img, np.ones((3, 3), np.uint8)).astype(np.int32)
     ring = (ring_lab > 0) & ~seeds
     ridx = np.flatnonzero(ring)
     rlab = ring_lab.ravel()[ridx]
