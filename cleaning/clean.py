@@ -50,7 +50,7 @@ def _clean_field(grey: np.ndarray, chroma: np.ndarray | None, value: np.ndarray 
     crop = grey[box]
     det = detect_annotations(crop, None if chroma is None else chroma[box], None if value is None else value[box])
     # Only what the detector found is removed. Blanking everything outside a detected sector was
-    # tried and cut dim sector edges (SonoSite), so the field mask only sets the crop box.
+    # tried and cut dim sector edges (SonoSite), so the field mask is reported, not applied.
     removed = det.mask
     cleaned = inpaint(crop, removed)
     flags = list(det.flags)
@@ -71,4 +71,4 @@ def _clean_field(grey: np.ndarray, chroma: np.ndarray | None, value: np.ndarray 
         "doppler_fraction": round(det.doppler_fraction, 4),
         "field_box": [f.y0, f.x0, f.y1, f.x1],
     }
-    return CleanResult(cleaned, (f.y0, f.x0), removed, f.spacing_mm, summary)
+    return CleanResult(cleaned, (f.y0, f.x0), removed, f.spacing_mm, summary, field_mask=f.mask)

@@ -33,5 +33,8 @@ class CleanResult:
     annotation_mask: np.ndarray  # HxW bool, in crop coordinates: pixels that were removed
     spacing_mm: tuple[float, float] | None = None
     summary: dict[str, object] = field(default_factory=dict)
+    # HxW bool in crop coordinates: inside the imaging sector/rectangle (all True for DICOM regions,
+    # whose box is the field); lets training ignore the black corners of a sector crop
+    field_mask: np.ndarray | None = None
     # summary keys: pixels_removed, fraction_removed, kinds (list[str]), flags (list[str]:
     # doppler, dual_view, text_in_field, ...), field_source ("regions" | "detected" | "whole"), confidence

@@ -102,6 +102,9 @@ def test_field_detected_from_pixels_for_sector_image() -> None:
     inter = max(0, min(x + w, tissue.x1) - max(x, tissue.x0)) * max(0, min(y + h, tissue.y1) - max(y, tissue.y0))
     assert inter / ((tissue.x1 - tissue.x0) * (tissue.y1 - tissue.y0)) > 0.6
     assert x + w < 600
+    # the sector's black top corners are outside the field mask, its middle inside
+    assert r.field_mask is not None and r.field_mask.shape == r.image.shape
+    assert not r.field_mask[0, 0] and not r.field_mask[0, -1] and r.field_mask[h // 2, w // 2]
 
 
 def test_crop_to_field_matches_clean_image_offset() -> None:
