@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.calibration import calibrated_probs, fit_temperature, operating_points
+from models.calibration import calibrated_probs, expected_calibration_error, fit_temperature, operating_points
 from models.metrics import classification_metrics
 from models.plots import plot_confusion, plot_reliability, plot_roc
 
@@ -41,6 +41,37 @@ def metrics_for(d: dict[str, np.ndarray], sel: np.ndarray, temperature: float, o
     return {**classification_metrics(probs, d["labels"][sel], ops), **_seg_summary(d, sel)}
 
 
+def nested_calibration(folds: list[dict[str, np.ndarray]], target: float) -> dict[str, Any]:
+    """Honest check of calibration and thresholds: for each fold, fit T and both operating points
+    on the other folds' OOF predictions only, apply them to this fold, then pool."""
+    probs, labels, ds, dec = [], [], [], {"default": [], "high_sensitivity": []}
+    for k, d in enumerate(folds):
+        rest = [f for j, f in enumerate(folds) if j != k]
+        lg = np.concatenate([f["logits"] for f in rest])
+        lb = np.concatenate([f["labels"] for f in rest])
+        t = fit_temperature(lg, lb)
+        ops = operating_points(calibrated_probs(lg, t)[:, 2], lb == 2, target)
+        p = calibrated_probs(d["logits"], t)
+        probs.append(p)
+        labels.append(d["labels"])
+        ds.append(d["datasets"])
+        for name, thr in ops.items():
+            dec[name].append(p[:, 2] >= thr)
+    pa, la, da = np.concatenate(probs), np.concatenate(labels), np.concatenate(ds)
+    da_dec = {k: np.concatenate(v) for k, v in dec.items()}
+    out: dict[str, Any] = {}
+    for name in ["all", *sorted(set(da.tolist()))]:
+        sel = np.ones(len(la), bool) if name == "all" else da == name
+        mal = la[sel] == 2
+        row: dict[str, Any] = {"ece": expected_calibration_error(pa[sel], la[sel])}
+        for suffix, key in (("", "default"), ("_high", "high_sensitivity")):
+            d_ = da_dec[key][sel]
+            row[f"sensitivity_malignant{suffix}"] = float((d_ & mal).sum() / mal.sum()) if mal.any() else None
+            row[f"specificity_malignant{suffix}"] = float((~d_ & ~mal).sum() / (~mal).sum()) if (~mal).any() else None
+        out[name] = row
+    return out
+
+
 def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     jobs = out / "jobs"
     cv = sorted(jobs.glob("cv*/preds.npz"))
@@ -61,6 +92,8 @@ def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     }
     for ds in sorted(set(oof["datasets"].tolist())):
         report["oof"][ds] = metrics_for(oof, oof["datasets"] == ds, temperature, ops)
+    if len(cv) > 1:
+        report["oof_nested_calibration"] = nested_calibration([dict(np.load(p)) for p in cv], target)
     plot_confusion(report["oof"]["all"]["confusion_matrix"], out / "oof_confusion.png", "OOF confusion")
     plot_roc(probs, oof["labels"], ops, out / "oof_roc.png")
     plot_reliability(probs, oof["labels"], out / "oof_reliability.png")
