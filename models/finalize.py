@@ -44,7 +44,10 @@ def metrics_for(d: dict[str, np.ndarray], sel: np.ndarray, temperature: float, o
 def nested_calibration(folds: list[dict[str, np.ndarray]], target: float) -> dict[str, Any]:
     """Honest check of calibration and thresholds: for each fold, fit T and both operating points
     on the other folds' OOF predictions only, apply them to this fold, then pool."""
-    probs, labels, ds, dec = [], [], [], {"default": [], "high_sensitivity": []}
+    probs: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    ds: list[np.ndarray] = []
+    dec: dict[str, list[np.ndarray]] = {"default": [], "high_sensitivity": []}
     for k, d in enumerate(folds):
         rest = [f for j, f in enumerate(folds) if j != k]
         lg = np.concatenate([f["logits"] for f in rest])
