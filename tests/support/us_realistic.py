@@ -62,8 +62,8 @@ def write_realistic_study(
     folder.mkdir(parents=True, exist_ok=True)
     study_uid, series_uid = generate_uid(prefix=TEST_UID_ROOT), generate_uid(prefix=TEST_UID_ROOT)
     paths = []
-    for i, tissue in enumerate(tissue if tissue is not None else tissue_images(n_images)):
-        frame = scanner_frame(tissue, seed=i)
+    for i, image in enumerate(tissue if tissue is not None else tissue_images(n_images)):
+        frame = scanner_frame(image, seed=i)
         ds = us_dataset(
             frame,
             study_uid=study_uid,
