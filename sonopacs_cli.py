@@ -167,18 +167,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML file layered over config/default.yaml")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
+    # `--config` is accepted after the subcommand too; SUPPRESS keeps the global value otherwise.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help="YAML file layered over the defaults")
 
-    sub.add_parser("serve", help="listener + worker (+ dashboard) on the configured services").set_defaults(
-        func=cmd_serve
+    sub.add_parser(
+        "serve", parents=[common], help="listener + worker (+ dashboard) on the configured services"
+    ).set_defaults(func=cmd_serve)
+    sub.add_parser("listener", parents=[common], help="DICOM Storage/Verification SCP only").set_defaults(
+        func=cmd_listener
     )
-    sub.add_parser("listener", help="DICOM Storage/Verification SCP only").set_defaults(func=cmd_listener)
-    p = sub.add_parser("worker", help="Celery worker")
+    p = sub.add_parser("worker", parents=[common], help="Celery worker")
     p.add_argument("--queues", default="clean,inference,export,control")
     p.add_argument("--concurrency", type=int, default=1)
     p.set_defaults(func=cmd_worker)
-    sub.add_parser("dashboard", help="admin dashboard and HTTP API only").set_defaults(func=cmd_dashboard)
+    sub.add_parser("dashboard", parents=[common], help="admin dashboard and HTTP API only").set_defaults(
+        func=cmd_dashboard
+    )
 
-    p = sub.add_parser("send", help="C-STORE files or folders to a DICOM node")
+    p = sub.add_parser("send", parents=[common], help="C-STORE files or folders to a DICOM node")
     p.add_argument("paths", nargs="+")
     p.add_argument("--to", required=True, help="HOST:PORT")
     p.add_argument("--aet", default="SONOPACS", help="called AE title")
@@ -186,41 +193,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30)
     p.set_defaults(func=cmd_send)
 
-    p = sub.add_parser("echo", help="C-ECHO a DICOM node (default: the export destination)")
+    p = sub.add_parser("echo", parents=[common], help="C-ECHO a DICOM node (default: the export destination)")
     p.add_argument("--to", help="HOST:PORT")
     p.add_argument("--aet", help="called AE title")
     p.add_argument("--timeout", type=float, default=10)
     p.set_defaults(func=cmd_echo)
 
-    p = sub.add_parser("resend", help="send a study's results to the PACS again")
+    p = sub.add_parser("resend", parents=[common], help="send a study's results to the PACS again")
     p.add_argument("study_uid")
     p.set_defaults(func=cmd_resend)
-    p = sub.add_parser("reprocess", help="run a study's pipeline again")
+    p = sub.add_parser("reprocess", parents=[common], help="run a study's pipeline again")
     p.add_argument("study_uid")
     p.set_defaults(func=cmd_reprocess)
 
-    p = sub.add_parser("db", help="database maintenance")
+    p = sub.add_parser("db", parents=[common], help="database maintenance")
     dbsub = p.add_subparsers(dest="db_command", required=True)
-    dbsub.add_parser("upgrade", help="apply Alembic migrations").set_defaults(func=cmd_db_upgrade)
+    dbsub.add_parser("upgrade", parents=[common], help="apply Alembic migrations").set_defaults(
+        func=cmd_db_upgrade
+    )
 
-    p = sub.add_parser("config", help="configuration")
+    p = sub.add_parser("config", parents=[common], help="configuration")
     csub = p.add_subparsers(dest="config_command", required=True)
-    csub.add_parser("show", help="print effective settings, secrets masked").set_defaults(
+    csub.add_parser("show", parents=[common], help="print effective settings, secrets masked").set_defaults(
         func=cmd_config_show
     )
 
-    p = sub.add_parser("analyze", help="analyze PNG/JPEG/DICOM files (research use)")
+    p = sub.add_parser("analyze", parents=[common], help="analyze PNG/JPEG/DICOM files (research use)")
     p.add_argument("files", nargs="+")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("train", help="train a model from a recorded config")
     p.add_argument("config_file", nargs="?", help="models/configs/NAME.yaml")
+    # here --config names the training recipe (the contract in ARCHITECTURE.md)
+    p.add_argument("--config", dest="train_config", help="models/configs/NAME.yaml")
     p.add_argument("--out", help="output folder (default: from the config)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="evaluate the shipped model on an index CSV")
+    p = sub.add_parser("evaluate", parents=[common], help="evaluate the shipped model on an index CSV")
     p.add_argument("--index", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--weights", help="weights folder (default: shipped)")
@@ -228,9 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("user", help="dashboard users")
+    p = sub.add_parser("user", parents=[common], help="dashboard users")
     usub = p.add_subparsers(dest="user_command", required=True)
-    pu = usub.add_parser("add", help="add or update a user")
+    pu = usub.add_parser("add", parents=[common], help="add or update a user")
     pu.add_argument("username")
     pu.add_argument("--role", choices=["viewer", "admin"], default="viewer")
     pu.add_argument("--password", help="default: prompt")
@@ -241,9 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "train" and args.config_file is None:
-        # `sonopacs train --config FILE` (the contract) is the global --config.
-        args.config_file, args.config = args.config, None
+    if args.command == "train":
+        # `sonopacs train --config FILE` (the contract); `sonopacs --config FILE train` also works.
+        args.config_file = args.config_file or args.train_config or args.config
+        args.config = None
         if args.config_file is None:
             parser.error("train needs a config: sonopacs train --config models/configs/NAME.yaml")
     logging.basicConfig(
