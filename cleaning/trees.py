@@ -8,7 +8,7 @@ hundred candidate components of one frame.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,22 +26,37 @@ class TreeEnsemble:
     bias: float
     depth: int
     feature_names: list[str]
+    _flat_cache: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = field(
+        default=None, repr=False, compare=False)
 
     def decision(self, x: np.ndarray) -> np.ndarray:
-        """Raw score (log-odds) per row of x (rows x features); all trees walked at once."""
+        """Raw score (log-odds) per row of x (rows x features); all trees walked at once.
+
+        Nodes of all trees live in flat arrays with absolute child indices, so each level is a few
+        1-D `take`s over trees x rows (2-D fancy indexing was twice as slow).
+        """
         n = x.shape[0]
         if n == 0:
             return np.full(0, self.bias)
-        trees = self.feature.shape[0]
-        tree_idx = np.arange(trees)[:, None]
-        rows = np.arange(n)[None, :]
-        node = np.zeros((trees, n), dtype=np.int64)
+        feat, thr, left, right, value = self._flat()
+        xt = np.ascontiguousarray(x.T, dtype=np.float64).ravel()  # feature-major: xt[f * n + row]
+        rows = np.arange(n, dtype=np.int64)[None, :]
+        width = self.feature.shape[1]
+        node = np.repeat(np.arange(self.feature.shape[0], dtype=np.int64)[:, None] * width, n, axis=1)
         for _ in range(self.depth):
-            f = self.feature[tree_idx, node]
-            leaf = f < 0
-            go_left = x[rows, np.maximum(f, 0)] <= self.threshold[tree_idx, node]
-            node = np.where(leaf, node, np.where(go_left, self.left[tree_idx, node], self.right[tree_idx, node]))
-        return self.bias + self.value[tree_idx, node].sum(axis=0)
+            f = np.take(feat, node)
+            go_left = np.take(xt, np.maximum(f, 0) * n + rows) <= np.take(thr, node)
+            nxt = np.where(go_left, np.take(left, node), np.take(right, node))
+            node = np.where(f < 0, node, nxt)
+        return self.bias + np.take(value, node).sum(axis=0)
+
+    def _flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if self._flat_cache is None:
+            width = self.feature.shape[1]
+            offset = (np.arange(self.feature.shape[0], dtype=np.int64) * width)[:, None]
+            self._flat_cache = (self.feature.ravel(), self.threshold.ravel(), (self.left + offset).ravel(),
+                                (self.right + offset).ravel(), self.value.ravel())
+        return self._flat_cache
 
     def probability(self, x: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-np.clip(self.decision(x), -50, 50)))
