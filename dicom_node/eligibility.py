@@ -30,13 +30,24 @@ MIN_SIDE = 64
 
 def is_our_result(ds: Dataset, uid_root: str) -> bool:
     """True for anything sonopacs produced (any of three independent marks)."""
+    return has_our_marks(
+        uid_root,
+        uids=(str(getattr(ds, "SOPInstanceUID", "")), str(getattr(ds, "SeriesInstanceUID", ""))),
+        manufacturer=getattr(ds, "Manufacturer", None),
+        series_description=getattr(ds, "SeriesDescription", None),
+    )
+
+
+def has_our_marks(
+    uid_root: str, *, uids: tuple[str, ...], manufacturer: object, series_description: object
+) -> bool:
+    """The marks themselves, for callers that hold header fields rather than a Dataset (ingest)."""
     root = uid_root if uid_root.endswith(".") else uid_root + "."
-    for keyword in ("SOPInstanceUID", "SeriesInstanceUID"):
-        if str(getattr(ds, keyword, "")).startswith(root):
-            return True
-    if str(getattr(ds, "Manufacturer", "")).strip().lower() == OUR_MANUFACTURER:
+    if any(uid.startswith(root) for uid in uids):
         return True
-    return str(getattr(ds, "SeriesDescription", "")).strip().lower().startswith(OUR_SERIES_PREFIX)
+    if str(manufacturer or "").strip().lower() == OUR_MANUFACTURER:
+        return True
+    return str(series_description or "").strip().lower().startswith(OUR_SERIES_PREFIX)
 
 
 def skip_reason(ds: Dataset, uid_root: str) -> str | None:

@@ -32,6 +32,7 @@ from db.audit import record, set_study_state
 from db.models import Instance, Series, Study, StudyState, utcnow
 from db.session import Database
 from dicom_node import status
+from dicom_node.eligibility import has_our_marks
 from dicom_node.header import InstanceHeader
 from dicom_node.status import StoreOutcome
 from dicom_node.storage import InstanceStore, StorageError
@@ -59,9 +60,13 @@ class Received:
 class Ingestor:
     """Files instances and keeps the database in step; safe to call from many association threads."""
 
-    def __init__(self, database: Database, store: InstanceStore, io_threads: int = 4) -> None:
+    def __init__(
+        self, database: Database, store: InstanceStore, io_threads: int = 4, uid_root: str | None = None
+    ) -> None:
         self.database = database
         self.store = store
+        # Our own results coming back from the PACS are filed but never reopen their study (no loops).
+        self.uid_root = uid_root
         # Striped locks: two copies of one SOP Instance UID are never filed at the same time.
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._io = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="sonopacs-fsync")
@@ -190,6 +195,8 @@ class Ingestor:
                 detail="first instance received",
             )
             reopened = ""
+        elif self._is_our_result(header):
+            reopened = " sonopacs result: study not reopened"
         else:
             reopened = _reopen(session, study, now)
         if series is None:
@@ -231,6 +238,14 @@ class Ingestor:
             ),
         )
         session.flush()
+
+    def _is_our_result(self, header: InstanceHeader) -> bool:
+        return self.uid_root is not None and has_our_marks(
+            self.uid_root,
+            uids=(header.sop_instance_uid, header.series_instance_uid),
+            manufacturer=header.manufacturer,
+            series_description=header.series_description,
+        )
 
     def _duplicate(self, session: Session, existing: Instance, received: Received) -> StoreOutcome:
         detail = f"calling_ae={received.calling_ae} size={len(received.data)} sha256={received.sha256}"

@@ -58,7 +58,12 @@ class Listener:
         self._owns_database = database is None
         self.database = database or _database_for(settings)
         self.store = InstanceStore(Path(settings.storage.root))
-        self.ingestor = Ingestor(self.database, self.store, io_threads=settings.dicom.max_associations)
+        self.ingestor = Ingestor(
+            self.database,
+            self.store,
+            io_threads=settings.dicom.max_associations,
+            uid_root=settings.pipeline.uid_root,
+        )
         self.port: int = settings.dicom.port
         self._server: ThreadedAssociationServer | None = None
         self._ae: AE | None = None

@@ -95,3 +95,39 @@ def test_concurrent_senders_of_one_new_study(
     finally:
         db.dispose()
     assert len(audit_rows(settings, "instance_received")) == len(files)
+
+
+def test_our_own_results_coming_back_do_not_reopen_the_study(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """A PACS that routes our SC overlay back must not start another run (no loops)."""
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    settings = make_settings("sqlite")
+    files = write_us_study(tmp_path / "study", n_images=2, rows=32, cols=32)
+    ours = tmp_path / "ours.dcm"
+    ds = dcmread(files[1])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(
+        prefix=settings.pipeline.uid_root
+    )
+    ds.SeriesInstanceUID = generate_uid(prefix=settings.pipeline.uid_root)
+    ds.Manufacturer = "sonopacs"
+    ds.save_as(ours, enforce_file_format=True)
+    with running_listener(settings) as listener:
+        db = Database(settings.database_url)
+        try:
+            assert raw_c_store(listener.port, files[0]).status == status.SUCCESS
+            _claim(db)
+            assert raw_c_store(listener.port, ours).status == status.SUCCESS
+            study = _study(db)
+            assert (study.state, study.generation, study.enqueued_generation) == (StudyState.QUEUED, 1, 1)
+            with db.session() as session:  # filed all the same: nothing received is dropped
+                assert session.scalar(select(Instance).where(Instance.sop_instance_uid == ds.SOPInstanceUID))
+            # An original image arriving later still reopens it.
+            assert raw_c_store(listener.port, files[1]).status == status.SUCCESS
+            assert (_study(db).state, _study(db).generation) == (StudyState.RECEIVING, 2)
+        finally:
+            db.dispose()
+    received = [r.detail or "" for r in audit_rows(settings, "instance_received")]
+    assert any("sonopacs result: study not reopened" in d for d in received)
