@@ -35,6 +35,9 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     "sonopacs.export_study": {"queue": "export"},
 }
 
+# Passed to create_engine by Kombu's SQLAlchemy transport: wait for the SQLite write lock, do not fail.
+EMBEDDED_TRANSPORT_OPTIONS: dict[str, Any] = {"connect_args": {"timeout": 30}}
+
 _SETTINGS_KEY = "sonopacs_settings"
 _lock = threading.Lock()
 _apps: dict[str, Celery] = {}
@@ -66,6 +69,28 @@ def prepare_embedded_broker(url: str) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
     finally:
         conn.close()
+    _create_broker_tables(url)
+
+
+def _create_broker_tables(url: str) -> None:
+    """Let Kombu create its tables now, once, so processes starting together do not race to."""
+    from kombu import Connection
+    from sqlalchemy.exc import OperationalError
+
+    from worker.embedded_broker import TRANSPORT_PATH
+
+    for attempt in range(3):
+        try:
+            # Same options as the app's: Kombu caches one engine per URL for the whole process.
+            options = dict(EMBEDDED_TRANSPORT_OPTIONS)
+            with Connection(
+                url.split("+", 1)[1], transport=TRANSPORT_PATH, transport_options=options
+            ) as conn:
+                conn.default_channel._open()  # creates the tables (metadata.create_all)
+            return
+        except OperationalError:
+            if attempt == 2:
+                raise
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -102,8 +127,7 @@ def make_celery(settings: Settings) -> Celery:
         # Same transport, polled every 0.25 s instead of 1 s; its URL is the bare SQLite URL.
         conf["broker_url"] = broker.split("+", 1)[1]
         conf["broker_transport"] = TRANSPORT_PATH
-        # Passed to create_engine by the transport: wait for the SQLite write lock, do not fail.
-        conf["broker_transport_options"] = {"connect_args": {"timeout": 30}}
+        conf["broker_transport_options"] = dict(EMBEDDED_TRANSPORT_OPTIONS)
     else:
         # Redis: an unacked message comes back after this long if its worker vanished; it must
         # exceed the longest export backoff so a countdown task is not delivered twice.
