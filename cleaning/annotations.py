@@ -36,6 +36,7 @@ class Detection:
     flags: list[str] = field(default_factory=list)
     doppler_fraction: float = 0.0
     components: int = 0
+    flat_fill: np.ndarray | None = None  # part of mask better filled flat than inpainted (scale bars)
 
 
 @lru_cache(maxsize=1)
@@ -130,7 +131,7 @@ def grey_bars(grey: np.ndarray) -> np.ndarray:
         return np.zeros(grey.shape, bool)
     bw, bh = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
     area = stats[:, cv2.CC_STAT_AREA]
-    shape_ok = (bh >= run) & (bw >= 2) & (bw <= 40) & (area >= 0.6 * bw * bh) & (bh >= 3 * bw)
+    shape_ok = (bh >= run) & (bw >= 2) & (bw <= 40) & (area >= 0.6 * bw * bh) & (bh >= 2 * bw)
     shape_ok[0] = False
     out = np.zeros(grey.shape, bool)
     for i in np.flatnonzero(shape_ok):
@@ -184,4 +185,5 @@ def detect_annotations(grey: np.ndarray, chroma: np.ndarray | None, rgb_max: np.
         accepted |= bars
     if doppler is not None:
         accepted &= ~doppler  # never inpaint Doppler: it is flagged, not hidden
-    return Detection(accepted, kinds, flags, dop_frac, int(keep.sum()))
+        bars &= ~doppler
+    return Detection(accepted, kinds, flags, dop_frac, int(keep.sum()), bars if bars.any() else None)

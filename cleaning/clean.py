@@ -9,7 +9,7 @@ import numpy as np
 from cleaning.annotations import detect_annotations
 from cleaning.convert import grey_and_chroma, rgb_max, to_uint8, validate
 from cleaning.field import Field, find_fields
-from cleaning.inpaint import inpaint
+from cleaning.inpaint import flat_fill, inpaint
 from cleaning.types import CleanResult, Region
 
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -52,7 +52,10 @@ def _clean_field(grey: np.ndarray, chroma: np.ndarray | None, value: np.ndarray 
     # Only what the detector found is removed. Blanking everything outside a detected sector was
     # tried and cut dim sector edges (SonoSite), so the field mask is reported, not applied.
     removed = det.mask
-    cleaned = inpaint(crop, removed)
+    if det.flat_fill is not None:
+        cleaned = inpaint(flat_fill(crop, det.flat_fill), removed & ~det.flat_fill)
+    else:
+        cleaned = inpaint(crop, removed)
     flags = list(det.flags)
     if f.doppler_region and "doppler" not in flags:
         flags.append("doppler")

@@ -132,3 +132,17 @@ def test_coloured_overlay_is_removed_not_flagged_as_doppler() -> None:
     h, w = r.image.shape
     removed[y:y + h, x:x + w] = r.annotation_mask
     assert (removed & truth).sum() / truth.sum() >= 0.85
+
+
+def test_grey_scale_bar_is_removed_and_filled_flat() -> None:
+    """A 14 x 150 px grey-scale bar (white to dark, flat along rows) over tissue is found and erased."""
+    img, _ = _sample(0)
+    dirty = img.copy()
+    bar = np.linspace(250, 30, 150).astype(np.uint8)[:, None].repeat(14, axis=1)
+    dirty[60:210, 240:254] = bar
+    (r,) = clean_image(dirty)
+    assert "scale_bar" in r.summary["kinds"]  # type: ignore[operator]
+    y, x = r.offset
+    assert r.annotation_mask[60 - y:210 - y, 240 - x:254 - x].mean() > 0.95
+    # filled with the surroundings' level, not a smeared copy of the bar's bright top
+    assert r.image[60 - y:100 - y, 240 - x:254 - x].mean() < 150
