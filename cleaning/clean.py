@@ -52,14 +52,19 @@ def _clean_field(grey: np.ndarray, chroma: np.ndarray | None, value: np.ndarray 
     # Only what the detector found is removed. Blanking everything outside a detected sector was
     # tried and cut dim sector edges (SonoSite), so the field mask is reported, not applied.
     removed = det.mask
-    if det.flat_fill is not None:
-        cleaned = inpaint(flat_fill(crop, det.flat_fill), removed & ~det.flat_fill)
-    else:
-        cleaned = inpaint(crop, removed)
+    flat = det.flat_fill
+    kinds = list(det.kinds)
+    if f.bar_boxes:  # bars the DICOM regions declare: removed whatever the pixels say
+        flat = np.zeros(crop.shape, bool) if flat is None else flat.copy()
+        for by0, bx0, by1, bx1 in f.bar_boxes:
+            flat[by0:by1 + 1, bx0:bx1 + 1] = True
+        removed = removed | flat
+        if "scale_bar" not in kinds:
+            kinds.append("scale_bar")
+    cleaned = inpaint(crop, removed) if flat is None else inpaint(flat_fill(crop, flat), removed & ~flat)
     flags = list(det.flags)
     if f.doppler_region and "doppler" not in flags:
         flags.append("doppler")
-    kinds = list(det.kinds)
     if removed.any():
         flags.append("text_in_field")
     n = int(removed.sum())

@@ -14,8 +14,11 @@ import numpy as np
 
 from cleaning.types import Region
 
-TISSUE_TYPES = {1}  # RegionDataType 1 = tissue
-DOPPLER_TYPES = {2, 5, 6, 7, 8}  # colour flow, Doppler mean/variance, colour-flow mean/variance
+# RegionDataType (DICOM PS3.3 C.8.5.5.1.2): 1 tissue, 2 colour flow, 3-12 spectra and traces,
+# 13 grey bar, 14 colour bar
+TISSUE_TYPES = {1}
+DOPPLER_TYPES = {2}
+BAR_TYPES = {13, 14}
 DARK = 8  # mean grey level (over 4x4 blocks) under which a block counts as background
 
 
@@ -32,14 +35,15 @@ class Field:
     confidence: float
     spacing_mm: tuple[float, float] | None = None
     doppler_region: bool = False  # a colour-flow region overlaps this field
+    bar_boxes: tuple[tuple[int, int, int, int], ...] = ()  # grey/colour-bar regions, crop coordinates
 
 
-def _clip_region(r: Region, h: int, w: int) -> tuple[int, int, int, int] | None:
+def _clip_region(r: Region, h: int, w: int, min_side: int = 8) -> tuple[int, int, int, int] | None:
     x0, x1 = sorted((int(r.x0), int(r.x1)))
     y0, y1 = sorted((int(r.y0), int(r.y1)))
     x0, y0 = max(0, x0), max(0, y0)
     x1, y1 = min(w - 1, x1), min(h - 1, y1)
-    if x1 - x0 < 7 or y1 - y0 < 7:
+    if x1 - x0 < min_side - 1 or y1 - y0 < min_side - 1:
         return None
     return y0, x0, y1, x1
 
@@ -49,7 +53,12 @@ def fields_from_regions(grey: np.ndarray, regions: Sequence[Region]) -> list[Fie
     h, w = grey.shape
     boxes: list[tuple[tuple[int, int, int, int], Region]] = []
     doppler: list[tuple[int, int, int, int]] = []
+    bars: list[tuple[int, int, int, int]] = []
     for r in regions:
+        if r.data_type in BAR_TYPES:  # the scanner says where its grey/colour bar is (any format)
+            bar = _clip_region(r, h, w, min_side=1)
+            if bar is not None:
+                bars.append(bar)
         if r.spatial_format != 1:
             continue
         box = _clip_region(r, h, w)
@@ -71,7 +80,9 @@ def fields_from_regions(grey: np.ndarray, regions: Sequence[Region]) -> list[Fie
         # fluid make that guess cut tissue); annotations inside are left to the detector
         mask = np.ones((y1 - y0 + 1, x1 - x0 + 1), bool)
         dop = any(_overlaps((y0, x0, y1, x1), d) for d in doppler)
-        out.append(Field(y0, x0, y1, x1, mask, "regions", 0.95, r.spacing_mm, dop))
+        in_crop = tuple((max(b[0], y0) - y0, max(b[1], x0) - x0, min(b[2], y1) - y0, min(b[3], x1) - x0)
+                        for b in bars if _overlaps((y0, x0, y1, x1), b))
+        out.append(Field(y0, x0, y1, x1, mask, "regions", 0.95, r.spacing_mm, dop, in_crop))
     return out
 
 

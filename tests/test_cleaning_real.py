@@ -111,3 +111,14 @@ def test_crop_to_field_matches_clean_image_offset() -> None:
     arr, regions = _load("gdcm-US-ALOKA-16.dcm")
     crop, offset = crop_to_field(arr, regions)
     assert offset == (24, 32) and crop.shape[:2] == (392, 304)
+
+
+def test_aloka_grey_bar_region_is_removed() -> None:
+    """The file declares its grey bar as a region (data type 13) inside the left field."""
+    arr, regions = _load("gdcm-US-ALOKA-16.dcm")
+    assert any(r.data_type == 13 for r in regions)
+    left = clean_image(arr, regions)[0]
+    assert "scale_bar" in left.summary["kinds"]  # type: ignore[operator]
+    bar = (slice(40 - 24, 104 - 24), slice(32 - 32, 64 - 32))  # region (32,40)-(63,103) in crop coords
+    assert left.annotation_mask[bar].mean() > 0.95
+    assert left.image[bar].mean() < 40  # filled with the black around it, not a smeared white
