@@ -100,3 +100,42 @@ def test_killed_pool_process_hands_the_export_back(
         if pacs is not None:
             pacs.stop()
         db.dispose()
+
+
+def test_sigterm_finishes_running_work_and_hands_back_the_rest(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Embedded broker: a worker stopped with SIGTERM mid-backlog exits 0 with nothing left running;
+    a new worker completes every study, each run exactly once."""
+    from sqlalchemy import func
+
+    from worker.stability import enqueue_stable_studies
+
+    settings = make_settings("sqlite")
+    upgrade(settings.database_url)
+    db = Database(settings.database_url)
+    ids = [add_study(db)[0] for _ in range(8)]
+    assert sorted(enqueue_stable_studies(settings, db)) == sorted(ids)  # the backlog waits in the broker
+    config = write_config(settings, tmp_path / "sonopacs.yaml")
+
+    def jobs_in(*states: JobState) -> int:
+        with db.session() as session:
+            return int(session.scalar(select(func.count(Job.id)).where(Job.state.in_(states))) or 0)
+
+    with worker_process(config, tmp_path / "worker1.log", concurrency=2) as proc:
+        wait_until(lambda: jobs_in(JobState.SUCCEEDED) >= 3, timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    assert jobs_in(JobState.RUNNING) == 0  # warm shutdown: whatever had started, finished
+
+    with worker_process(config, tmp_path / "worker2.log", concurrency=2):
+        wait_until(lambda: jobs_in(JobState.SUCCEEDED) == 5 * len(ids), timeout=90)
+    with db.session() as session:
+        states = set(session.scalars(select(Study.state)))
+        runs = session.execute(
+            select(Job.study_id, func.count(Job.id)).where(Job.stage == "pipeline").group_by(Job.study_id)
+        ).all()
+    assert states == {StudyState.RESULTS_READY}
+    assert sorted(n for _, n in runs) == [1] * len(ids)
+    assert jobs_in(JobState.FAILED, JobState.QUEUED, JobState.RUNNING) == 0
+    db.dispose()
