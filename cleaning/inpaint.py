@@ -26,11 +26,13 @@ def flat_fill(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def inpaint(grey: np.ndarray, mask: np.ndarray, radius: int = 3) -> np.ndarray:
-    """OpenCV Telea inpainting on the bounding box of the mask only (cost scales with what is removed).
+def inpaint(grey: np.ndarray, mask: np.ndarray, radius: int = 3, method: int = cv2.INPAINT_NS) -> np.ndarray:
+    """OpenCV inpainting (Navier-Stokes by default) on the bounding box of each group of strokes only,
+    so the cost scales with what is removed.
 
-    Why Telea: strokes are 1-5 px wide, so any smooth fill from the border is close to the speckle
-    statistics around it; Telea was as good as Navier-Stokes here and faster (see docs/cleaning.md).
+    Why Navier-Stokes: with the true annotation masks of 60 fold-1 BUS-BRA burn-ins, it restored the
+    masked pixels to 24.3 dB PSNR against the originals vs 24.0 dB for Telea, in 2.6 vs 3.4 ms per
+    image (docs/cleaning.md). Strokes are 1-5 px wide; any smooth fill from the border is close.
     """
     if not mask.any():
         return grey.copy()
@@ -52,8 +54,8 @@ def inpaint(grey: np.ndarray, mask: np.ndarray, radius: int = 3) -> np.ndarray:
         covered[y0:y1, x0:x1] = True
         sub = m8[y0:y1, x0:x1]
         if sub.any():
-            out[y0:y1, x0:x1] = cv2.inpaint(out[y0:y1, x0:x1], sub, radius, cv2.INPAINT_TELEA)
+            out[y0:y1, x0:x1] = cv2.inpaint(out[y0:y1, x0:x1], sub, radius, method)
     left = mask & ~covered  # rounding at the reduced scale: fill the rest on the whole frame
     if left.any():
-        out = cv2.inpaint(out, left.astype(np.uint8), radius, cv2.INPAINT_TELEA)
+        out = cv2.inpaint(out, left.astype(np.uint8), radius, method)
     return out
