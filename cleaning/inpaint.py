@@ -9,8 +9,9 @@ import numpy as np
 def flat_fill(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Fill each blob of `mask` with the median of a ring 3-8 px around it.
 
-    Why: a scale bar is a solid block tens of pixels wide; Telea would smear its bright frame inward,
-    while the ring around a bar is the background it was drawn on (usually black).
+    Why: a scale bar is a solid block tens of pixels wide; inpainting it (Telea, seen on ALOKA) smeared
+    its bright frame inward, while the ring around a bar is the background it was drawn on (usually
+    black).
     """
     out = grey.copy()
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
