@@ -105,19 +105,33 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_resend(args: argparse.Namespace) -> int:
-    from worker.actions import resend_study
+    from worker.actions import ActionError, resend_study
 
-    resend_study(_settings(args), args.study_uid, actor="cli")
+    try:
+        resend_study(_settings(args), args.study_uid, actor="cli")
+    except ActionError as exc:
+        print(f"resend refused: {exc}", file=sys.stderr)
+        return 1
     print(f"export of {args.study_uid} queued again")
     return 0
 
 
 def cmd_reprocess(args: argparse.Namespace) -> int:
-    from worker.actions import reprocess_study
+    from worker.actions import ActionError, reprocess_study
 
-    reprocess_study(_settings(args), args.study_uid, actor="cli")
+    try:
+        reprocess_study(_settings(args), args.study_uid, actor="cli")
+    except ActionError as exc:
+        print(f"reprocess refused: {exc}", file=sys.stderr)
+        return 1
     print(f"{args.study_uid} queued for processing again")
     return 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from worker.stability import run_monitor_until_signalled
+
+    return run_monitor_until_signalled(_settings(args))
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -181,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queues", default="clean,inference,export,control")
     p.add_argument("--concurrency", type=int, default=1)
     p.set_defaults(func=cmd_worker)
+    sub.add_parser(
+        "monitor", parents=[common], help="study stability monitor only (enqueues quiet studies)"
+    ).set_defaults(func=cmd_monitor)
     sub.add_parser("dashboard", parents=[common], help="admin dashboard and HTTP API only").set_defaults(
         func=cmd_dashboard
     )

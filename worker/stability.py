@@ -178,16 +178,20 @@ def run_monitor(settings: Settings, stop: threading.Event | None = None) -> int:
     return 0
 
 
+def run_monitor_until_signalled(settings: Settings) -> int:
+    """The standalone monitor (`sonopacs monitor`): SIGTERM/SIGINT end the loop cleanly."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return run_monitor(settings, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="sonopacs study stability monitor")
     parser.add_argument("--config")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = load_settings(args.config)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    return run_monitor(settings, stop)
+    return run_monitor_until_signalled(load_settings(args.config))
 
 
 if __name__ == "__main__":
