@@ -95,11 +95,16 @@ def overview_fragment(request: Request, _: LoggedIn) -> Response:
     return render(request, "fragments/overview.html", {"o": service.overview(request)})
 
 
-def _study_filters(
+def _studies(
+    request: Request,
     state: str | None, received_from: str | None, received_to: str | None, q: str | None, offset: int
-) -> dict[str, Any]:
-    return {"state": state or "", "received_from": received_from or "", "received_to": received_to or "",
-            "q": q or "", "offset": offset}
+) -> tuple[dict[str, Any], Any]:
+    """The filters as the form shows them, and one page of matching studies (page and fragment alike)."""
+    filters = {"state": state or "", "received_from": received_from or "", "received_to": received_to or "",
+               "q": q or "", "offset": offset}
+    data = service.studies(request, state=state, received_from=received_from, received_to=received_to,
+                           q=q, limit=50, offset=offset)
+    return filters, data
 
 
 @router.get("/studies")
@@ -112,9 +117,7 @@ def studies_page(
     q: str | None = Query(None, max_length=64),
     offset: int = Query(0, ge=0),
 ) -> Response:
-    filters = _study_filters(state, received_from, received_to, q, offset)
-    data = service.studies(request, state=state, received_from=received_from, received_to=received_to,
-                           q=q, limit=50, offset=offset)
+    filters, data = _studies(request, state, received_from, received_to, q, offset)
     return render(request, "studies.html", {
         "data": data, "filters": filters, "states": queries.STATES, "poll": STUDIES_POLL,
         "query": urlencode({k: v for k, v in filters.items() if v}),
@@ -131,9 +134,7 @@ def studies_fragment(
     q: str | None = Query(None, max_length=64),
     offset: int = Query(0, ge=0),
 ) -> Response:
-    filters = _study_filters(state, received_from, received_to, q, offset)
-    data = service.studies(request, state=state, received_from=received_from, received_to=received_to,
-                           q=q, limit=50, offset=offset)
+    filters, data = _studies(request, state, received_from, received_to, q, offset)
     return render(request, "fragments/studies.html", {"data": data, "filters": filters})
 
 
