@@ -252,7 +252,33 @@ def sheets(out_dir: Path, seed: int) -> list[str]:
     path = out_dir / "cleaning_synthetic.png"
     _write_png(path, np.vstack(panels))
     written.append(str(path))
+    path = out_dir / "cleaning_native.png"
+    _write_png(path, native_sheet(bb_rows, rng, width))
+    written.append(str(path))
     return written
+
+
+def native_sheet(rows: list[dict[str, str]], rng: np.random.Generator, width: int) -> np.ndarray:
+    """What the cleaner removes from un-annotated fold-1 originals (the pixels the benchmark's second
+    precision does not count): 8 random originals with any removal, two per row, so a reader can
+    check that they are BUS-BRA's own calipers and text and not tissue."""
+    panels = []
+    for i in rng.permutation(len(rows)):
+        img = cv2.imread(str(BUSBRA / rows[int(i)]["image"]), cv2.IMREAD_GRAYSCALE)
+        res = clean_image(img)
+        if not res[0].annotation_mask.any():
+            continue
+        removed, _, kept = _full_frame_mask(res, img.shape)
+        over = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+        over[removed & kept] = (255, 0, 0)
+        over[~kept] = (0, 0, 90)
+        pair = cv2.resize(np.hstack([cv2.cvtColor(img, cv2.COLOR_GRAY2RGB), over]), (width // 2, width // 4))
+        panels.append(_label(pair, f"{rows[int(i)]['image']} removed={res[0].summary['fraction_removed']:.4f}"))
+        if len(panels) == 8:
+            break
+    while len(panels) % 2:
+        panels.append(np.zeros_like(panels[0]))
+    return np.vstack([np.hstack(panels[j:j + 2]) for j in range(0, len(panels), 2)])
 
 
 def main() -> None:

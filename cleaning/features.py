@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 SEED_TOPHAT = 30  # grey levels above the local opening: where a stroke can start
+SEED_LOCAL = 2.0  # ... and at least this many times the mean top-hat of its 15x15 neighbourhood
 COLOUR_CHROMA = 40  # max-min over RGB above which a pixel is coloured overlay (or Doppler)
 
 FEATURE_NAMES = [
@@ -63,7 +64,7 @@ def find_candidates(grey: np.ndarray, chroma: np.ndarray | None, exclude: np.nda
     # a seed must stand out from the top-hat of its own neighbourhood too, so that strokes over bright
     # speckle do not merge with it into one mixed component
     local = cv2.blur(tophat, (15, 15))
-    seeds = (tophat >= SEED_TOPHAT) & (tophat.astype(np.int16) >= 2 * local.astype(np.int16))
+    seeds = (tophat >= SEED_TOPHAT) & (tophat.astype(np.float32) >= SEED_LOCAL * local.astype(np.float32))
     if chroma is not None:
         seeds |= chroma >= COLOUR_CHROMA
     if exclude is not None:
