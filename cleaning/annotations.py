@@ -194,8 +194,7 @@ def halo(grey: np.ndarray, accepted: np.ndarray) -> np.ndarray:
     non-stroke pixels around it (normalised box filter) still shows the blend.
     """
     acc8 = accepted.astype(np.uint8)
-    k = 2 * HALO_ROUNDS + 1
-    ring = cv2.dilate(acc8, np.ones((k, k), np.uint8)).astype(bool) & ~accepted
+    ring = cv2.dilate(acc8, _SQUARE3).astype(bool) & ~accepted
     idx = np.flatnonzero(ring)
     if idx.size == 0:
         return ring
@@ -265,7 +264,7 @@ def detect_annotations(grey: np.ndarray, chroma: np.ndarray | None, rgb_max: np.
                 c_ok &= ~doppler
             for _ in range(CHROMA_GROW_ROUNDS):
                 accepted |= cv2.dilate(accepted.astype(np.uint8), _SQUARE3).astype(bool) & c_ok
-        if HALO_ROUNDS:
+        for _ in range(HALO_ROUNDS):
             accepted |= halo(grey, accepted)
     bars = grey_bars(grey)
     if bars.any():
