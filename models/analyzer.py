@@ -4,6 +4,12 @@ Per image: letterbox to the model size, run the network on the image and its hor
 (test-time augmentation: averaged prediction, and the spread of the malignancy probability as the
 uncertainty), Grad-CAM from ``monai.visualize.GradCAM`` on the deepest encoder features, the
 largest lesion component mapped back to the input's pixels, and its measurements.
+
+Heat map: MONAI's CAM classes post-process by default with ``default_normalizer``, which maps
+(min, max) to (1, 0), i.e. it *inverts* the map (hot where the evidence is weakest, which on these
+images is the image edges, not the lesion). Here the raw ReLU'd Grad-CAM is kept, the two mirror
+views (same class: the TTA-averaged prediction) are averaged before any scaling, and it is scaled to
+[0, 1] once, over the unpadded image area, in the input's own geometry.
 """
 
 from __future__ import annotations
@@ -32,11 +38,28 @@ def _pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+TTA_CLASS = "tta"  # class_idx sentinel: the argmax of the mirror-averaged logits, for both views
+
+
+def _raw_map(x: torch.Tensor) -> torch.Tensor:
+    """GradCAM post-processing that keeps the map as computed (MONAI's default inverts it)."""
+    return x
+
+
 class _PerSampleHooks(ModelWithHooks):
-    """MONAI's hook wrapper, scoring each sample's own argmax class (MONAI indexes
-    ``logits[:, idx]``, which mixes samples when ``idx`` is a per-sample tensor)."""
+    """MONAI's hook wrapper, scoring each sample's own class (MONAI indexes ``logits[:, idx]``,
+    which mixes samples when ``idx`` is a per-sample tensor).
+
+    With ``class_idx == TTA_CLASS`` the batch is [views..., mirrored views...] and both views of an
+    image are scored on the class of their averaged logits: the label the result reports, so that
+    the two views' maps explain the same class and can be averaged.
+    """
 
     def class_score(self, logits: torch.Tensor, class_idx: Any) -> torch.Tensor:
+        if isinstance(class_idx, str) and class_idx == TTA_CLASS:
+            n = logits.shape[0] // 2
+            idx = ((logits[:n] + logits[n:]) / 2).argmax(1).repeat(2)
+            return logits.gather(1, idx[:, None]).squeeze(1)
         if isinstance(class_idx, torch.Tensor) and class_idx.ndim == 1:
             return logits.gather(1, class_idx[:, None]).squeeze(1)
         return logits[:, class_idx]
@@ -54,9 +77,13 @@ class Analyzer:
         self.size: int = int(manifest["image_size"])
         self.temperature: float = float(manifest["temperature"])
         self.operating_points: dict[str, float] = {k: float(v) for k, v in manifest["operating_points"].items()}
-        self._view = ClassifierView(self.net)
+        # eval() here too: MONAI's ModelWithHooks restores train mode after each call when the
+        # wrapped module reports training=True, which left the whole net in train mode (batch-stat
+        # BatchNorm and running-stat updates for anyone calling ``net`` directly afterwards)
+        self._view = ClassifierView(self.net).eval()
         hooked = _PerSampleHooks(self._view, "net.cam_target", register_forward=True, register_backward=True)
-        self._cam = GradCAM(nn_module=hooked, target_layers="net.cam_target")  # type: ignore[arg-type]
+        self._cam = GradCAM(nn_module=hooked, target_layers="net.cam_target",  # type: ignore[arg-type]
+                            postprocessing=_raw_map)
 
     @classmethod
     def load(cls, weights_dir: Path | None = None, device: str = "auto") -> Analyzer:
@@ -90,7 +117,7 @@ class Analyzer:
         n = len(images)
         xx = torch.cat([x, x.flip(-1)])
         with torch.enable_grad():
-            cam = self._cam(xx, class_idx=None)  # per-sample argmax class of each view
+            cam = self._cam(xx, class_idx=TTA_CLASS)  # raw ReLU'd map, class = averaged prediction
         assert self._view.last_logits is not None and self._view.last_seg is not None
         logits = self._view.last_logits.detach().float().cpu().numpy().astype(np.float64)
         seg = torch.softmax(self._view.last_seg.detach().float(), dim=1)[:, 1]
@@ -112,8 +139,8 @@ class Analyzer:
         pm = float(probs[2])
         full_prob = box.unletterbox(prob_map.astype(np.float32))
         mask = lesion_mask(full_prob) if label != "normal" else np.zeros(full_prob.shape, bool)
-        heat_full = box.unletterbox(heat.astype(np.float32))
-        lo, hi = float(heat_full.min()), float(heat_full.max())
+        heat_full = box.unletterbox(heat.astype(np.float32))  # the unpadded area only
+        lo, hi = float(heat_full.min()), float(heat_full.max())  # one scaling, after averaging views
         heat_full = ((heat_full - lo) / (hi - lo)) if hi > lo else np.zeros_like(heat_full)
         lesion = measure_lesion(mask, spacing)
         return AnalysisResult(
@@ -130,7 +157,9 @@ class Analyzer:
             extra={
                 "operating_points": dict(self.operating_points),
                 "tta_views": 2,
-                "heatmap_method": "monai GradCAM on the deepest encoder features, class = predicted label",
+                "heatmap_method": ("monai GradCAM on the deepest encoder features, class = predicted label, "
+                                   "raw map (not MONAI's inverting default_normalizer), min-max over the "
+                                   "unpadded image"),
                 "lesion_probability_max": float(full_prob.max()),
             },
         )
