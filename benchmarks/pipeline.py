@@ -8,12 +8,16 @@ Job table. Runs `sonopacs serve` (listener + worker + stability monitor) as a ch
 
     python benchmarks/pipeline.py [--duration 120] [--interval 2] [--images 4] [--device auto]
                                   [--stable-seconds 10] [--out FILE.json]
+                                  [--inference-concurrency N] [--light-concurrency N]
+
+The worker pools default to config/default.yaml's `worker` section; the two options override it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -86,7 +90,9 @@ class ResultWatcher(threading.Thread):
                 self.stop.wait(0.2)
 
 
-def make_settings(work: Path, pacs: Orthanc, stable: float, device: str) -> Settings:
+def make_settings(
+    work: Path, pacs: Orthanc, stable: float, device: str, worker: dict[str, int] | None = None
+) -> Settings:
     return load_settings(
         storage={"root": work / "var" / "storage"},
         database={"url": f"sqlite:///{work / 'var' / 'sonopacs.db'}"},
@@ -96,6 +102,7 @@ def make_settings(work: Path, pacs: Orthanc, stable: float, device: str) -> Sett
         study={"stable_seconds": stable, "poll_seconds": 0.5},
         dashboard={"port": free_port()},
         model={"device": device},
+        worker=worker or {},
     )
 
 
@@ -122,6 +129,8 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--stable-seconds", type=float, default=10)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--inference-concurrency", type=int)
+    parser.add_argument("--light-concurrency", type=int)
     parser.add_argument("--drain-timeout", type=float, default=300)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--workdir", type=Path)
@@ -133,12 +142,15 @@ def main() -> int:
     studies = [write_realistic_study(work / "in" / f"s{i:03d}", n_images=args.images) for i in range(n_studies)]
     pacs = Orthanc(workdir=work / "orthanc").start()
     try:
-        settings = make_settings(work, pacs, args.stable_seconds, args.device)
+        pools = {"inference_concurrency": args.inference_concurrency, "light_concurrency": args.light_concurrency}
+        worker = {k: v for k, v in pools.items() if v is not None}
+        settings = make_settings(work, pacs, args.stable_seconds, args.device, worker)
         watcher = ResultWatcher(pacs, args.images)
         watcher.start()
         peer = Peer("127.0.0.1", settings.dicom.port, settings.dicom.ae_title)
         with sonopacs_serve(settings, work / "serve"):
             time.sleep(3)  # let the worker finish booting (model load happens on the first study)
+            load_start = os.getloadavg()  # the machine is shared: the figures depend on it
             t0 = time.monotonic()
             for i, files in enumerate(studies):
                 delay = t0 + i * args.interval - time.monotonic()
@@ -171,6 +183,9 @@ def main() -> int:
             "interval_s": args.interval,
             "stable_seconds": args.stable_seconds,
             "device": args.device,
+            "worker": settings.worker.model_dump(),
+            "load_average_at_start": [round(v, 2) for v in load_start],
+            "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
         },
         "completed": len(latencies),
         "latency_s": summary(latencies),

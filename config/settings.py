@@ -123,6 +123,14 @@ class PipelineSettings(_Section):
     uid_root: str = "1.2.826.0.1.3680043.10.1471."
 
 
+class WorkerSettings(_Section):
+    """Worker processes `sonopacs serve` starts: one pool with the model, one for the light stages."""
+
+    inference_concurrency: int = Field(default=1, ge=1, le=64)  # processes on queue inference (each loads the model)
+    light_concurrency: int = Field(default=2, ge=1, le=64)  # processes on control, clean (+publish), export
+    torch_threads: int = Field(default=0, ge=0, le=256)  # per inference process; 0: cores left by the light pool
+
+
 class ModelSettings(_Section):
     weights_dir: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -175,6 +183,7 @@ class Settings(BaseSettings):
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -1,4 +1,9 @@
-"""`sonopacs worker`: a Celery worker (prefork pool) on the configured broker."""
+"""`sonopacs worker`: a Celery worker (prefork pool) on the configured broker.
+
+A worker on the inference queue fixes torch's thread count before its pool forks; a worker on that
+queue alone (serve's inference pool) also loads the model in each pool process as it starts, so the
+first study does not pay for the load.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,14 @@ import logging
 import os
 import socket
 
+from celery import signals
+
 from config import Settings
 from worker.celery_app import QUEUES, make_celery
+from worker.pools import set_torch_threads, torch_threads_for
+
+# A pool process that loads the model at start needs longer than Celery's 4 s to report alive.
+MODEL_PROCESS_ALIVE_TIMEOUT_SECONDS = 120.0
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +39,11 @@ def run_worker(settings: Settings, queues: str = ",".join(QUEUES), concurrency: 
     """
     app = make_celery(settings)
     names = parse_queues(queues)
+    if "inference" in names:
+        set_torch_threads(torch_threads_for(settings, names, concurrency))
+    if names == ["inference"]:  # a dedicated model pool; a mixed one still loads on first use
+        app.conf.worker_proc_alive_timeout = MODEL_PROCESS_ALIVE_TIMEOUT_SECONDS
+        signals.worker_process_init.connect(lambda **_: _load_model(settings), weak=False)
     worker = app.Worker(
         queues=names,
         concurrency=max(1, concurrency),
@@ -42,3 +58,20 @@ def run_worker(settings: Settings, queues: str = ",".join(QUEUES), concurrency: 
     log.info("worker consuming %s with %s process(es)", ",".join(names), max(1, concurrency))
     worker.start()
     return int(worker.exitcode or 0)
+
+
+def _load_model(settings: Settings) -> None:
+    """Pool process start (inference worker): torch threads, then the model, before any task.
+
+    A model that fails to load here is only logged: the analyze task loads it again and records
+    the reason on the study, as it would have without this warm-up.
+    """
+    from worker.pools import apply_torch_threads
+    from worker.stages import get_analyzer
+
+    try:
+        threads = apply_torch_threads(settings)
+        get_analyzer(settings)
+        log.info("inference process %s: model loaded, %s torch thread(s)", os.getpid(), threads)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        log.warning("inference process %s: model not preloaded: %s", os.getpid(), exc)

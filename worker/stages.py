@@ -38,6 +38,7 @@ from dicom_node.results.secondary_capture import build_secondary_capture
 from dicom_node.results.segmentation import build_segmentation
 from dicom_node.results.structured_report import build_structured_report, most_suspicious
 from dicom_node.results.types import ImageFinding, ResultIdentity
+from worker.pools import apply_torch_threads
 
 if TYPE_CHECKING:
     from cleaning import CleanResult, Region
@@ -67,22 +68,6 @@ def get_analyzer(settings: Settings) -> Any:
 
             _ANALYZERS[key] = Analyzer.load(weights_dir=weights, device=settings.model.device)
         return _ANALYZERS[key]
-
-
-def share_cpu_with_pool() -> None:
-    """Give torch this worker process's share of the cores, not all of them.
-
-    `sonopacs serve` runs a prefork pool (worker.supervisor.worker_concurrency processes); each torch
-    would otherwise start one thread per core and oversubscribe the CPU. Measured on the 2-core box,
-    a 4-image batch: 0.92 s with 1 thread vs 1.07 s with 2, idle; far worse under load.
-    """
-    import torch
-
-    from worker.supervisor import worker_concurrency
-
-    share = max(1, (os.cpu_count() or 1) // worker_concurrency())
-    if torch.get_num_threads() > share:
-        torch.set_num_threads(share)
 
 
 def identity(settings: Settings) -> ResultIdentity:
@@ -458,7 +443,7 @@ def analyze_study(settings: Settings, db: Database, study_id: int, generation: i
     detail: dict[str, Any] = {"fields": len(items)}
     if items:
         t_load = time.perf_counter()
-        share_cpu_with_pool()
+        apply_torch_threads(settings)  # the runner's choice (worker.pools), set before the pool forked
         analyzer = get_analyzer(settings)
         detail["model_load_s"] = round(time.perf_counter() - t_load, 3)
         images = [np.load(work / "clean" / it["file"])["image"] for it in items]

@@ -1,4 +1,5 @@
-"""`sonopacs serve`: one process tree with the listener, a Celery worker, the stability monitor
+"""`sonopacs serve`: one process tree with the listener, two Celery workers (an inference pool with
+the model and a light pool for control/clean/publish/export, `worker.pools`), the stability monitor
 (a thread here) and the dashboard when that package provides `run_dashboard`.
 
 Children are `sonopacs <command>` processes reading the same config file and environment. SIGTERM
@@ -14,7 +15,6 @@ import contextlib
 import ctypes
 import importlib
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from config import Settings
 from worker.celery_app import prepare_embedded_broker
+from worker.pools import serve_pools
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +55,14 @@ def dashboard_available() -> bool:
     return callable(getattr(dashboard_app, "run_dashboard", None))
 
 
-def worker_concurrency() -> int:
-    return max(1, min(2, os.cpu_count() or 1))
-
-
-def children(config_file: str | Path | None, with_dashboard: bool) -> list[Child]:
+def children(settings: Settings, config_file: str | Path | None, with_dashboard: bool) -> list[Child]:
     base = [sys.executable, "-m", "sonopacs_cli"]
     if config_file:
         base += ["--config", str(config_file)]
-    out = [
-        Child("listener", [*base, "listener"]),
-        Child("worker", [*base, "worker", "--concurrency", str(worker_concurrency())]),
-    ]
+    out = [Child("listener", [*base, "listener"])]
+    for pool in serve_pools(settings):
+        queues = ",".join(pool.queues)
+        out.append(Child(pool.name, [*base, "worker", "--queues", queues, "--concurrency", str(pool.concurrency)]))
     if with_dashboard:
         out.append(Child("dashboard", [*base, "dashboard"]))
     return out
@@ -82,7 +79,7 @@ def serve(settings: Settings, config_file: str | Path | None = None) -> int:
 
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    procs = children(config_file, dashboard_available())
+    procs = children(settings, config_file, dashboard_available())
     monitor = threading.Thread(target=run_monitor, args=(settings, stop), name="stability", daemon=True)
     code = 0
     try:
