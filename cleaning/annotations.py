@@ -27,7 +27,8 @@ STRONG_GROW_ROUNDS = 0  # measured: 2 rounds at 30 give +2.7 pt recall, -7 pt pr
 STRONG_GROW_TOPHAT = 30
 FRINGE_TOPHAT = 12  # grow accepted strokes into neighbours at least this far above the local opening
 HALO_ROUNDS = 1  # pixel rings around accepted strokes tested against the local tissue level
-HALO_MARGIN = 5  # a halo pixel is kept when this many grey levels above the tissue mean around it
+HALO_MARGIN = 10  # a halo pixel is kept when this many grey levels above the tissue mean around it
+HALO_EXCLUDE_RING = True
 HALO_WINDOW = 7  # box (px) over which the tissue mean around a halo pixel is taken
 CHROMA_GROW_ROUNDS = 2  # rings of faintly coloured pixels added around accepted strokes
 CHROMA_GROW = 10  # chroma of such a pixel (grey tissue has none; a blend with a colour stroke has)
@@ -200,7 +201,7 @@ def halo(grey: np.ndarray, accepted: np.ndarray) -> np.ndarray:
         return ring
     # box sums at the ring pixels only, from integral images (a full-frame float blur cost 7 ms)
     h, w = grey.shape
-    free = 1 - acc8
+    free = 1 - (ring | accepted).astype(np.uint8) if HALO_EXCLUDE_RING else 1 - acc8
     s_grey = cv2.integral(grey * free)
     s_free = cv2.integral(free)
     y, x = np.divmod(idx, w)
