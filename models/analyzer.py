@@ -25,7 +25,7 @@ from monai.visualize.class_activation_maps import ModelWithHooks
 
 from models.calibration import calibrated_probs
 from models.measure import lesion_mask, measure_lesion
-from models.networks import ClassifierView, SonoNet, build_network
+from models.networks import ClassifierView, SonoNet, build_network, fuse_conv_bn
 from models.transforms import letterbox_image, to_gray, to_model_input
 from models.types import CLASSES, AnalysisResult
 
@@ -95,6 +95,7 @@ class Analyzer:
         for p in net.parameters():
             p.requires_grad_(False)  # Grad-CAM needs only the gradient at cam_target
         net.cam_detach = True
+        fuse_conv_bn(net.eval())  # inference only: BatchNorm folded into the convolutions
         return cls(net, manifest, _pick_device(device))
 
     def analyze(self, image: np.ndarray, spacing_mm: tuple[float, float] | None = None) -> AnalysisResult:

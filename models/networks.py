@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from monai.networks.nets import FlexibleUNet
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from models.transforms import normalize_batch
 
@@ -70,6 +71,31 @@ class ClassifierView(nn.Module):
         logits, seg = self.net(x)
         self.last_seg, self.last_logits = seg, logits
         return logits
+
+
+def fuse_conv_bn(net: nn.Module) -> int:
+    """Fold every eval-mode BatchNorm into the convolution before it, in place (inference only).
+
+    Same outputs up to float rounding (~1e-7 here), fewer passes over memory on the CPU. Covers the
+    MONAI ResNet stem/blocks (``convN`` then ``bnN``) and ``Convolution`` blocks (``conv`` then
+    ``adn.N``), where the execution order is known; anything else is left as it is. Returns the
+    number of pairs folded.
+    """
+    n = 0
+    for mod in list(net.modules()):
+        for i in ("", "1", "2", "3"):
+            conv, bn = getattr(mod, f"conv{i}", None), getattr(mod, f"bn{i}", None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                setattr(mod, f"conv{i}", fuse_conv_bn_eval(conv.eval(), bn.eval()))
+                setattr(mod, f"bn{i}", nn.Identity())
+                n += 1
+        conv, adn = getattr(mod, "conv", None), getattr(mod, "adn", None)
+        bn = getattr(adn, "N", None) if adn is not None else None
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            mod.conv = fuse_conv_bn_eval(conv.eval(), bn.eval())
+            adn.N = nn.Identity()  # type: ignore[union-attr]
+            n += 1
+    return n
 
 
 def build_network(model_cfg: dict[str, Any]) -> SonoNet:

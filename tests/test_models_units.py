@@ -60,3 +60,14 @@ def test_letterbox_keeps_aspect_and_maps_back() -> None:
     assert back.shape == img.shape
     inter = np.logical_and(back, img > 0).sum()
     assert 2 * inter / (back.sum() + (img > 0).sum()) > 0.9
+
+
+def test_model_input_scaling_matches_monai() -> None:
+    """The plain-torch intensity scaling is bit-identical to MONAI's ScaleIntensityRange."""
+    import torch
+
+    from models.transforms import INTENSITY_SCALE, to_model_input
+
+    img = np.arange(256, dtype=np.uint8).repeat(256).reshape(256, 256)
+    ref = torch.as_tensor(INTENSITY_SCALE(torch.from_numpy(img).float()[None]))
+    assert torch.equal(to_model_input(img), ref)
