@@ -39,6 +39,8 @@ LEVEL_GROW_ROUNDS = 12  # rings of pixels at the stroke's own grey level added a
 LEVEL_TOL = 2  # grey levels: overlays are drawn flat; 3-4 let speckle in (docs/cleaning.md)
 TOUCH_DOUBT = 0.1  # doubtful components (p >= this) within TOUCH_GAP px of an accepted stroke are accepted too
 TOUCH_GAP = 2  # px
+RULER_MIN_TICKS = 4  # accepted short ticks at one column, evenly spaced, that make a depth ruler
+RULER_TOPHAT = 20  # pixels at a ruler's predicted tick positions kept at this top-hat
 _SQUARE3 = np.ones((3, 3), np.uint8)
 _ELLIPSE7 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
 
@@ -156,6 +158,45 @@ def grey_bars(grey: np.ndarray) -> np.ndarray:
     return out
 
 
+def ruler_completion(cand: Candidates, prob: np.ndarray) -> np.ndarray:
+    """Depth rulers: from accepted ticks at one column, the ruler's step; every predicted tick position
+    down the frame is then cleared where it stands out (ticks merge with edge speckle)."""
+    h_img, w_img = cand.labels.shape
+    out = np.zeros((h_img, w_img), bool)
+    if cand.n <= 1:
+        return out
+    x, y, w, h = (cand.boxes[:, i] for i in range(4))
+    tick = np.flatnonzero((h <= 4) & (w >= 3) & (w <= 12) & (prob >= ACCEPT))
+    if tick.size < RULER_MIN_TICKS:
+        return out
+    order = tick[np.argsort(x[tick], kind="stable")]
+    xs = x[order]
+    start = 0
+    while start < order.size:
+        end = start
+        while end + 1 < order.size and xs[end + 1] - xs[start] <= 1:
+            end += 1
+        group = order[start:end + 1]
+        start = end + 1
+        if group.size < RULER_MIN_TICKS:
+            continue
+        cy = np.sort(y[group] + h[group] // 2)
+        gaps = np.diff(cy).astype(np.float64)
+        step = float(np.median(gaps))
+        if step < 8:
+            continue
+        ratio = gaps / step
+        if (np.abs(ratio - np.round(ratio)) <= 0.15).mean() < 0.8:
+            continue
+        x0, x1 = int(x[group].min()) - 1, int((x[group] + w[group]).max()) + 1
+        phase = float(np.median(cy - step * np.round(cy / step)))
+        rows = np.round(np.arange(phase, h_img, step)).astype(int)
+        for r in rows[(rows >= 1) & (rows < h_img - 1)]:
+            win = (slice(r - 1, r + 2), slice(max(0, x0), min(w_img, x1)))
+            out[win] |= cand.tophat[win] >= RULER_TOPHAT
+    return out
+
+
 def touching(cand: Candidates, prob: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """Accept doubtful components next to accepted ones (a stroke broken by bright tissue, a glyph in pieces)."""
     out = keep.copy()
@@ -270,6 +311,7 @@ def detect_annotations(grey: np.ndarray, chroma: np.ndarray | None, rgb_max: np.
                 accepted |= cv2.dilate(accepted.astype(np.uint8), _SQUARE3).astype(bool) & c_ok
         for _ in range(HALO_ROUNDS):
             accepted |= halo(grey, accepted)
+    accepted |= ruler_completion(cand, prob)
     bars = grey_bars(grey)
     if bars.any():
         kinds.append("scale_bar")
