@@ -126,7 +126,7 @@ class PipelineSettings(_Section):
 class WorkerSettings(_Section):
     """Worker processes `sonopacs serve` starts: one pool with the model, one for the light stages."""
 
-    inference_concurrency: int = Field(default=1, ge=1, le=64)  # processes on queue inference (each loads the model)
+    inference_concurrency: int = Field(default=2, ge=1, le=64)  # processes on queue inference (each loads the model)
     light_concurrency: int = Field(default=2, ge=1, le=64)  # processes on control, clean (+publish), export
     torch_threads: int = Field(default=0, ge=0, le=256)  # per inference process; 0: cores left by the light pool
 
