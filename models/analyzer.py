@@ -71,6 +71,10 @@ class Analyzer:
     def __init__(self, net: SonoNet, manifest: dict[str, Any], device: torch.device) -> None:
         self.net = net.to(device).eval()
         self.device = device
+        # CPU: channels-last convolutions measured ~15 % less CPU time per forward here (1 thread,
+        # fused net, 2 x 256 x 256: 178 -> 152 ms); same values up to float rounding
+        self._memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+        self.net.to(memory_format=self._memory_format)  # type: ignore[call-overload]
         self.manifest = manifest
         self.name: str = manifest["name"]
         self.version: str = manifest["version"]
@@ -116,7 +120,7 @@ class Analyzer:
             tensors.append(to_model_input(lb))
         x = torch.stack(tensors).to(self.device)
         n = len(images)
-        xx = torch.cat([x, x.flip(-1)])
+        xx = torch.cat([x, x.flip(-1)]).contiguous(memory_format=self._memory_format)
         with torch.enable_grad():
             cam = self._cam(xx, class_idx=TTA_CLASS)  # raw ReLU'd map, class = averaged prediction
         assert self._view.last_logits is not None and self._view.last_seg is not None
