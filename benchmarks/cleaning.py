@@ -25,11 +25,25 @@ from skimage.metrics import structural_similarity
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 from cleaning import Region, burn_in_annotations, clean_image  # noqa: E402
 
+
+def _gray(path: object) -> np.ndarray:
+    """8-bit grayscale image; a missing or unreadable file is an error, not None."""
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise OSError(f"cannot read image {path}")
+    return img
+
+
 BUSBRA = Path("/work/shared/datasets/bus-bra")
 BUSI = Path("/work/shared/datasets/busi")
 DICOM_SAMPLES = Path("/work/shared/datasets/dicom-samples")
-PYDICOM_DATA = ["OBXXXX1A.dcm", "gdcm-US-ALOKA-16.dcm", "US1_UNCR.dcm", "color3d_jpeg_baseline.dcm",
-                "JPGLosslessP14SV1_1s_1f_8b.dcm"]
+PYDICOM_DATA = [
+    "OBXXXX1A.dcm",
+    "gdcm-US-ALOKA-16.dcm",
+    "US1_UNCR.dcm",
+    "color3d_jpeg_baseline.dcm",
+    "JPGLosslessP14SV1_1s_1f_8b.dcm",
+]
 
 
 def _read_index(root: Path) -> list[dict[str, str]]:
@@ -59,9 +73,17 @@ def regions_from_dataset(ds: Any) -> list[Region]:
         spacing = None
         if int(r.get("PhysicalUnitsXDirection", 0)) == 3 and int(r.get("PhysicalUnitsYDirection", 0)) == 3:
             spacing = (float(r.PhysicalDeltaY) * 10.0, float(r.PhysicalDeltaX) * 10.0)
-        regions.append(Region(int(r.RegionLocationMinX0), int(r.RegionLocationMinY0),
-                              int(r.RegionLocationMaxX1), int(r.RegionLocationMaxY1),
-                              int(r.RegionSpatialFormat), int(r.RegionDataType), spacing))
+        regions.append(
+            Region(
+                int(r.RegionLocationMinX0),
+                int(r.RegionLocationMinY0),
+                int(r.RegionLocationMaxX1),
+                int(r.RegionLocationMaxY1),
+                int(r.RegionSpatialFormat),
+                int(r.RegionDataType),
+                spacing,
+            )
+        )
     return regions
 
 
@@ -73,9 +95,11 @@ def _full_frame_mask(results: list, shape: tuple[int, int]) -> tuple[np.ndarray,
     for r in results:
         y, x = r.offset
         h, w = r.image.shape[:2]
-        removed[y:y + h, x:x + w] = r.annotation_mask
-        kept[y:y + h, x:x + w] = True
-        cleaned[y:y + h, x:x + w] = r.image if r.image.ndim == 2 else cv2.cvtColor(r.image, cv2.COLOR_RGB2GRAY)
+        removed[y : y + h, x : x + w] = r.annotation_mask
+        kept[y : y + h, x : x + w] = True
+        cleaned[y : y + h, x : x + w] = (
+            r.image if r.image.ndim == 2 else cv2.cvtColor(r.image, cv2.COLOR_RGB2GRAY)
+        )
     return removed, cleaned, kept
 
 
@@ -95,8 +119,8 @@ def synthetic(n: int, seed: int) -> dict[str, float]:
     psnr_clean_nn, ssim_clean_nn = [], []
     per_image_recall = []
     for row in picks:
-        original = cv2.imread(str(BUSBRA / row["image"]), cv2.IMREAD_GRAYSCALE)
-        lesion = cv2.imread(str(BUSBRA / row["mask"]), cv2.IMREAD_GRAYSCALE) > 127
+        original = _gray(BUSBRA / row["image"])
+        lesion = _gray(BUSBRA / row["mask"]) > 127
         dirty, truth = burn_in_annotations(original, rng)
         results = clean_image(dirty)
         removed, cleaned, kept = _full_frame_mask(results, original.shape)
@@ -127,7 +151,7 @@ def synthetic(n: int, seed: int) -> dict[str, float]:
         keep = ~native
         after = np.where(kept, cleaned, original).astype(np.float64)
         mse = float(np.mean((after[keep] - original[keep]) ** 2)) if keep.any() else 0.0
-        psnr_clean_nn.append(10 * np.log10(255.0 ** 2 / max(mse, 1e-3)))
+        psnr_clean_nn.append(10 * np.log10(255.0**2 / max(mse, 1e-3)))
         _, ssim_map = structural_similarity(after.astype(np.uint8), original, data_range=255, full=True)
         ssim_clean_nn.append(float(ssim_map[keep].mean()) if keep.any() else 1.0)
     return {
@@ -154,9 +178,9 @@ def timing(repeats: int, seed: int) -> dict[str, float]:
     cv2.setNumThreads(1)
     rows = list(_read_index(BUSBRA))
     rng = np.random.default_rng(seed)
-    frames = []
+    frames: list[tuple[np.ndarray, list[Region] | None]] = []
     for i in rng.choice(len(rows), 10, replace=False):
-        img = cv2.resize(cv2.imread(str(BUSBRA / rows[int(i)]["image"]), cv2.IMREAD_GRAYSCALE), (800, 600))
+        img = cv2.resize(_gray(BUSBRA / rows[int(i)]["image"]), (800, 600))
         frames.append((burn_in_annotations(img, rng)[0], None))
     from pydicom.data import get_testdata_file
 
@@ -171,8 +195,12 @@ def timing(repeats: int, seed: int) -> dict[str, float]:
             t = time.perf_counter()
             clean_image(f, r)
             times.append((time.perf_counter() - t) * 1000)
-    return {"ms_median": float(np.median(times)), "ms_p95": float(np.percentile(times, 95)),
-            "ms_max": float(np.max(times)), "frames": len(times)}
+    return {
+        "ms_median": float(np.median(times)),
+        "ms_p95": float(np.percentile(times, 95)),
+        "ms_max": float(np.max(times)),
+        "frames": len(times),
+    }
 
 
 def _panel(before: np.ndarray, results: list, width: int) -> np.ndarray:
@@ -213,7 +241,9 @@ def sheets(out_dir: Path, seed: int) -> list[str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     width = 780
     written = []
-    dicom_paths = [str(get_testdata_file(f)) for f in PYDICOM_DATA] + sorted(glob.glob(str(DICOM_SAMPLES / "*.dcm")))
+    dicom_paths = [str(get_testdata_file(f)) for f in PYDICOM_DATA] + sorted(
+        glob.glob(str(DICOM_SAMPLES / "*.dcm"))
+    )
     panels = []
     for p in dicom_paths:
         arr, regions = load_dicom(p)
@@ -222,12 +252,16 @@ def sheets(out_dir: Path, seed: int) -> list[str]:
                 continue
             res = clean_image(arr, use)
             s = res[0].summary
-            panels.append(_label(_panel(arr, res, width),
-                                 f"{Path(p).name} [{tag}] fields={len(res)} flags={s['flags']} "
-                                 f"removed={s['fraction_removed']:.3f} conf={s['confidence']}"))
+            panels.append(
+                _label(
+                    _panel(arr, res, width),
+                    f"{Path(p).name} [{tag}] fields={len(res)} flags={s['flags']} "
+                    f"removed={s['fraction_removed']:.3f} conf={s['confidence']}",
+                )
+            )
     for i in range(0, len(panels), 6):
         path = out_dir / f"cleaning_dicom_{i // 6 + 1}.png"
-        _write_png(path, np.vstack(panels[i:i + 6]))
+        _write_png(path, np.vstack(panels[i : i + 6]))
         written.append(str(path))
     # BUSI: of 60 random lesion images, the 5 where the cleaner removes most (calipers and text
     # are common there; false detections would show up here too)
@@ -235,20 +269,29 @@ def sheets(out_dir: Path, seed: int) -> list[str]:
     busi_rows = [r for r in _read_index(BUSI) if r["label"] != "normal"]
     scored = []
     for i in rng.choice(len(busi_rows), 60, replace=False):
-        img = cv2.imread(str(BUSI / busi_rows[int(i)]["image"]), cv2.IMREAD_GRAYSCALE)
+        img = _gray(BUSI / busi_rows[int(i)]["image"])
         res = clean_image(img)
-        scored.append((float(res[0].summary["fraction_removed"]), busi_rows[int(i)]["image"], img, res))
+        fraction = res[0].summary["fraction_removed"]
+        assert isinstance(fraction, float)
+        scored.append((fraction, busi_rows[int(i)]["image"], img, res))
     scored.sort(key=lambda t: -t[0])
-    panels = [_label(_panel(img, res, width), f"BUSI {name} removed={frac:.3f}") for frac, name, img, res in scored[:5]]
+    panels = [
+        _label(_panel(img, res, width), f"BUSI {name} removed={frac:.3f}")
+        for frac, name, img, res in scored[:5]
+    ]
     path = out_dir / "cleaning_busi.png"
     _write_png(path, np.vstack(panels))
     written.append(str(path))
     bb_rows = [r for r in _read_index(BUSBRA) if r["fold5"] == "1"]  # patients the detector never saw
     panels = []
     for i in rng.choice(len(bb_rows), 4, replace=False):
-        img = cv2.imread(str(BUSBRA / bb_rows[int(i)]["image"]), cv2.IMREAD_GRAYSCALE)
+        img = _gray(BUSBRA / bb_rows[int(i)]["image"])
         dirty, _ = burn_in_annotations(img, rng)
-        panels.append(_label(_panel(dirty, clean_image(dirty), width), f"BUS-BRA {bb_rows[int(i)]['image']} + synthetic"))
+        panels.append(
+            _label(
+                _panel(dirty, clean_image(dirty), width), f"BUS-BRA {bb_rows[int(i)]['image']} + synthetic"
+            )
+        )
     path = out_dir / "cleaning_synthetic.png"
     _write_png(path, np.vstack(panels))
     written.append(str(path))
@@ -264,7 +307,7 @@ def native_sheet(rows: list[dict[str, str]], rng: np.random.Generator, width: in
     check that they are BUS-BRA's own calipers and text and not tissue."""
     panels = []
     for i in rng.permutation(len(rows)):
-        img = cv2.imread(str(BUSBRA / rows[int(i)]["image"]), cv2.IMREAD_GRAYSCALE)
+        img = _gray(BUSBRA / rows[int(i)]["image"])
         res = clean_image(img)
         if not res[0].annotation_mask.any():
             continue
@@ -273,12 +316,14 @@ def native_sheet(rows: list[dict[str, str]], rng: np.random.Generator, width: in
         over[removed & kept] = (255, 0, 0)
         over[~kept] = (0, 0, 90)
         pair = cv2.resize(np.hstack([cv2.cvtColor(img, cv2.COLOR_GRAY2RGB), over]), (width // 2, width // 4))
-        panels.append(_label(pair, f"{rows[int(i)]['image']} removed={res[0].summary['fraction_removed']:.4f}"))
+        panels.append(
+            _label(pair, f"{rows[int(i)]['image']} removed={res[0].summary['fraction_removed']:.4f}")
+        )
         if len(panels) == 8:
             break
     while len(panels) % 2:
         panels.append(np.zeros_like(panels[0]))
-    return np.vstack([np.hstack(panels[j:j + 2]) for j in range(0, len(panels), 2)])
+    return np.vstack([np.hstack(panels[j : j + 2]) for j in range(0, len(panels), 2)])
 
 
 def main() -> None:

@@ -27,6 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import Analyzer  # noqa: E402
 
+
+def _gray(path: object) -> np.ndarray:
+    """8-bit grayscale image; a missing or unreadable file is an error, not None."""
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise OSError(f"cannot read image {path}")
+    return img
+
+
 SAMPLES = Path(__file__).resolve().parents[1] / "tests/data/bus-bra/index.csv"
 
 
@@ -50,9 +59,13 @@ def placement(heat: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     heat = heat.astype(np.float64)
     total = max(float(heat.sum()), 1e-12)
     peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
-    return {"mass_in": float(heat[region].sum()) / total, "area_in": float(region.mean()),
-            "peak_in": float(region[peak]), "mass_edge": float(heat[edge].sum()) / total,
-            "area_edge": float(edge.mean())}
+    return {
+        "mass_in": float(heat[region].sum()) / total,
+        "area_in": float(region.mean()),
+        "peak_in": float(region[peak]),
+        "mass_edge": float(heat[edge].sum()) / total,
+        "area_edge": float(edge.mean()),
+    }
 
 
 def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -69,8 +82,8 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
 def run(an: Analyzer, pairs: list[tuple[Path, Path]]) -> dict[str, float]:
     rows = []
     for img_path, mask_path in pairs:
-        img = cv2.imread(str(img_path), cv2.IMREAD_GRAYSCALE)
-        truth = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) > 0
+        img = _gray(img_path)
+        truth = _gray(mask_path) > 0
         rows.append(placement(an.analyze(img).heatmap, truth))
     return summarise(rows)
 
@@ -82,8 +95,10 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     an = Analyzer.load(device="cpu")
-    res: dict[str, object] = {"heatmap_method": an.analyze(np.zeros((64, 64), np.uint8)).extra.get("heatmap_method"),
-                              "samples": run(an, read_index(SAMPLES, None))}
+    res: dict[str, object] = {
+        "heatmap_method": an.analyze(np.zeros((64, 64), np.uint8)).extra.get("heatmap_method"),
+        "samples": run(an, read_index(SAMPLES, None)),
+    }
     if a.index is not None:
         res[f"index_{a.n}"] = run(an, read_index(a.index, a.n))
     text = json.dumps(res, indent=2)

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -29,13 +30,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models import Analyzer  # noqa: E402
 
 
+def _gray(path: object) -> np.ndarray:
+    """8-bit grayscale image; a missing or unreadable file is an error, not None."""
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise OSError(f"cannot read image {path}")
+    return img
+
+
 def sample_images(folder: Path | None, n: int) -> list[np.ndarray]:
-    import cv2
 
     if folder is not None and folder.exists():
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"}
-                       and "mask" not in p.name.lower())[:n]
-        imgs = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in files]
+        files = sorted(
+            p
+            for p in folder.rglob("*")
+            if p.suffix.lower() in {".png", ".jpg", ".jpeg"} and "mask" not in p.name.lower()
+        )[:n]
+        imgs = [_gray(p) for p in files]
         if imgs:
             return [imgs[i % len(imgs)] for i in range(n)]
     rng = np.random.default_rng(0)
@@ -53,11 +64,16 @@ def bench_cpu(images: list[np.ndarray]) -> dict[str, float]:
         times.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
     # the median resists other processes sharing the cores; the mean is reported beside it
-    return {"seconds_per_image": float(np.median(times)), "seconds_per_image_mean": float(np.mean(times)),
-            "cpu_seconds_per_image_median": float(np.median(cpu)),
-            "n": len(times), "torch_threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count() or 0, "load_average_1min_before": load_before,
-            "load_average_1min": os.getloadavg()[0]}
+    return {
+        "seconds_per_image": float(np.median(times)),
+        "seconds_per_image_mean": float(np.mean(times)),
+        "cpu_seconds_per_image_median": float(np.median(cpu)),
+        "n": len(times),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count() or 0,
+        "load_average_1min_before": load_before,
+        "load_average_1min": os.getloadavg()[0],
+    }
 
 
 def _rate(fn, batch: int, reps: int) -> float:
@@ -79,8 +95,22 @@ def bench_gpu(images: list[np.ndarray], batch: int = 64, reps: int = 10) -> dict
     out: dict[str, object] = {"device": torch.cuda.get_device_name(0), "batch": batch}
     out["analyzer_full_images_per_s"] = _rate(lambda: an.analyze_batch(imgs), batch, max(2, reps // 3))
     x = torch.rand(batch, 1, an.size, an.size, device=dev)
-    vit = ViT(in_channels=1, img_size=(224, 224), patch_size=(16, 16), hidden_size=768, mlp_dim=3072,
-              num_layers=12, num_heads=12, classification=True, num_classes=3, spatial_dims=2).to(dev).eval()
+    vit = (
+        ViT(
+            in_channels=1,
+            img_size=(224, 224),
+            patch_size=(16, 16),
+            hidden_size=768,
+            mlp_dim=3072,
+            num_layers=12,
+            num_heads=12,
+            classification=True,
+            num_classes=3,
+            spatial_dims=2,
+        )
+        .to(dev)
+        .eval()
+    )
     xv = torch.rand(batch, 1, 224, 224, device=dev)
     from models.networks import build_network
 
