@@ -18,7 +18,8 @@ PG_ADMIN_URL = os.environ.get("SONOPACS_TEST_PG", "postgresql+psycopg2://postgre
 REDIS_HOST = os.environ.get("SONOPACS_TEST_REDIS", "redis://127.0.0.1:6379")
 
 requires_orthanc = pytest.mark.skipif(not orthanc_available(), reason="Debian orthanc is not installed")
-requires_dcmtk = pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK is not installed")
+# dsrdump: pynetdicom installs Python apps named storescu/echoscu, so those names prove nothing.
+requires_dcmtk = pytest.mark.skipif(shutil.which("dsrdump") is None, reason="DCMTK is not installed")
 requires_dciodvfy = pytest.mark.skipif(
     shutil.which("dciodvfy") is None, reason="dicom3tools is not installed"
 )
