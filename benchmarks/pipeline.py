@@ -98,7 +98,12 @@ def make_settings(
         database={"url": f"sqlite:///{work / 'var' / 'sonopacs.db'}"},
         broker={"url": None},
         dicom={"port": free_port(), "host": "127.0.0.1"},
-        export={"host": "127.0.0.1", "port": pacs.dicom_port, "ae_title": pacs.ae_title, "backoff_base_seconds": 2},
+        export={
+            "host": "127.0.0.1",
+            "port": pacs.dicom_port,
+            "ae_title": pacs.ae_title,
+            "backoff_base_seconds": 2,
+        },
         study={"stable_seconds": stable, "poll_seconds": 0.5},
         dashboard={"port": free_port()},
         model={"device": device},
@@ -123,7 +128,9 @@ def stage_times(db: Database) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=float, default=120)
     parser.add_argument("--interval", type=float, default=2)
     parser.add_argument("--images", type=int, default=4)
@@ -139,10 +146,15 @@ def main() -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="sonopacs-bench-"))
     n_studies = max(1, int(args.duration / args.interval))
     print(f"writing {n_studies} studies of {args.images} images under {work}", flush=True)
-    studies = [write_realistic_study(work / "in" / f"s{i:03d}", n_images=args.images) for i in range(n_studies)]
+    studies = [
+        write_realistic_study(work / "in" / f"s{i:03d}", n_images=args.images) for i in range(n_studies)
+    ]
     pacs = Orthanc(workdir=work / "orthanc").start()
     try:
-        pools = {"inference_concurrency": args.inference_concurrency, "light_concurrency": args.light_concurrency}
+        pools = {
+            "inference_concurrency": args.inference_concurrency,
+            "light_concurrency": args.light_concurrency,
+        }
         worker = {k: v for k, v in pools.items() if v is not None}
         settings = make_settings(work, pacs, args.stable_seconds, args.device, worker)
         watcher = ResultWatcher(pacs, args.images)
