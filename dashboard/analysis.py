@@ -88,8 +88,8 @@ def analyze_upload(settings: Settings, data: bytes, filename: str | None) -> dic
     """Validate, run the analysis in a temporary folder, return its JSON plus overlay/mask as base64."""
     kind, name = validate_upload(data, filename)
     try:
+        from worker.findings import get_analyzer
         from worker.single_analysis import analyze_files
-        from worker.stages import get_analyzer
     except ImportError as exc:
         raise HTTPException(503, "analysis engine not installed (worker.single_analysis is missing)") from exc
     try:

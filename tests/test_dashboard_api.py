@@ -247,8 +247,8 @@ def test_analyze_good_png_returns_result_and_overlay(env: dict[str, Any], monkey
     import base64
     from pathlib import Path
 
+    import worker.findings
     import worker.single_analysis
-    import worker.stages
 
     def fake_analyze(settings: Settings, paths: list[Path], out: Path) -> list[dict[str, Any]]:
         stem = paths[0].stem
@@ -258,7 +258,7 @@ def test_analyze_good_png_returns_result_and_overlay(env: dict[str, Any], monkey
         (out / f"{stem}.json").write_text(json.dumps(record))
         return [{"input": str(paths[0]), **record}]
 
-    monkeypatch.setattr(worker.stages, "get_analyzer", lambda settings: object())
+    monkeypatch.setattr(worker.findings, "get_analyzer", lambda settings: object())
     monkeypatch.setattr(worker.single_analysis, "analyze_files", fake_analyze)
     r = env["client"].post("/api/v1/analyze", files={"file": ("my scan (1).png", _png_bytes(), "image/png")},
                            headers={"X-CSRF-Token": env["token"]})
@@ -271,12 +271,12 @@ def test_analyze_good_png_returns_result_and_overlay(env: dict[str, Any], monkey
 
 
 def test_analyze_without_a_loadable_model_is_503(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    import worker.stages
+    import worker.findings
 
     def missing(settings: Settings) -> None:
         raise ImportError("cannot import name 'Analyzer' from 'models'")
 
-    monkeypatch.setattr(worker.stages, "get_analyzer", missing)
+    monkeypatch.setattr(worker.findings, "get_analyzer", missing)
     r = env["client"].post("/api/v1/analyze", files={"file": ("a.png", _png_bytes())},
                            headers={"X-CSRF-Token": env["token"]})
     assert r.status_code == 503 and "analysis engine" in r.json()["detail"]

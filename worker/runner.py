@@ -66,8 +66,8 @@ def _load_model(settings: Settings) -> None:
     A model that fails to load here is only logged: the analyze task loads it again and records
     the reason on the study, as it would have without this warm-up.
     """
+    from worker.findings import get_analyzer
     from worker.pools import apply_torch_threads
-    from worker.stages import get_analyzer
 
     try:
         threads = apply_torch_threads(settings)

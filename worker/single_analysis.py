@@ -1,6 +1,6 @@
 """`sonopacs analyze FILE... --out DIR`: the pipeline's clean -> analyze -> results on single files.
 
-Same code path as the worker stages (worker.stages helpers), so the findings equal what the PACS
+Same code path as the worker stages (worker.findings helpers), so the findings equal what the PACS
 receives for the same image. Per input NAME: NAME.json, NAME_overlay.png, NAME_mask.png (0/255,
 the input's own pixel geometry) and, for DICOM input, NAME_sc.dcm and NAME_sr.dcm. A bad file
 gives {"input": ..., "error": reason} and the others still run.
@@ -26,8 +26,8 @@ from dicom_node.results.overlay_render import render_overlay
 from dicom_node.results.secondary_capture import build_secondary_capture
 from dicom_node.results.structured_report import build_structured_report
 from dicom_node.results.types import DISCLAIMER, ImageFinding
-from worker import stages
-from worker.stages import (
+from worker import findings
+from worker.findings import (
     SERIES_NUMBER_BASE,
     analysis_record,
     clean_frame,
@@ -58,7 +58,7 @@ def analyze_files(settings: Settings, paths: list[Path], out_dir: Path) -> list[
         name = _unique_name(path, used)
         try:
             if analyzer is None:
-                analyzer = stages.get_analyzer(settings)  # via the module: one cache, patchable
+                analyzer = findings.get_analyzer(settings)  # via the module: one cache, patchable
             results.append(_analyze_one(settings, analyzer, path, out_dir, name))
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
             reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, InputError) else str(exc)
@@ -79,7 +79,9 @@ def _unique_name(path: Path, used: set[str]) -> str:
     return name
 
 
-def load_input(path: Path, max_frames: int, uid_root: str) -> tuple[Dataset | None, list[int], list[np.ndarray], list[UltrasoundRegion]]:
+def load_input(
+    path: Path, max_frames: int, uid_root: str
+) -> tuple[Dataset | None, list[int], list[np.ndarray], list[UltrasoundRegion]]:
     """(DICOM header or None, frame indices, display frames, regions) for a DICOM or PNG/JPEG file."""
     if not path.is_file():
         raise InputError("no such file")

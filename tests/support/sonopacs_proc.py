@@ -22,7 +22,7 @@ from tests.support.worker_proc import REPO, clean_env, write_config
 
 def analyzer_or_skip(settings: Settings) -> Any:
     """The shipped Analyzer, or a test skip that says why (weights not committed yet)."""
-    from worker.stages import get_analyzer
+    from worker.findings import get_analyzer
 
     try:
         return get_analyzer(settings)

@@ -1,0 +1,205 @@
+"""One code path from a decoded frame to a finding, shared by the pipeline stages and `sonopacs analyze`.
+
+Cleaning, the cached Analyzer, the JSON record of a result and the ImageFinding the DICOM writers
+take all live here, so a study in the PACS and a file given to `analyze` get the same answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from dicom_node.regions import UltrasoundRegion, spacing_at
+from dicom_node.results.types import ImageFinding, ResultIdentity
+
+if TYPE_CHECKING:
+    from cleaning import CleanResult, Region
+    from config import Settings
+
+
+log = logging.getLogger(__name__)
+
+SERIES_NUMBER_BASE = {"sc": 9100, "sr": 9200, "pr": 9300, "seg": 9400}
+
+_ANALYZERS: dict[tuple[str, str], Any] = {}
+_ANALYZER_LOCK = threading.Lock()
+
+
+def get_analyzer(settings: Settings) -> Any:
+    """The models.Analyzer for these settings, loaded once per process (weights are large)."""
+    weights = settings.model.weights_dir
+    key = (str(weights) if weights else "", settings.model.device)
+    with _ANALYZER_LOCK:
+        if key not in _ANALYZERS:
+            from models import Analyzer
+
+            _ANALYZERS[key] = Analyzer.load(weights_dir=weights, device=settings.model.device)
+        return _ANALYZERS[key]
+
+
+def identity(settings: Settings) -> ResultIdentity:
+    """Our identity on every object: UID root from settings, software version of the package."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        software = version("sonopacs")
+    except PackageNotFoundError:
+        software = "0.1.0"
+    return ResultIdentity(uid_root=settings.pipeline.uid_root, software_version=software)
+
+
+def to_cleaning_regions(regions: list[UltrasoundRegion]) -> list[Region] | None:
+    from cleaning import Region
+
+    if not regions:
+        return None
+    return [
+        Region(
+            x0=r.x0,
+            y0=r.y0,
+            x1=r.x1,
+            y1=r.y1,
+            spatial_format=r.spatial_format,
+            data_type=r.data_type,
+            spacing_mm=r.spacing_mm,
+        )
+        for r in regions
+    ]
+
+
+def clean_frame(
+    frame: np.ndarray, regions: list[UltrasoundRegion]
+) -> list[tuple[CleanResult, tuple[float, float] | None]]:
+    """clean_image on one frame; each field with the spacing to measure in (cleaning's, else the region's)."""
+    from cleaning import clean_image
+
+    out = []
+    for result in clean_image(frame, to_cleaning_regions(regions)):
+        spacing = result.spacing_mm
+        if spacing is None and regions:
+            h, w = result.image.shape[:2]
+            spacing = spacing_at(regions, result.offset[0] + h / 2, result.offset[1] + w / 2)
+        out.append((result, (float(spacing[0]), float(spacing[1])) if spacing is not None else None))
+    return out
+
+
+def analysis_record(result: Any, operating_points: dict[str, float] | None = None) -> dict[str, Any]:
+    """A models.AnalysisResult as JSON-able data (mask and heat map are stored separately)."""
+    lesion = result.lesion
+    record: dict[str, Any] = {
+        "label": result.label,
+        "probabilities": {k: float(v) for k, v in result.probabilities.items()},
+        "malignancy_probability": float(result.malignancy_probability),
+        "decisions": {k: bool(v) for k, v in result.decisions.items()},
+        "operating_points": {k: float(v) for k, v in (operating_points or {}).items()},
+        "uncertainty": float(result.uncertainty),
+        "model_name": str(result.model_name),
+        "model_version": str(result.model_version),
+        "lesion": None,
+    }
+    if lesion is not None and int(lesion.area_px) > 0:
+        record["lesion"] = {
+            "area_px": int(lesion.area_px),
+            "long_axis_px": float(lesion.long_axis_px),
+            "short_axis_px": float(lesion.short_axis_px),
+            "long_axis_endpoints": [[float(v) for v in p] for p in lesion.long_axis_endpoints],
+            "short_axis_endpoints": [[float(v) for v in p] for p in lesion.short_axis_endpoints],
+            "contour": [[float(r), float(c)] for r, c in lesion.contour],
+            "long_axis_mm": _opt_float(lesion.long_axis_mm),
+            "short_axis_mm": _opt_float(lesion.short_axis_mm),
+            "area_mm2": _opt_float(lesion.area_mm2),
+        }
+    return record
+
+
+def result_mask(result: Any) -> np.ndarray:
+    """The lesion mask as bool (all False when the model gives none)."""
+    if result.mask is None:
+        return np.zeros(np.asarray(result.heatmap).shape[:2], bool)
+    return np.asarray(result.mask).astype(bool)
+
+
+def result_heatmap(result: Any) -> np.ndarray | None:
+    """The heat map as float16 (storage), or None when the model gives none."""
+    return None if result.heatmap is None else np.asarray(result.heatmap, np.float16)
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def finding_from_record(
+    source: Dataset,
+    frame_index: int,
+    frame: np.ndarray,
+    record: dict[str, Any],
+    offset: tuple[int, int],
+    mask: np.ndarray | None,
+    heatmap: np.ndarray | None,
+) -> ImageFinding:
+    """Map one analysed crop back onto the full source frame (offset = crop's top-left row, col)."""
+    oy, ox = int(offset[0]), int(offset[1])
+    rows, cols = frame.shape[:2]
+
+    def place(small: np.ndarray | None, dtype: Any) -> np.ndarray | None:
+        if small is None:
+            return None
+        full = np.zeros((rows, cols), dtype)
+        h, w = min(small.shape[0], rows - oy), min(small.shape[1], cols - ox)
+        full[oy : oy + h, ox : ox + w] = small[:h, :w]
+        return full
+
+    def shift(p: Any) -> tuple[float, float]:
+        return (float(p[0]) + oy, float(p[1]) + ox)
+
+    lesion = record.get("lesion")
+    return ImageFinding(
+        source=source,
+        frame_index=frame_index,
+        frame=frame,
+        label=record["label"],
+        probabilities=record["probabilities"],
+        malignancy_probability=record["malignancy_probability"],
+        decisions=record["decisions"],
+        model_name=record["model_name"],
+        model_version=record["model_version"],
+        mask=place(mask.astype(bool) if mask is not None else None, bool),
+        heatmap=place(heatmap.astype(np.float32) if heatmap is not None else None, np.float32),
+        contour=[shift(p) for p in lesion["contour"]] if lesion else [],
+        long_axis=(shift(lesion["long_axis_endpoints"][0]), shift(lesion["long_axis_endpoints"][1]))
+        if lesion
+        else None,
+        short_axis=(shift(lesion["short_axis_endpoints"][0]), shift(lesion["short_axis_endpoints"][1]))
+        if lesion
+        else None,
+        long_axis_mm=lesion["long_axis_mm"] if lesion else None,
+        short_axis_mm=lesion["short_axis_mm"] if lesion else None,
+        area_mm2=lesion["area_mm2"] if lesion else None,
+        uncertainty=record.get("uncertainty"),
+    )
+
+
+def pick_most_suspicious(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The analysed field/frame reported for an instance: highest P(malignant), earliest on ties."""
+    return max(items, key=lambda it: (it["analysis"]["malignancy_probability"], -it["order"]))
+
+
+def summary_of(finding: ImageFinding, item: dict[str, Any]) -> dict[str, Any]:
+    """What the dashboard and tests read from a ResultObject row."""
+    return {
+        "source_sop_instance_uid": str(finding.source.SOPInstanceUID),
+        "frame_index": finding.frame_index,
+        "label": finding.label,
+        "probabilities": finding.probabilities,
+        "malignancy_probability": finding.malignancy_probability,
+        "decisions": finding.decisions,
+        "long_axis_mm": finding.long_axis_mm,
+        "short_axis_mm": finding.short_axis_mm,
+        "area_mm2": finding.area_mm2,
+        "spacing_mm": item.get("spacing_mm"),
+        "cleaning": item.get("summary"),
+    }
