@@ -38,10 +38,13 @@ def _study(db: Database, study_uid: str) -> tuple[int, int, StudyState]:
 def send_export(settings: Settings, db: Database, study_id: int, generation: int, reason: str) -> str:
     """Publish a fresh export_study message (retry budget starts at zero) with its queued Job."""
     task_id = uuid()
-    state.queue_job(db, study_id, "export", generation, task_id)
-    get_app(settings).signature(
+    sig = get_app(settings).signature(
         "sonopacs.export_study", args=(study_id,), kwargs={"reason": reason}, task_id=task_id
-    ).apply_async()
+    )
+    try:
+        state.publish_with_job(db, study_id, "export", generation, task_id, sig)
+    except Exception as exc:  # noqa: BLE001 - kombu's errors are not RuntimeErrors: say it plainly
+        raise ActionError(f"broker unavailable, export not queued: {state.describe(exc)}") from exc
     return task_id
 
 

@@ -54,14 +54,7 @@ def send_pipeline(app: Celery, db: Database, study_id: int, generation: int) -> 
     """Publish the chain for a claimed generation and record its queued pipeline Job."""
     first_id = uuid()
     sig = pipeline_signature(app, study_id, generation, first_id)
-    job_id = state.queue_job(db, study_id, "pipeline", generation, first_id)
-    try:
-        sig.apply_async()
-    except Exception:
-        from db import JobState
-
-        state.finish_job(db, job_id, JobState.FAILED, error="could not publish to the broker")
-        raise
+    state.publish_with_job(db, study_id, "pipeline", generation, first_id, sig)
     return first_id
 
 

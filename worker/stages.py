@@ -37,6 +37,7 @@ from dicom_node.results.secondary_capture import build_secondary_capture
 from dicom_node.results.segmentation import build_segmentation
 from dicom_node.results.structured_report import build_structured_report, most_suspicious
 from dicom_node.results.types import ImageFinding, ResultIdentity
+from dicom_node.storage import fsync_dir
 from worker.findings import (
     SERIES_NUMBER_BASE,
     analysis_record,
@@ -449,6 +450,7 @@ def _write_objects(settings: Settings, study_uid: str, built: list[Built]) -> li
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)  # the rename itself must survive a power cut before the row is committed
         rows.append(
             {
                 "kind": obj.kind,

@@ -146,6 +146,18 @@ def start_job(
         return int(job.id)
 
 
+def publish_with_job(
+    db: Database, study_id: int, stage: str, generation: int, task_id: str, signature: Any
+) -> None:
+    """Record the queued Job and publish its message; a broker failure closes the Job as failed."""
+    job_id = queue_job(db, study_id, stage, generation, task_id)
+    try:
+        signature.apply_async()
+    except Exception:
+        finish_job(db, job_id, JobState.FAILED, error="could not publish to the broker")
+        raise
+
+
 def finish_job(
     db: Database,
     job_id: int,

@@ -12,7 +12,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-DISCLAIMER = "AI result - for assistance only, not for diagnosis"
+DISCLAIMER = "AI result, for assistance only, not for diagnosis"
 MANUFACTURER = "sonopacs"
 OVERLAY_SERIES_DESCRIPTION = "sonopacs AI overlay"
 REPORT_SERIES_DESCRIPTION = "sonopacs AI report"
