@@ -12,6 +12,7 @@ from dicom_node.regions import read_regions
 
 OUR_MANUFACTURER = "sonopacs"
 OUR_SERIES_PREFIX = "sonopacs"
+OWN_RESULT_REASON = "sonopacs result (our own output is never analysed)"
 
 US_IMAGE_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.6.1": "Ultrasound Image Storage",
@@ -56,7 +57,7 @@ def skip_reason(ds: Dataset, uid_root: str) -> str | None:
     Works on a header read with stop_before_pixels; pixel decoding errors are reported later.
     """
     if is_our_result(ds, uid_root):
-        return "sonopacs result (our own output is never analysed)"
+        return OWN_RESULT_REASON
     sop_class = str(getattr(ds, "SOPClassUID", ""))
     modality = str(getattr(ds, "Modality", "")).upper()
     if sop_class in SC_IMAGE_CLASSES:

@@ -29,10 +29,10 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from db.audit import record, set_study_state
-from db.models import Instance, Series, Study, StudyState, utcnow
+from db.models import Instance, InstanceState, Series, Study, StudyState, utcnow
 from db.session import Database
 from dicom_node import status
-from dicom_node.eligibility import has_our_marks
+from dicom_node.eligibility import OWN_RESULT_REASON, has_our_marks
 from dicom_node.header import InstanceHeader
 from dicom_node.status import StoreOutcome
 from dicom_node.storage import InstanceStore, StorageError
@@ -210,8 +210,13 @@ class Ingestor:
             )
             session.add(series)
             session.flush()
+        ours = self._is_our_result(header)
         session.add(
             Instance(
+                # Our own results are filed but never count as new work for a run (no loops, and a
+                # later reprocess is not mistaken for "only our results arrived").
+                state=InstanceState.SKIPPED if ours else InstanceState.RECEIVED,
+                state_reason=OWN_RESULT_REASON if ours else None,
                 series_id=series.id,
                 study_id=study.id,
                 sop_instance_uid=header.sop_instance_uid,

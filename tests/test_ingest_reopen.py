@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 
 from config import Settings
-from db.models import Instance, Series, Study, StudyState
+from db.models import Instance, InstanceState, Series, Study, StudyState
 from db.session import Database
 from dicom_node import status
 from tests.conftest import requires_dcmtk
@@ -123,7 +123,10 @@ def test_our_own_results_coming_back_do_not_reopen_the_study(
             study = _study(db)
             assert (study.state, study.generation, study.enqueued_generation) == (StudyState.QUEUED, 1, 1)
             with db.session() as session:  # filed all the same: nothing received is dropped
-                assert session.scalar(select(Instance).where(Instance.sop_instance_uid == ds.SOPInstanceUID))
+                own = session.scalar(select(Instance).where(Instance.sop_instance_uid == ds.SOPInstanceUID))
+                assert own is not None
+                # never new work for a run: a later reprocess must not read it as "only ours arrived"
+                assert own.state == InstanceState.SKIPPED and "sonopacs result" in (own.state_reason or "")
             # An original image arriving later still reopens it.
             assert raw_c_store(listener.port, files[1]).status == status.SUCCESS
             assert (_study(db).state, _study(db).generation) == (StudyState.RECEIVING, 2)
