@@ -28,6 +28,7 @@ from sqlalchemy import select, update
 
 from db import Instance, InstanceState, Job, JobState, ResultObject, Series, Study
 from db.audit import set_instance_state
+from db.models import utcnow
 from dicom_node.eligibility import is_our_result, skip_reason
 from dicom_node.pixels import PixelReadError, read_frame, read_frames
 from dicom_node.regions import read_regions
@@ -326,7 +327,40 @@ def publish_study(settings: Settings, db: Database, study_id: int, generation: i
     built = _build_objects(settings, db, work, by_instance, ident, generation)
     t_write = time.perf_counter()
     rows = _write_objects(settings, study_uid, built)
+    if not _swap_results(db, study_id, generation, rows, list(by_instance)):
+        for row in rows:  # overtaken: these files belong to no current result
+            (settings.storage.root / row["path"]).unlink(missing_ok=True)
+        _add_job_detail(db, study_id, "publish", generation, {"skipped": "a newer generation exists"})
+        log.info(
+            "study %s g%s: overtaken by a newer generation, results not swapped in", study_uid, generation
+        )
+        return
+    detail = {
+        "objects": {kind: sum(1 for r in rows if r["kind"] == kind) for kind in ("sc", "sr", "pr", "seg")},
+        "write_s": round(time.perf_counter() - t_write, 3),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    _add_job_detail(db, study_id, "publish", generation, detail)
+    log.info("study %s g%s published: %s", study_uid, generation, detail)
+
+
+def _swap_results(
+    db: Database, study_id: int, generation: int, rows: list[dict[str, Any]], instance_ids: list[int]
+) -> bool:
+    """Make this generation's objects the current results in one transaction; False when overtaken.
+
+    The study row is locked and its generation re-checked inside the swap, so a run that was
+    overtaken while it built its objects never replaces a newer generation's results.
+    """
     with db.session() as session:
+        still_current = session.execute(
+            update(Study)
+            .where(Study.id == study_id, Study.generation == generation)
+            .values(updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(still_current, "rowcount", 0) != 1:
+            return False
         session.execute(
             update(ResultObject)
             .where(ResultObject.study_id == study_id, ResultObject.superseded.is_(False))
@@ -335,17 +369,11 @@ def publish_study(settings: Settings, db: Database, study_id: int, generation: i
         )
         for row in rows:
             session.add(ResultObject(study_id=study_id, generation=generation, **row))
-        for instance_id in by_instance:
+        for instance_id in instance_ids:
             instance = session.get(Instance, instance_id)
             if instance is not None:
                 set_instance_state(session, instance, InstanceState.PROCESSED, ACTOR)
-    detail = {
-        "objects": {kind: sum(1 for r in rows if r["kind"] == kind) for kind in ("sc", "sr", "pr", "seg")},
-        "write_s": round(time.perf_counter() - t_write, 3),
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    _add_job_detail(db, study_id, "publish", generation, detail)
-    log.info("study %s g%s published: %s", study_uid, generation, detail)
+    return True
 
 
 @dataclass

@@ -164,7 +164,15 @@ def export_study(
     reason: str | None = None,
 ) -> dict[str, Any]:
     """C-STORE the study's results to the PACS; retried with backoff by Celery (queue export)."""
-    from worker.export import run_export
+    from worker.export import backoff_seconds, run_export
 
     settings, db = _context(self)
-    return run_export(self, settings, db, study_id, generation=generation, pending=pending, reason=reason)
+    try:
+        return run_export(self, settings, db, study_id, generation=generation, pending=pending, reason=reason)
+    except OperationalError as exc:
+        # Our own bookkeeping hit the database (restarting, SQLite busy): try again later with the same
+        # arguments instead of letting acks_late drop the export; the try counts against the budget.
+        log.warning("export of study %s: database unavailable (%s); retrying", study_id, state.describe(exc))
+        raise self.retry(
+            exc=exc, countdown=backoff_seconds(settings, self.request.retries), max_retries=None
+        ) from exc

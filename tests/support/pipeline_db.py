@@ -7,7 +7,7 @@ import hashlib
 from pathlib import Path
 
 import pydicom
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from config import Settings
 from db import Database, Instance, JobState, Series, Study
@@ -54,7 +54,12 @@ def register_files(db: Database, paths: list[Path]) -> int:
 
 
 def run_stages(settings: Settings, db: Database, study_id: int, generation: int) -> dict[str, int]:
-    """clean -> analyze -> publish for one generation; returns the Job ids by stage."""
+    """clean -> analyze -> publish for one generation; returns the Job ids by stage.
+
+    The study is at that generation first, as the stability monitor or a reprocess leaves it.
+    """
+    with db.session() as session:
+        session.execute(update(Study).where(Study.id == study_id).values(generation=generation))
     jobs = {}
     for stage in ("clean", "analyze", "publish"):
         job_id = state.start_job(db, study_id, stage, generation, None)
