@@ -65,16 +65,7 @@ def build_presentation_state(
     )
     common: dict[str, Any] = dict(
         referenced_images=[finding.source],
-        series_instance_uid=series_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid or identity.new_uid(),
-        instance_number=instance_number,
-        manufacturer=identity.manufacturer,
-        manufacturer_model_name=identity.model_name,
-        software_versions=identity.software_version,
-        device_serial_number="0",
-        content_label="SONOPACS_AI",
-        content_description=DISCLAIMER[:64],
+        **identity.derived_object_kwargs(series_uid, series_number, sop_instance_uid, instance_number),
         graphic_annotations=[annotation],
         graphic_layers=[layer],
     )

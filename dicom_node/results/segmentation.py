@@ -9,7 +9,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_node.results.types import DISCLAIMER, SEG_SERIES_DESCRIPTION, ImageFinding, ResultIdentity
+from dicom_node.results.types import SEG_SERIES_DESCRIPTION, ImageFinding, ResultIdentity
 
 
 def build_segmentation(
@@ -47,16 +47,7 @@ def build_segmentation(
         pixel_array=mask[np.newaxis],
         segmentation_type="BINARY",
         segment_descriptions=[segment],
-        series_instance_uid=series_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid or identity.new_uid(),
-        instance_number=instance_number,
-        manufacturer=identity.manufacturer,
-        manufacturer_model_name=identity.model_name,
-        software_versions=identity.software_version,
-        device_serial_number="0",
-        content_label="SONOPACS_AI",
-        content_description=DISCLAIMER[:64],
+        **identity.derived_object_kwargs(series_uid, series_number, sop_instance_uid, instance_number),
         transfer_syntax_uid=ExplicitVRLittleEndian,
     )
     if "PatientOrientation" not in seg:

@@ -7,6 +7,7 @@ back to the full source frame before building these.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -71,3 +72,20 @@ class ResultIdentity:
     def new_uid(self) -> str:
         root = self.uid_root if self.uid_root.endswith(".") else self.uid_root + "."
         return str(generate_uid(prefix=root))
+
+    def derived_object_kwargs(
+        self, series_uid: str, series_number: int, sop_instance_uid: str | None, instance_number: int
+    ) -> dict[str, Any]:
+        """The highdicom arguments that name us as the device on a PR or SEG (content labelled AI)."""
+        return {
+            "series_instance_uid": series_uid,
+            "series_number": series_number,
+            "sop_instance_uid": sop_instance_uid or self.new_uid(),
+            "instance_number": instance_number,
+            "manufacturer": self.manufacturer,
+            "manufacturer_model_name": self.model_name,
+            "software_versions": self.software_version,
+            "device_serial_number": "0",
+            "content_label": "SONOPACS_AI",
+            "content_description": DISCLAIMER[:64],
+        }
