@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    UID,
     ComprehensiveSRStorage,
     ExplicitVRLittleEndian,
     SecondaryCaptureImageStorage,
@@ -69,26 +70,35 @@ def overlay_pixels(rows: int = 360, cols: int = 480, seed: int = 0) -> np.ndarra
     return np.asarray(img)
 
 
-def write_secondary_capture(path: Path, study_uid: str, series_uid: str, patient_id: str, accession: str) -> str:
-    """A minimal RGB Secondary Capture file; returns its SOP Instance UID."""
-    pixels = overlay_pixels()
+def _demo_dataset(
+    sop_class: str, modality: str, series_number: int, study_uid: str, series_uid: str, patient_id: str, accession: str
+) -> Dataset:
+    """File meta and the identifying modules shared by the demo SC and SR."""
     sop_uid = generate_uid(prefix=UID_PREFIX)
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
     ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop_uid
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.PatientID = patient_id
     ds.PatientName = "DEMO^PATIENT"
     ds.AccessionNumber = accession
-    ds.Modality = "OT"
-    ds.ConversionType = "WSD"
-    ds.SeriesNumber = 9001
+    ds.Modality = modality
+    ds.SeriesNumber = series_number
     ds.InstanceNumber = 1
+    return ds
+
+
+def write_secondary_capture(path: Path, study_uid: str, series_uid: str, patient_id: str, accession: str) -> str:
+    """A minimal RGB Secondary Capture file; returns its SOP Instance UID."""
+    pixels = overlay_pixels()
+    ds = _demo_dataset(SecondaryCaptureImageStorage, "OT", 9001, study_uid, series_uid, patient_id, accession)
+    sop_uid = str(ds.SOPInstanceUID)
+    ds.ConversionType = "WSD"
     ds.Rows, ds.Columns = pixels.shape[:2]
     ds.SamplesPerPixel = 3
     ds.PhotometricInterpretation = "RGB"
@@ -106,22 +116,8 @@ def write_minimal_sr(path: Path, study_uid: str, series_uid: str, patient_id: st
     """A tiny Comprehensive SR (a titled container with one text item) standing in for the TID 1500 report."""
     from pydicom.sequence import Sequence
 
-    sop_uid = generate_uid(prefix=UID_PREFIX)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = SR_STORAGE
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = SR_STORAGE
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.PatientID = patient_id
-    ds.PatientName = "DEMO^PATIENT"
-    ds.AccessionNumber = accession
-    ds.Modality = "SR"
-    ds.SeriesNumber = 9002
-    ds.InstanceNumber = 1
+    ds = _demo_dataset(SR_STORAGE, "SR", 9002, study_uid, series_uid, patient_id, accession)
+    sop_uid = str(ds.SOPInstanceUID)
     ds.ValueType = "CONTAINER"
     ds.ContinuityOfContent = "SEPARATE"
     ds.CompletionFlag = "COMPLETE"
