@@ -3,9 +3,7 @@ for end-to-end tests and the pipeline benchmark."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +15,7 @@ import pytest
 from config import Settings
 from tests.support.net import wait_for_port
 from tests.support.orthanc import Orthanc
-from tests.support.worker_proc import REPO, clean_env, write_config
+from tests.support.worker_proc import sonopacs_process, write_config
 
 
 def analyzer_or_skip(settings: Settings) -> Any:
@@ -35,25 +33,9 @@ def sonopacs_serve(settings: Settings, workdir: Path) -> Iterator[subprocess.Pop
     """`sonopacs --config FILE serve` until the block ends (SIGTERM, warm shutdown)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = write_config(settings, workdir / "sonopacs.yaml")
-    with open(workdir / "serve.log", "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sonopacs_cli", "--config", str(config), "serve"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=clean_env(),
-            cwd=REPO,
-        )
-        try:
-            wait_for_port(settings.dicom.port, timeout=60)
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+    with sonopacs_process(["--config", str(config), "serve"], workdir / "serve.log", stop_timeout=60) as proc:
+        wait_for_port(settings.dicom.port, timeout=60)
+        yield proc
 
 
 def results_in_orthanc(pacs: Orthanc, study_uid: str) -> dict[str, list[str]]:
@@ -77,8 +59,16 @@ def sr_findings(sr: pydicom.Dataset) -> dict[str, tuple[str, float]]:
         named = {i.ConceptNameCodeSequence[0].CodeMeaning: i for i in items}
         if "Finding" not in named or "Probability of cancer" not in named:
             continue
-        finding = [i for i in items if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeMeaning == "Finding"]
-        label = next(i.ConceptCodeSequence[0].CodeMeaning for i in finding if i.ConceptCodeSequence[0].CodeValue != "4147007")
+        finding = [
+            i
+            for i in items
+            if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeMeaning == "Finding"
+        ]
+        label = next(
+            i.ConceptCodeSequence[0].CodeMeaning
+            for i in finding
+            if i.ConceptCodeSequence[0].CodeValue != "4147007"
+        )
         image = next(i for i in items if i.ValueType == "IMAGE")
         uid = image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
         prob = float(named["Probability of cancer"].MeasuredValueSequence[0].NumericValue)

@@ -51,20 +51,11 @@ def clean_env() -> dict[str, str]:
 
 
 @contextmanager
-def worker_process(config: Path, log: Path, concurrency: int = 2) -> Iterator[subprocess.Popen[bytes]]:
-    """A real `sonopacs worker` (prefork) for the duration of the block; warm-stopped after."""
+def sonopacs_process(args: list[str], log: Path, stop_timeout: float) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m sonopacs_cli ARGS` for the block (clean env, output to `log`); SIGTERM after, then kill."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sonopacs_cli",
-                "--config",
-                str(config),
-                "worker",
-                "--concurrency",
-                str(concurrency),
-            ],
+            [sys.executable, "-m", "sonopacs_cli", *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=clean_env(),
@@ -76,10 +67,18 @@ def worker_process(config: Path, log: Path, concurrency: int = 2) -> Iterator[su
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:
-                    proc.wait(timeout=30)
+                    proc.wait(timeout=stop_timeout)
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+
+@contextmanager
+def worker_process(config: Path, log: Path, concurrency: int = 2) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `sonopacs worker` (prefork) for the duration of the block; warm-stopped after."""
+    args = ["--config", str(config), "worker", "--concurrency", str(concurrency)]
+    with sonopacs_process(args, log, stop_timeout=30) as proc:
+        yield proc
 
 
 def add_study(
