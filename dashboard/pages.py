@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from config import masked_dump
@@ -95,29 +96,35 @@ def overview_fragment(request: Request, _: LoggedIn) -> Response:
     return render(request, "fragments/overview.html", {"o": service.overview(request)})
 
 
-def _studies(
-    request: Request,
-    state: str | None, received_from: str | None, received_to: str | None, q: str | None, offset: int
-) -> tuple[dict[str, Any], Any]:
-    """The filters as the form shows them, and one page of matching studies (page and fragment alike)."""
-    filters = {"state": state or "", "received_from": received_from or "", "received_to": received_to or "",
-               "q": q or "", "offset": offset}
-    data = service.studies(request, state=state, received_from=received_from, received_to=received_to,
-                           q=q, limit=50, offset=offset)
-    return filters, data
+@dataclass
+class StudyFilters:
+    """The studies list's query parameters, declared once for the page and its live fragment."""
+
+    state: str | None = None
+    received_from: str | None = None
+    received_to: str | None = None
+    q: str | None = Query(None, max_length=64)
+    offset: int = Query(0, ge=0)
+
+    def form(self) -> dict[str, Any]:
+        """The filters as the form shows them."""
+        return {"state": self.state or "", "received_from": self.received_from or "",
+                "received_to": self.received_to or "", "q": self.q or "", "offset": self.offset}
+
+
+Filters = Annotated[StudyFilters, Depends()]
+
+
+def _studies(request: Request, f: StudyFilters) -> tuple[dict[str, Any], Any]:
+    """The form's filters and one page of matching studies (page and fragment alike)."""
+    data = service.studies(request, state=f.state, received_from=f.received_from, received_to=f.received_to,
+                           q=f.q, limit=50, offset=f.offset)
+    return f.form(), data
 
 
 @router.get("/studies")
-def studies_page(
-    request: Request,
-    _: LoggedIn,
-    state: str | None = None,
-    received_from: str | None = None,
-    received_to: str | None = None,
-    q: str | None = Query(None, max_length=64),
-    offset: int = Query(0, ge=0),
-) -> Response:
-    filters, data = _studies(request, state, received_from, received_to, q, offset)
+def studies_page(request: Request, _: LoggedIn, f: Filters) -> Response:
+    filters, data = _studies(request, f)
     return render(request, "studies.html", {
         "data": data, "filters": filters, "states": queries.STATES, "poll": STUDIES_POLL,
         "query": urlencode({k: v for k, v in filters.items() if v}),
@@ -125,16 +132,8 @@ def studies_page(
 
 
 @router.get("/fragments/studies")
-def studies_fragment(
-    request: Request,
-    _: LoggedIn,
-    state: str | None = None,
-    received_from: str | None = None,
-    received_to: str | None = None,
-    q: str | None = Query(None, max_length=64),
-    offset: int = Query(0, ge=0),
-) -> Response:
-    filters, data = _studies(request, state, received_from, received_to, q, offset)
+def studies_fragment(request: Request, _: LoggedIn, f: Filters) -> Response:
+    filters, data = _studies(request, f)
     return render(request, "fragments/studies.html", {"data": data, "filters": filters})
 
 
