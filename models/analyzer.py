@@ -93,7 +93,7 @@ class Analyzer:
     def load(cls, weights_dir: Path | None = None, device: str = "auto") -> Analyzer:
         wdir = Path(weights_dir) if weights_dir is not None else DEFAULT_WEIGHTS
         manifest = json.loads((wdir / "model.json").read_text())
-        net = build_network(manifest["model"])
+        net = build_network(manifest["model"], pretrained=False)
         state = torch.load(wdir / "model.pt", map_location="cpu", weights_only=True)
         net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         for p in net.parameters():

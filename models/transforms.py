@@ -103,6 +103,6 @@ def to_model_input(letterboxed: np.ndarray) -> torch.Tensor:
     return ((t - 0.0) / 255.0).clamp_(0.0, 1.0)
 
 
-def normalize_batch(x: torch.Tensor) -> torch.Tensor:
+def normalize_batch(x: torch.Tensor, mean: float = 0.25, std: float = 0.25) -> torch.Tensor:
     """Fixed standardisation applied inside the network wrapper ([0,1] -> roughly zero mean)."""
-    return (x - 0.25) / 0.25
+    return (x - mean) / std
