@@ -115,7 +115,7 @@ def bench_gpu(images: list[np.ndarray], batch: int = 64, reps: int = 10) -> dict
     from models.networks import build_network
 
     # counted on an unfused copy: the Analyzer folds BatchNorm into the convolutions
-    out["ours_params_m"] = sum(p.numel() for p in build_network(an.manifest["model"]).parameters()) / 1e6
+    out["ours_params_m"] = sum(p.numel() for p in build_network(an.manifest["model"], pretrained=False).parameters()) / 1e6
     out["vit_b16_params_m"] = sum(p.numel() for p in vit.parameters()) / 1e6
     for prec, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):

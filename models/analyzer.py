@@ -26,7 +26,7 @@ from monai.visualize.class_activation_maps import ModelWithHooks
 from models.calibration import calibrated_probs
 from models.measure import lesion_mask, measure_lesion
 from models.networks import ClassifierView, SonoNet, build_network, fuse_conv_bn
-from models.transforms import letterbox_image, to_gray, to_model_input
+from models.transforms import Letterbox, letterbox_image, to_gray, to_model_input
 from models.types import CLASSES, AnalysisResult
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights"
@@ -65,16 +65,80 @@ class _PerSampleHooks(ModelWithHooks):
         return logits[:, class_idx]
 
 
-class Analyzer:
-    """Loaded model + calibration + operating points. Deterministic for the same input."""
+def _memory_format(device: torch.device) -> torch.memory_format:
+    # CPU: channels-last convolutions measured ~15 % less CPU time per forward here (1 thread,
+    # fused net, 2 x 256 x 256: 178 -> 152 ms); same values up to float rounding
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
+def _load_net(wdir: Path) -> tuple[dict[str, Any], SonoNet]:
+    """A weights folder's manifest and its network, ready for inference."""
+    manifest: dict[str, Any] = json.loads((wdir / "model.json").read_text())
+    net = build_network(manifest["model"], pretrained=False)
+    state = torch.load(wdir / "model.pt", map_location="cpu", weights_only=True)
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    for p in net.parameters():
+        p.requires_grad_(False)  # Grad-CAM needs only the gradient at cam_target
+    net.cam_detach = True
+    fuse_conv_bn(net.eval())  # inference only: BatchNorm folded into the convolutions
+    return manifest, net
+
+
+def _mirrored_batch(grays: list[np.ndarray], size: int, device: torch.device, fmt: torch.memory_format
+                    ) -> tuple[torch.Tensor, list[Letterbox]]:
+    """[letterboxed images..., their mirrors...] as one batch, and each image's letterbox."""
+    boxes, tensors = [], []
+    for g in grays:
+        lb, box = letterbox_image(g, size)
+        boxes.append(box)
+        tensors.append(to_model_input(lb))
+    x = torch.stack(tensors).to(device)
+    return torch.cat([x, x.flip(-1)]).contiguous(memory_format=fmt), boxes
+
+
+def _mirror_mean_lesion_probability(seg_logits: torch.Tensor, boxes: list[Letterbox]) -> list[np.ndarray]:
+    """Lesion probability per image in its own geometry, averaged over the image and its mirror."""
+    seg = torch.softmax(seg_logits.detach().float(), dim=1)[:, 1].cpu().numpy()
+    n = len(boxes)
+    return [box.unletterbox(((seg[i] + seg[n + i][:, ::-1]) / 2).astype(np.float32))
+            for i, box in enumerate(boxes)]
+
+
+class Segmenter:
+    """A second network whose lesion mask replaces the primary network's.
+
+    Lets a weights folder pair the classifier that validated best with the segmenter that
+    validated best (each measured out-of-fold on its own run) without retraining either.
+    """
 
     def __init__(self, net: SonoNet, manifest: dict[str, Any], device: torch.device) -> None:
-        self.net = net.to(device).eval()
         self.device = device
-        # CPU: channels-last convolutions measured ~15 % less CPU time per forward here (1 thread,
-        # fused net, 2 x 256 x 256: 178 -> 152 ms); same values up to float rounding
-        self._memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
-        self.net.to(memory_format=self._memory_format)  # type: ignore[call-overload]
+        self._memory_format = _memory_format(device)
+        self.net = net.to(device).eval().to(memory_format=self._memory_format)  # type: ignore[call-overload]
+        self.name: str = manifest["name"]
+        self.version: str = manifest["version"]
+        self.size: int = int(manifest["image_size"])
+
+    @torch.no_grad()
+    def lesion_probability(self, grays: list[np.ndarray]) -> list[np.ndarray]:
+        xx, boxes = _mirrored_batch(grays, self.size, self.device, self._memory_format)
+        _, seg = self.net(xx)
+        return _mirror_mean_lesion_probability(seg, boxes)
+
+
+class Analyzer:
+    """Loaded model + calibration + operating points. Deterministic for the same input.
+
+    With ``segmentation_weights`` in its manifest (a sub-folder), the lesion mask comes from that
+    folder's network; probabilities, label and heat map stay with the primary network.
+    """
+
+    def __init__(self, net: SonoNet, manifest: dict[str, Any], device: torch.device,
+                 segmenter: Segmenter | None = None) -> None:
+        self.device = device
+        self._memory_format = _memory_format(device)
+        self.net = net.to(device).eval().to(memory_format=self._memory_format)  # type: ignore[call-overload]
+        self.segmenter = segmenter
         self.manifest = manifest
         self.name: str = manifest["name"]
         self.version: str = manifest["version"]
@@ -92,15 +156,13 @@ class Analyzer:
     @classmethod
     def load(cls, weights_dir: Path | None = None, device: str = "auto") -> Analyzer:
         wdir = Path(weights_dir) if weights_dir is not None else DEFAULT_WEIGHTS
-        manifest = json.loads((wdir / "model.json").read_text())
-        net = build_network(manifest["model"], pretrained=False)
-        state = torch.load(wdir / "model.pt", map_location="cpu", weights_only=True)
-        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-        for p in net.parameters():
-            p.requires_grad_(False)  # Grad-CAM needs only the gradient at cam_target
-        net.cam_detach = True
-        fuse_conv_bn(net.eval())  # inference only: BatchNorm folded into the convolutions
-        return cls(net, manifest, _pick_device(device))
+        manifest, net = _load_net(wdir)
+        dev = _pick_device(device)
+        segmenter = None
+        if manifest.get("segmentation_weights"):
+            seg_manifest, seg_net = _load_net(wdir / str(manifest["segmentation_weights"]))
+            segmenter = Segmenter(seg_net, seg_manifest, dev)
+        return cls(net, manifest, dev, segmenter)
 
     def analyze(self, image: np.ndarray, spacing_mm: tuple[float, float] | None = None) -> AnalysisResult:
         return self.analyze_batch([image], [spacing_mm])[0]
@@ -113,36 +175,31 @@ class Analyzer:
         spacings = list(spacings) if spacings is not None else [None] * len(images)
         if len(spacings) != len(images):
             raise ValueError("spacings must have one entry per image")
-        boxes, tensors = [], []
-        for img in images:
-            lb, box = letterbox_image(to_gray(img), self.size)
-            boxes.append(box)
-            tensors.append(to_model_input(lb))
-        x = torch.stack(tensors).to(self.device)
+        grays = [to_gray(img) for img in images]
+        xx, boxes = _mirrored_batch(grays, self.size, self.device, self._memory_format)
         n = len(images)
-        xx = torch.cat([x, x.flip(-1)]).contiguous(memory_format=self._memory_format)
         with torch.enable_grad():
             cam = self._cam(xx, class_idx=TTA_CLASS)  # raw ReLU'd map, class = averaged prediction
         assert self._view.last_logits is not None and self._view.last_seg is not None
         logits = self._view.last_logits.detach().float().cpu().numpy().astype(np.float64)
-        seg = torch.softmax(self._view.last_seg.detach().float(), dim=1)[:, 1]
-        seg_np = seg.cpu().numpy()
+        if self.segmenter is not None:
+            full_probs = self.segmenter.lesion_probability(grays)
+        else:
+            full_probs = _mirror_mean_lesion_probability(self._view.last_seg, boxes)
         cam_np = cam.detach().float().cpu().numpy()[:, 0]
         results = []
         for i in range(n):
             probs_views = calibrated_probs(logits[[i, n + i]], self.temperature)
             probs = calibrated_probs(logits[[i, n + i]].mean(axis=0, keepdims=True), self.temperature)[0]
-            prob_map = (seg_np[i] + seg_np[n + i][:, ::-1]) / 2
             heat = (cam_np[i] + cam_np[n + i][:, ::-1]) / 2
-            results.append(self._result(probs, probs_views, prob_map, heat, boxes[i], spacings[i]))
+            results.append(self._result(probs, probs_views, full_probs[i], heat, boxes[i], spacings[i]))
         return results
 
-    def _result(self, probs: np.ndarray, probs_views: np.ndarray, prob_map: np.ndarray, heat: np.ndarray,
+    def _result(self, probs: np.ndarray, probs_views: np.ndarray, full_prob: np.ndarray, heat: np.ndarray,
                 box: Any, spacing: tuple[float, float] | None) -> AnalysisResult:
         label_idx = int(np.argmax(probs))
         label = CLASSES[label_idx]
         pm = float(probs[2])
-        full_prob = box.unletterbox(prob_map.astype(np.float32))
         mask = lesion_mask(full_prob) if label != "normal" else np.zeros(full_prob.shape, bool)
         heat_full = box.unletterbox(heat.astype(np.float32))  # the unpadded area only
         lo, hi = float(heat_full.min()), float(heat_full.max())  # one scaling, after averaging views
@@ -166,6 +223,8 @@ class Analyzer:
                                    "raw map (not MONAI's inverting default_normalizer), min-max over the "
                                    "unpadded image"),
                 "lesion_probability_max": float(full_prob.max()),
+                "segmentation_model": (f"{self.segmenter.name} {self.segmenter.version}" if self.segmenter
+                                       else f"{self.name} {self.version}"),
             },
         )
 

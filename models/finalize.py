@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,10 @@ def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
             "seed": cfg["seed"],
             "overrides": cfg.get("_overrides", []),
         }
+        seg_from = (cfg.get("ship") or {}).get("segmentation_from")
+        if seg_from:  # pair this classifier with an already trained segmenter (its own folder)
+            shutil.copytree(Path(seg_from), wdir / "segmentation", dirs_exist_ok=True)
+            manifest["segmentation_weights"] = "segmentation"
         (wdir / "model.json").write_text(json.dumps(manifest, indent=2))
         (wdir / "config.yaml").write_text(cfg_text)
         (wdir / "metrics.json").write_text(json.dumps(report, indent=2))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from models import CLASSES, Analyzer
+from models.analyzer import DEFAULT_WEIGHTS
 
 DATA = Path(__file__).parent / "data" / "bus-bra"
 
@@ -135,3 +136,19 @@ def test_heatmap_mass_concentrates_on_the_lesion(analyzer: Analyzer) -> None:
         area_edge.append(edge.mean())
     assert np.mean(mass_in) > 1.3 * np.mean(area_in)
     assert np.mean(mass_edge) < 0.8 * np.mean(area_edge)
+
+
+def test_mask_comes_from_the_shipped_segmentation_network(analyzer: Analyzer) -> None:
+    """The shipped folder pairs the classifier with a separate segmenter: the mask is the
+    segmenter's, everything else the classifier's (as if it ran alone)."""
+    assert analyzer.segmenter is not None
+    seg_alone = Analyzer.load(DEFAULT_WEIGHTS / analyzer.manifest["segmentation_weights"], device="cpu")
+    cls_alone = Analyzer.load(device="cpu")
+    cls_alone.segmenter = None
+    img = cv2.imread(str(DATA / "bus_0264-l.jpg"), cv2.IMREAD_GRAYSCALE)
+    both, s, c = analyzer.analyze(img), seg_alone.analyze(img), cls_alone.analyze(img)
+    assert both.label != "normal" and both.mask.any()
+    assert np.array_equal(both.mask, s.mask)
+    assert both.extra["segmentation_model"] == f"{seg_alone.name} {seg_alone.version}" != f"{both.model_name} {both.model_version}"
+    assert both.probabilities == c.probabilities and np.array_equal(both.heatmap, c.heatmap)
+    assert not np.array_equal(both.mask, c.mask)  # the two networks do differ
