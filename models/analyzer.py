@@ -23,7 +23,7 @@ import torch
 from monai.visualize import GradCAM
 from monai.visualize.class_activation_maps import ModelWithHooks
 
-from models.calibration import calibrated_probs
+from models.calibration import Calibration
 from models.measure import lesion_mask, measure_lesion
 from models.networks import ClassifierView, SonoNet, build_network, fuse_conv_bn
 from models.transforms import Letterbox, letterbox_image, to_gray, to_model_input
@@ -143,7 +143,8 @@ class Analyzer:
         self.name: str = manifest["name"]
         self.version: str = manifest["version"]
         self.size: int = int(manifest["image_size"])
-        self.temperature: float = float(manifest["temperature"])
+        self.calibration = Calibration(float(manifest["temperature"]),
+                                       tuple(float(b) for b in manifest.get("class_bias", (0.0, 0.0, 0.0))))
         self.operating_points: dict[str, float] = {k: float(v) for k, v in manifest["operating_points"].items()}
         # eval() here too: MONAI's ModelWithHooks restores train mode after each call when the
         # wrapped module reports training=True, which left the whole net in train mode (batch-stat
@@ -189,8 +190,8 @@ class Analyzer:
         cam_np = cam.detach().float().cpu().numpy()[:, 0]
         results = []
         for i in range(n):
-            probs_views = calibrated_probs(logits[[i, n + i]], self.temperature)
-            probs = calibrated_probs(logits[[i, n + i]].mean(axis=0, keepdims=True), self.temperature)[0]
+            probs_views = self.calibration.probs(logits[[i, n + i]])
+            probs = self.calibration.probs(logits[[i, n + i]].mean(axis=0, keepdims=True))[0]
             heat = (cam_np[i] + cam_np[n + i][:, ::-1]) / 2
             results.append(self._result(probs, probs_views, full_probs[i], heat, boxes[i], spacings[i]))
         return results

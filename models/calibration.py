@@ -1,4 +1,5 @@
-"""Temperature scaling, expected calibration error and malignancy operating points.
+"""Temperature scaling (optionally with class biases), expected calibration error and malignancy
+operating points.
 
 All fitted on out-of-fold predictions, so thresholds and temperature never see the data the
 fold's model trained on.
@@ -6,8 +7,10 @@ fold's model trained on.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax, softmax
 
 
@@ -24,8 +27,50 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(res.x))
 
 
-def calibrated_probs(logits: np.ndarray, temperature: float) -> np.ndarray:
-    return np.asarray(softmax(np.asarray(logits, np.float64) / temperature, axis=1))
+def fit_temperature_bias(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """T > 0 and per-class biases (normal's fixed at 0) minimising the NLL of softmax(logits / T + b).
+
+    Bias-corrected temperature scaling: training with balanced class weights teaches the network
+    equal class priors, so its argmax over-calls the rare class (BUSI benign images called normal);
+    the biases restore the priors of the data, which temperature alone cannot.
+    """
+    logits = np.asarray(logits, np.float64)
+    labels = np.asarray(labels, np.int64)
+    k = logits.shape[1]
+
+    def nll(params: np.ndarray) -> float:
+        z = logits / np.exp(params[0]) + np.r_[0.0, params[1:]]
+        return float(-log_softmax(z, axis=1)[np.arange(len(labels)), labels].mean())
+
+    res = minimize(nll, np.zeros(k), method="L-BFGS-B", bounds=[(-3.0, 3.0)] + [(-10.0, 10.0)] * (k - 1))
+    return float(np.exp(res.x[0])), np.r_[0.0, res.x[1:]]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How logits become the reported probabilities: softmax(logits / temperature + bias)."""
+
+    temperature: float = 1.0
+    bias: tuple[float, ...] = (0.0, 0.0, 0.0)
+
+    def probs(self, logits: np.ndarray) -> np.ndarray:
+        return calibrated_probs(logits, self.temperature, self.bias)
+
+    @classmethod
+    def fit(cls, logits: np.ndarray, labels: np.ndarray, method: str = "temperature") -> Calibration:
+        if method == "temperature":
+            return cls(fit_temperature(logits, labels), (0.0,) * np.asarray(logits).shape[1])
+        if method == "temperature_bias":
+            t, b = fit_temperature_bias(logits, labels)
+            return cls(t, tuple(float(x) for x in b))
+        raise ValueError(f"unknown calibration method {method!r} (temperature, temperature_bias)")
+
+
+def calibrated_probs(logits: np.ndarray, temperature: float, bias: tuple[float, ...] | None = None) -> np.ndarray:
+    z = np.asarray(logits, np.float64) / temperature
+    if bias is not None:
+        z = z + np.asarray(bias, np.float64)
+    return np.asarray(softmax(z, axis=1))
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float | None:

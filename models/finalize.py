@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.calibration import calibrated_probs, expected_calibration_error, fit_temperature, operating_points
+from models.calibration import Calibration, expected_calibration_error, operating_points
 from models.metrics import classification_metrics
 from models.plots import plot_confusion, plot_reliability, plot_roc
 
@@ -36,15 +36,16 @@ def _seg_summary(d: dict[str, np.ndarray], sel: np.ndarray) -> dict[str, float |
             "iou": float(iou[ok].mean()) if ok.any() else None, "n_masks": int(ok.sum())}
 
 
-def metrics_for(d: dict[str, np.ndarray], sel: np.ndarray, temperature: float, ops: dict[str, float]
+def metrics_for(d: dict[str, np.ndarray], sel: np.ndarray, cal: Calibration, ops: dict[str, float]
                 ) -> dict[str, Any]:
-    probs = calibrated_probs(d["logits"][sel], temperature)
+    probs = cal.probs(d["logits"][sel])
     return {**classification_metrics(probs, d["labels"][sel], ops), **_seg_summary(d, sel)}
 
 
-def nested_calibration(folds: list[dict[str, np.ndarray]], target: float) -> dict[str, Any]:
-    """Honest check of calibration and thresholds: for each fold, fit T and both operating points
-    on the other folds' OOF predictions only, apply them to this fold, then pool."""
+def nested_calibration(folds: list[dict[str, np.ndarray]], target: float, method: str = "temperature"
+                       ) -> dict[str, Any]:
+    """Honest check of calibration and thresholds: for each fold, fit the calibration and both
+    operating points on the other folds' OOF predictions only, apply them to this fold, then pool."""
     probs: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     ds: list[np.ndarray] = []
@@ -53,9 +54,9 @@ def nested_calibration(folds: list[dict[str, np.ndarray]], target: float) -> dic
         rest = [f for j, f in enumerate(folds) if j != k]
         lg = np.concatenate([f["logits"] for f in rest])
         lb = np.concatenate([f["labels"] for f in rest])
-        t = fit_temperature(lg, lb)
-        ops = operating_points(calibrated_probs(lg, t)[:, 2], lb == 2, target)
-        p = calibrated_probs(d["logits"], t)
+        cal = Calibration.fit(lg, lb, method)
+        ops = operating_points(cal.probs(lg)[:, 2], lb == 2, target)
+        p = cal.probs(d["logits"])
         probs.append(p)
         labels.append(d["labels"])
         ds.append(d["datasets"])
@@ -82,30 +83,34 @@ def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     if not cv:
         raise FileNotFoundError(f"no cross-validation predictions under {jobs}")
     oof = _load_preds(cv)
-    temperature = fit_temperature(oof["logits"], oof["labels"])
-    probs = calibrated_probs(oof["logits"], temperature)
+    method = str(cfg.get("calibration", {}).get("method", "temperature"))
+    cal = Calibration.fit(oof["logits"], oof["labels"], method)
+    probs = cal.probs(oof["logits"])
     target = float(cfg.get("calibration", {}).get("high_sensitivity_target", 0.95))
     ops = operating_points(probs[:, 2], oof["labels"] == 2, target)
+    everything = np.ones(len(oof["labels"]), bool)
     report: dict[str, Any] = {
-        "temperature": temperature,
+        "temperature": cal.temperature,
+        "class_bias": list(cal.bias),
+        "calibration_method": method,
         "operating_points": ops,
-        "oof": {"all": metrics_for(oof, np.ones(len(oof["labels"]), bool), temperature, ops)},
-        "oof_uncalibrated_ece": metrics_for(oof, np.ones(len(oof["labels"]), bool), 1.0, ops)["ece"],
+        "oof": {"all": metrics_for(oof, everything, cal, ops)},
+        "oof_uncalibrated_ece": metrics_for(oof, everything, Calibration(), ops)["ece"],
         "cross_dataset": {},
         "jobs": {},
     }
     for ds in sorted(set(oof["datasets"].tolist())):
-        report["oof"][ds] = metrics_for(oof, oof["datasets"] == ds, temperature, ops)
+        report["oof"][ds] = metrics_for(oof, oof["datasets"] == ds, cal, ops)
     if len(cv) > 1:
-        report["oof_nested_calibration"] = nested_calibration([dict(np.load(p)) for p in cv], target)
+        report["oof_nested_calibration"] = nested_calibration([dict(np.load(p)) for p in cv], target, method)
     plot_confusion(report["oof"]["all"]["confusion_matrix"], out / "oof_confusion.png", "OOF confusion")
     plot_roc(probs, oof["labels"], ops, out / "oof_roc.png")
     plot_reliability(probs, oof["labels"], out / "oof_reliability.png")
     for p in sorted(jobs.glob("cross_*/preds.npz")):
         d = _load_preds([p])
         sel = np.ones(len(d["labels"]), bool)
-        # a model trained on one dataset: its own temperature is unknown, report uncalibrated (T=1)
-        report["cross_dataset"][p.parent.name] = metrics_for(d, sel, 1.0, ops)
+        # a model trained on one dataset: its own calibration is unknown, report uncalibrated (T=1)
+        report["cross_dataset"][p.parent.name] = metrics_for(d, sel, Calibration(), ops)
     for info in sorted(jobs.glob("*/info.json")):
         report["jobs"][info.parent.name] = json.loads(info.read_text())
     final = jobs / "final" / "model.pt"
@@ -121,7 +126,8 @@ def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
             "version": cfg["version"],
             "image_size": int(cfg["data"]["image_size"]),
             "model": cfg["model"],
-            "temperature": temperature,
+            "temperature": cal.temperature,
+            "class_bias": list(cal.bias),
             "operating_points": ops,
             "best_epoch": ck.get("best_epoch"),
             "config_sha256": hashlib.sha256(cfg_text.encode()).hexdigest(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -67,13 +68,17 @@ def test_pretrained_smoke_training_and_analyzer(tmp_path: Path) -> None:
     cfg = write_smoke_config(tmp_path, make_synthetic_index(tmp_path / "data"))
     text = cfg.read_text().replace(
         "  backbone: resnet10\n",
-        "  backbone: efficientnet-lite0\n  pretrained: true\n  input_norm: [0.5, 0.5]\n")
+        "  backbone: efficientnet-lite0\n  pretrained: true\n  input_norm: [0.5, 0.5]\n",
+    ).replace("calibration:\n", "calibration:\n  method: temperature_bias\n")
     cfg.write_text(text)
     train_from_config(cfg, out_dir=tmp_path / "run", device="cpu")
     from models import Analyzer
 
     an = Analyzer.load(tmp_path / "run" / "weights", device="cpu")
+    manifest = json.loads((tmp_path / "run" / "weights" / "model.json").read_text())
     assert an.net.input_norm == (0.5, 0.5)
+    assert len(manifest["class_bias"]) == 3 and manifest["class_bias"][0] == 0.0
+    assert an.calibration.bias == tuple(manifest["class_bias"]) and any(manifest["class_bias"])
     img = (np.random.default_rng(0).random((70, 90)) * 255).astype(np.uint8)
     a, b = an.analyze(img), an.analyze(img)
     assert a.probabilities == b.probabilities and a.mask.shape == img.shape

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from models.calibration import expected_calibration_error, fit_temperature, operating_points
+from models.calibration import (
+    Calibration,
+    expected_calibration_error,
+    fit_temperature,
+    fit_temperature_bias,
+    operating_points,
+)
 from models.measure import lesion_mask, measure_lesion
 from models.transforms import letterbox_image, letterbox_mask
 
@@ -39,6 +45,25 @@ def test_temperature_recovers_known_scale() -> None:
     assert fit_temperature(true_logits * 3, labels) == pytest.approx(3, rel=0.1)
     probs = softmax(true_logits, axis=1)
     assert expected_calibration_error(probs, labels) < 0.03
+
+
+def test_temperature_and_class_bias_recover_a_known_prior_shift() -> None:
+    """Logits trained for equal priors, scaled by 2 and shifted: the fit undoes both."""
+    rng = np.random.default_rng(3)
+    true_logits = rng.normal(0, 2, (6000, 3)) + np.array([-1.5, 0.5, 0.0])
+    labels = np.array([rng.choice(3, p=p) for p in softmax(true_logits, axis=1)])
+    seen = (true_logits - np.array([-1.5, 0.5, 0.0]) + 4.0) * 2  # what the network outputs
+    t, b = fit_temperature_bias(seen, labels)
+    assert t == pytest.approx(2, rel=0.1)
+    assert b - b[0] == pytest.approx(np.array([0.0, 2.0, 1.5]), abs=0.15)
+    with_bias = Calibration.fit(seen, labels, "temperature_bias").probs(seen)
+    t_only = Calibration.fit(seen, labels).probs(seen)
+    prior = np.bincount(labels) / len(labels)
+    assert with_bias.mean(axis=0) == pytest.approx(prior, abs=0.01)  # the data's priors are back
+    assert abs(t_only.mean(axis=0) - prior).max() > 0.1  # temperature alone cannot do that
+    assert (with_bias.argmax(1) == labels).mean() > (t_only.argmax(1) == labels).mean() + 0.05
+    with pytest.raises(ValueError, match="unknown calibration"):
+        Calibration.fit(seen, labels, "isotonic")
 
 
 def test_operating_points_reach_target_sensitivity() -> None:
