@@ -50,7 +50,7 @@ def tables(report: dict[str, Any]) -> str:
         lines.append(f"| {cls} | " + " | ".join(cells) + " |")
     nested = report.get("oof_nested_calibration")
     if nested:
-        keys = ("ece", "sensitivity_malignant", "specificity_malignant", "sensitivity_malignant_high",
+        keys = ("accuracy", "macro_f1", "ece", "sensitivity_malignant", "specificity_malignant", "sensitivity_malignant_high",
                 "specificity_malignant_high")
         lines += ["", "| nested calibration (fitted on the other folds) | " + " | ".join(keys) + " |",
                   "|---" * (len(keys) + 1) + "|"]

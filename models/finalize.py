@@ -68,7 +68,9 @@ def nested_calibration(folds: list[dict[str, np.ndarray]], target: float, method
     for name in ["all", *sorted(set(da.tolist()))]:
         sel = np.ones(len(la), bool) if name == "all" else da == name
         mal = la[sel] == 2
-        row: dict[str, Any] = {"ece": expected_calibration_error(pa[sel], la[sel])}
+        cm = classification_metrics(pa[sel], la[sel], {"default": 0.5, "high_sensitivity": 0.5})
+        row: dict[str, Any] = {"ece": expected_calibration_error(pa[sel], la[sel]),
+                               "accuracy": cm["accuracy"], "macro_f1": cm["macro_f1"]}
         for suffix, key in (("", "default"), ("_high", "high_sensitivity")):
             d_ = da_dec[key][sel]
             row[f"sensitivity_malignant{suffix}"] = float((d_ & mal).sum() / mal.sum()) if mal.any() else None
