@@ -139,6 +139,7 @@ class Analyzer:
         self._memory_format = _memory_format(device)
         self.net = net.to(device).eval().to(memory_format=self._memory_format)  # type: ignore[call-overload]
         self.segmenter = segmenter
+        self.net.segment = segmenter is None  # its own decoder only when no segmenter replaces it
         self.manifest = manifest
         self.name: str = manifest["name"]
         self.version: str = manifest["version"]

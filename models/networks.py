@@ -55,12 +55,17 @@ class SonoNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(ch, num_classes))
         self.cam_detach = False  # Grad-CAM: stop gradients at cam_target (cheap; exact for this head)
+        # False when another network supplies the mask: the decoder is skipped and ``seg`` is empty
+        self.segment = True
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = normalize_batch(x, *self.input_norm)
         feats = self.unet.encoder(x)
-        seg = self.unet.segmentation_head(self.unet.decoder(feats, self.unet.skip_connect))
         deep = feats[-1]
+        if self.segment:
+            seg = self.unet.segmentation_head(self.unet.decoder(feats, self.unet.skip_connect))
+        else:
+            seg = deep.new_zeros((x.shape[0], 0, *x.shape[2:]))
         if self.cam_detach:
             deep = deep.detach().requires_grad_(True)
         logits = self.head(self.pool(self.cam_target(deep)))

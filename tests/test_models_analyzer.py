@@ -144,7 +144,7 @@ def test_mask_comes_from_the_shipped_segmentation_network(analyzer: Analyzer) ->
     assert analyzer.segmenter is not None
     seg_alone = Analyzer.load(DEFAULT_WEIGHTS / analyzer.manifest["segmentation_weights"], device="cpu")
     cls_alone = Analyzer.load(device="cpu")
-    cls_alone.segmenter = None
+    cls_alone.segmenter, cls_alone.net.segment = None, True
     img = cv2.imread(str(DATA / "bus_0264-l.jpg"), cv2.IMREAD_GRAYSCALE)
     both, s, c = analyzer.analyze(img), seg_alone.analyze(img), cls_alone.analyze(img)
     assert both.label != "normal" and both.mask.any()
@@ -152,3 +152,4 @@ def test_mask_comes_from_the_shipped_segmentation_network(analyzer: Analyzer) ->
     assert both.extra["segmentation_model"] == f"{seg_alone.name} {seg_alone.version}" != f"{both.model_name} {both.model_version}"
     assert both.probabilities == c.probabilities and np.array_equal(both.heatmap, c.heatmap)
     assert not np.array_equal(both.mask, c.mask)  # the two networks do differ
+    assert analyzer._view.last_seg is not None and analyzer._view.last_seg.shape[1] == 0  # decoder skipped
