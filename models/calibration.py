@@ -54,7 +54,8 @@ class Calibration:
     bias: tuple[float, ...] = (0.0, 0.0, 0.0)
 
     def probs(self, logits: np.ndarray) -> np.ndarray:
-        return calibrated_probs(logits, self.temperature, self.bias)
+        z = np.asarray(logits, np.float64) / self.temperature + np.asarray(self.bias, np.float64)
+        return np.asarray(softmax(z, axis=1))
 
     @classmethod
     def fit(cls, logits: np.ndarray, labels: np.ndarray, method: str = "temperature") -> Calibration:
@@ -64,13 +65,6 @@ class Calibration:
             t, b = fit_temperature_bias(logits, labels)
             return cls(t, tuple(float(x) for x in b))
         raise ValueError(f"unknown calibration method {method!r} (temperature, temperature_bias)")
-
-
-def calibrated_probs(logits: np.ndarray, temperature: float, bias: tuple[float, ...] | None = None) -> np.ndarray:
-    z = np.asarray(logits, np.float64) / temperature
-    if bias is not None:
-        z = z + np.asarray(bias, np.float64)
-    return np.asarray(softmax(z, axis=1))
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float | None:

