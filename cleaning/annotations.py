@@ -12,6 +12,7 @@ Lowering thresholds instead always cost more precision than it gained recall (do
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from cleaning import trees
 from cleaning.features import COLOUR_CHROMA, Candidates, find_candidates
+from cleaning.fringe import fringe
 from cleaning.trees import TreeEnsemble
 
 ACCEPT = 0.3  # classifier probability above which a candidate component is an overlay (was 0.4; see docs)
@@ -29,6 +31,8 @@ MAX_SCORED = 20_000  # candidate components scored per field; a real frame has a
 STRONG_GROW_ROUNDS = 0  # measured: 2 rounds at 30 give +2.7 pt recall, -7 pt precision
 STRONG_GROW_TOPHAT = 30
 FRINGE_TOPHAT = 12  # grow accepted strokes into neighbours at least this far above the local opening
+FRINGE_CLASSIFIER = True  # learned fringe (cleaning/fringe.py) instead of the halo margin
+FRINGE_ROUNDS = 1
 HALO_ROUNDS = 1  # pixel rings around accepted strokes tested against the local tissue level
 HALO_MARGIN = 10  # a halo pixel is kept when this many grey levels above the tissue mean around it
 HALO_EXCLUDE_RING = True  # leave the ring itself out of that mean: the bright fringe raised it (+0.9 pt recall)
@@ -262,8 +266,13 @@ def halo(grey: np.ndarray, accepted: np.ndarray) -> np.ndarray:
     return out.reshape(h, w)
 
 
-def detect_annotations(grey: np.ndarray, chroma: np.ndarray | None, rgb_max: np.ndarray | None = None) -> Detection:
-    """Annotation mask for one field crop (grey uint8; chroma and max over RGB uint8, or None)."""
+def detect_annotations(grey: np.ndarray, chroma: np.ndarray | None, rgb_max: np.ndarray | None = None, *,
+                       fringe_step: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None) -> Detection:
+    """Annotation mask for one field crop (grey uint8; chroma and max over RGB uint8, or None).
+
+    `fringe_step(grey, strokes, tophat)` replaces the fringe classifier (cleaning/train_fringe.py records
+    its training pixels through it).
+    """
     flags: list[str] = []
     doppler = None
     dop_frac = 0.0
@@ -309,8 +318,14 @@ def detect_annotations(grey: np.ndarray, chroma: np.ndarray | None, rgb_max: np.
                 c_ok &= ~doppler
             for _ in range(CHROMA_GROW_ROUNDS):
                 accepted |= cv2.dilate(accepted.astype(np.uint8), _SQUARE3).astype(bool) & c_ok
-        for _ in range(HALO_ROUNDS):
-            accepted |= halo(grey, accepted)
+        if fringe_step is not None:
+            accepted |= fringe_step(grey, accepted, cand.tophat)
+        elif FRINGE_CLASSIFIER:
+            for _ in range(FRINGE_ROUNDS):
+                accepted |= fringe(grey, accepted, cand.tophat)
+        else:
+            for _ in range(HALO_ROUNDS):
+                accepted |= halo(grey, accepted)
     accepted |= ruler_completion(cand, prob)
     bars = grey_bars(grey)
     if bars.any():

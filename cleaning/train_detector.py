@@ -125,11 +125,12 @@ def build_dataset(n_images: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def fit(x: np.ndarray, y: np.ndarray, trees: int, depth: int, seed: int) -> TreeEnsemble:
+def fit(x: np.ndarray, y: np.ndarray, trees: int, depth: int, seed: int,
+        names: list[str] | None = None, learning_rate: float = 0.1) -> TreeEnsemble:
     """Histogram gradient boosting (fast to fit), exported node by node to a TreeEnsemble."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    clf = HistGradientBoostingClassifier(max_iter=trees, max_depth=depth, learning_rate=0.1,
+    clf = HistGradientBoostingClassifier(max_iter=trees, max_depth=depth, learning_rate=learning_rate,
                                          max_leaf_nodes=2 ** depth, l2_regularization=1.0,
                                          early_stopping=False, random_state=seed)
     clf.fit(x, y)
@@ -147,7 +148,7 @@ def fit(x: np.ndarray, y: np.ndarray, trees: int, depth: int, seed: int) -> Tree
         value=pad([nd["value"].astype(np.float64) for nd in nodes], 0.0),
         bias=float(np.ravel(clf._baseline_prediction)[0]),
         depth=depth,
-        feature_names=list(FEATURE_NAMES),
+        feature_names=list(FEATURE_NAMES if names is None else names),
     )
     check = x[:5000].astype(np.float64)
     diff = np.abs(ens.decision(check) - clf.decision_function(check)).max()
