@@ -73,7 +73,7 @@ def find_candidates(grey: np.ndarray, chroma: np.ndarray | None, exclude: np.nda
     n, labels, stats, cents = cv2.connectedComponentsWithStats(seeds8, connectivity=8)
     if n <= 1:
         return Candidates(labels, n, np.zeros((0, len(FEATURE_NAMES)), np.float32), tophat, np.zeros((0, 4), int))
-    idx = np.flatnonzero(seeds8)
+    idx = np.flatnonzero(seeds)  # bool: flatnonzero on uint8 is ten times slower
     lab = labels.ravel()[idx]
     g = grey.ravel()[idx].astype(np.float64)
     th = tophat.ravel()[idx].astype(np.float64)
