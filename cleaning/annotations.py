@@ -25,7 +25,7 @@ from cleaning.fringe import fringe
 from cleaning.trees import TreeEnsemble
 
 ACCEPT = 0.3  # classifier probability above which a candidate component is an overlay (was 0.4; see docs)
-LINE_DOUBT = 0.05  # below this a component is not rescued by text-line neighbours
+LINE_DOUBT = 0.15  # below this a component is not rescued by text-line neighbours (0.05 took tissue next to text)
 GROW_ROUNDS = 0  # top-hat fringe growth, replaced by the halo test (1 round at 12: recall +3.4 pt, precision -7 pt)
 MAX_SCORED = 20_000  # candidate components scored per field; a real frame has a few thousand at most
 STRONG_GROW_ROUNDS = 0  # measured: 2 rounds at 30 give +2.7 pt recall, -7 pt precision

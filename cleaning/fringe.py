@@ -19,7 +19,7 @@ import numpy as np
 from cleaning.trees import TreeEnsemble
 
 FRINGE_MODEL_PATH = Path(__file__).with_name("fringe_model.json")
-FRINGE_ACCEPT = 0.2  # classifier probability above which a ring pixel is fringe (tuned on fold 2, docs)
+FRINGE_ACCEPT = 0.25  # classifier probability above which a ring pixel is fringe (tuned on fold 2, docs)
 WINDOW = 7  # box (px) for the tissue level around a ring pixel
 WIDE = 13  # second, wider box: the tissue level beyond the stroke's other fringe pixels
 
