@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from cleaning import trees
-from cleaning.features import COLOUR_CHROMA, Candidates, find_candidates
+from cleaning.features import COLOUR_CHROMA, FEATURE_NAMES, Candidates, find_candidates
 from cleaning.fringe import fringe
 from cleaning.trees import TreeEnsemble
 
@@ -49,6 +49,11 @@ MATCH_RADIUS = 20  # px around accepted strokes searched for pieces at their lev
 MATCH_TOPHAT = 20
 MATCH_MIN_AREA = 4  # connected pixels at that level
 MATCH = True
+STREAKS = True
+STREAK_MIN_WIDTH = 20  # px: tissue-streak rule (long thin horizontal grey components that are not flat)
+STREAK_ASPECT = 3.0
+STREAK_MAX_HEIGHT = 8
+STREAK_PLATEAU = 0.4  # share of pixels within 12 levels of the component's max; overlay lines are flat
 _SQUARE3 = np.ones((3, 3), np.uint8)
 _ELLIPSE7 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
 
@@ -94,6 +99,23 @@ def doppler_areas(chroma: np.ndarray, rgb_max: np.ndarray) -> np.ndarray:
     doppler = big & ((core_frac >= 0.3) | ((core_frac >= 0.1) & (std_v >= 22)))
     doppler[0] = False
     return doppler[labels] & (coloured > 0)
+
+
+def tissue_streaks(cand: Candidates) -> np.ndarray:
+    """Candidates that are skin lines or fascia, whatever the classifier says: long, thin, horizontal,
+    grey, and not flat.
+
+    Why a rule: the classifier never learnt them (its training leaves out components an earlier
+    model called overlay in the clean BUS-BRA images, and those included these streaks); an audit of
+    the pixels removed from un-annotated images found them to be most of the tissue removed. An
+    overlay line is drawn at one level, so most of its pixels sit near its maximum (plateau); a
+    tissue streak's level wanders.
+    """
+    w, h = cand.boxes[:, 2], cand.boxes[:, 3]
+    f = cand.features
+    return ((w >= STREAK_MIN_WIDTH) & (w >= STREAK_ASPECT * h) & (h <= STREAK_MAX_HEIGHT)
+            & (f[:, FEATURE_NAMES.index("plateau")] < STREAK_PLATEAU)
+            & (f[:, FEATURE_NAMES.index("mean_chroma")] < COLOUR_CHROMA / 2))
 
 
 def complete_text_lines(cand: Candidates, prob: np.ndarray, rounds: int = 3) -> np.ndarray:
@@ -331,6 +353,8 @@ def detect_annotations(grey: np.ndarray, chroma: np.ndarray | None, rgb_max: np.
         scored[np.argpartition(-strength, MAX_SCORED)[:MAX_SCORED]] = True
         flags.append("noisy")
     prob[scored] = _model().probability(cand.features[scored].astype(np.float64))
+    if STREAKS and cand.n > 1:
+        prob[tissue_streaks(cand)] = 0.0
     keep = np.concatenate([[False], complete_text_lines(cand, prob)])
     if TOUCH_DOUBT < ACCEPT:
         keep = touching(cand, prob, keep)

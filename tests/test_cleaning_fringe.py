@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from cleaning.annotations import MATCH_RADIUS, detect_annotations, level_match
+from cleaning.annotations import MATCH_RADIUS, detect_annotations, level_match, tissue_streaks
+from cleaning.features import find_candidates
 from cleaning.fringe import FEATURE_NAMES, FRINGE_MODEL_PATH, fringe, fringe_model, ring_features
 from cleaning.train_fringe import ring_samples
 from cleaning.trees import MODEL_PATH, TreeEnsemble
@@ -108,3 +109,15 @@ def test_ring_samples_label_fringe_of_burned_text() -> None:
     assert x.shape == (y.size, len(FEATURE_NAMES)) and 0 < y.sum() < y.size
     everything_native = ring_samples(dirty, truth, np.ones(img.shape, bool))[1]
     assert everything_native.size == 0  # rings next to native marks are left out
+
+
+def test_tissue_streak_rule_spares_flat_lines() -> None:
+    """A long thin horizontal streak whose level wanders is tissue; a flat line of that size is overlay."""
+    grey = np.full((60, 200), 60, np.uint8)
+    grey[20:23, 20:100] = np.linspace(140, 250, 80).astype(np.uint8)[None, :]  # skin-line-like streak
+    grey[40:42, 110:190] = 230  # a drawn line
+    cand = find_candidates(grey, None)
+    flagged = tissue_streaks(cand)
+    lab_streak, lab_line = cand.labels[21, 60], cand.labels[40, 150]
+    assert lab_streak > 0 and lab_line > 0
+    assert flagged[lab_streak - 1] and not flagged[lab_line - 1]
