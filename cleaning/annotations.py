@@ -269,17 +269,24 @@ def level_match(grey: np.ndarray, accepted: np.ndarray, tophat: np.ndarray) -> n
     of the accepted strokes a few pixels away, which speckle matches only by chance, and rarely in
     several connected pixels. Exact level only: +-1 doubled the false positives (docs/cleaning.md).
     """
-    core = cv2.bitwise_and(accepted.view(np.uint8), cv2.compare(tophat, STRONG_GROW_TOPHAT, cv2.CMP_GE))
+    def at_least(a: np.ndarray, level: int) -> np.ndarray:  # 255 where a >= level (uint8)
+        return np.asarray(cv2.threshold(a, level - 1, 255, cv2.THRESH_BINARY)[1])
+
+    def zero(a: np.ndarray) -> np.ndarray:  # 255 where a == 0 (uint8)
+        return np.asarray(cv2.threshold(a, 0, 255, cv2.THRESH_BINARY_INV)[1])
+
+    acc8 = accepted.view(np.uint8)
+    core = cv2.bitwise_and(acc8, at_least(tophat, STRONG_GROW_TOPHAT))
     if cv2.countNonZero(core) == 0:
         return np.zeros(grey.shape, bool)
     box = np.ones((2 * MATCH_RADIUS + 1,) * 2, np.uint8)
     core_grey = cv2.bitwise_and(grey, grey, mask=core)  # stroke level, 0 elsewhere
     highest = cv2.dilate(core_grey, box)  # the brightest and the darkest stroke level within the radius
-    lowest = cv2.erode(cv2.bitwise_or(core_grey, cv2.compare(core, 0, cv2.CMP_EQ)), box)
+    lowest = cv2.erode(cv2.bitwise_or(core_grey, zero(core)), box)
     same = cv2.bitwise_or(cv2.compare(grey, highest, cv2.CMP_EQ), cv2.compare(grey, lowest, cv2.CMP_EQ))
-    same = cv2.bitwise_and(same, cv2.compare(highest, 0, cv2.CMP_GT))
-    same = cv2.bitwise_and(same, cv2.compare(tophat, MATCH_TOPHAT, cv2.CMP_GE))
-    hit = cv2.bitwise_and(same, cv2.compare(accepted.view(np.uint8), 0, cv2.CMP_EQ))
+    same = cv2.bitwise_and(same, at_least(highest, 1))
+    same = cv2.bitwise_and(same, at_least(tophat, MATCH_TOPHAT))
+    hit = cv2.bitwise_and(same, zero(acc8))
     out = np.zeros(grey.shape, bool)
     x, y, w, h = cv2.boundingRect(hit)
     if w == 0:
