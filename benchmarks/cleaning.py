@@ -329,6 +329,56 @@ def native_sheet(rows: list[dict[str, str]], rng: np.random.Generator, width: in
     return np.vstack([np.hstack(panels[j : j + 2]) for j in range(0, len(panels), 2)])
 
 
+def native_audit(n: int, seed: int, out_dir: Path) -> list[str]:
+    """Sheets for judging by eye what the cleaner removes from un-annotated fold-1 originals.
+
+    Pixels are drawn uniformly from everything removed, so the share a reviewer calls tissue
+    estimates the tissue share of the native removals, which sets where true precision lies
+    between the strict and the native-excluded figure. Each tile: 64x64 original | removal in red,
+    sampled pixel circled in green; `cleaning_audit.csv` lists the tiles for recording judgments.
+    """
+    rows = [r for r in _read_index(BUSBRA) if r["fold5"] == "1"]
+    by_patient: dict[str, dict[str, str]] = {}
+    for row in rows:
+        by_patient.setdefault(row["patient"], row)
+    names, images, masks = [], [], []
+    for patient in sorted(by_patient):
+        img = _gray(BUSBRA / by_patient[patient]["image"])
+        removed, _, kept = _full_frame_mask(clean_image(img), img.shape)
+        names.append(by_patient[patient]["image"])
+        images.append(img)
+        masks.append(removed & kept)
+    counts = np.array([int(m.sum()) for m in masks])
+    picks = np.sort(np.random.default_rng(seed).choice(int(counts.sum()), n, replace=False))
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tiles, lines = [], ["tile,image,row,column,judgement"]
+    r = 32
+    for k, flat in enumerate(picks):
+        i = int(np.searchsorted(starts, flat, side="right") - 1)
+        ys, xs = np.nonzero(masks[i])
+        y, x = int(ys[flat - starts[i]]), int(xs[flat - starts[i]])
+        pad_img = np.pad(images[i], r)
+        pad_mask = np.pad(masks[i], r)
+        crop = cv2.cvtColor(pad_img[y:y + 2 * r, x:x + 2 * r], cv2.COLOR_GRAY2RGB)
+        marked = crop.copy()
+        marked[pad_mask[y:y + 2 * r, x:x + 2 * r]] = (255, 0, 0)
+        cv2.circle(marked, (r, r), 3, (0, 255, 0), 1)
+        tile = cv2.resize(np.hstack([crop, np.zeros((2 * r, 2, 3), np.uint8), marked]), None, fx=2, fy=2,
+                          interpolation=cv2.INTER_NEAREST)
+        tiles.append(np.pad(_label(tile, str(k)), ((0, 4), (0, 4), (0, 0))))
+        lines.append(f"{k},{names[i]},{y},{x},")
+    written = []
+    for s in range(0, len(tiles), 30):
+        chunk = tiles[s:s + 30]
+        chunk += [np.zeros_like(tiles[0])] * (-len(chunk) % 5)
+        path = out_dir / f"cleaning_audit_{s // 30 + 1}.png"
+        _write_png(path, np.vstack([np.hstack(chunk[j:j + 5]) for j in range(0, len(chunk), 5)]))
+        written.append(str(path))
+    (out_dir / "cleaning_audit.csv").write_text("\n".join(lines) + "\n")
+    return written
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=300, help="synthetic images (one per BUS-BRA patient)")
@@ -339,8 +389,13 @@ def main() -> None:
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--fold", default="1", help="BUS-BRA fold of the synthetic set (1: test, 2: tuning)")
     ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--audit", type=int, default=0, metavar="N",
+                    help="write sheets of N pixels drawn from the native removals (into --sheets) and stop")
     args = ap.parse_args()
     report: dict[str, Any] = {}
+    if args.audit:
+        print("\n".join(native_audit(args.audit, args.seed, args.sheets or Path("."))))
+        return
     if not args.skip_synthetic:
         report["synthetic"] = synthetic(args.n, args.seed, args.fold)
         print(json.dumps({"synthetic": report["synthetic"]}, indent=1))

@@ -49,6 +49,7 @@ MATCH_RADIUS = 20  # px around accepted strokes searched for pieces at their lev
 MATCH_TOPHAT = 20
 MATCH_MIN_AREA = 4  # connected pixels at that level
 MATCH = True
+DOPPLER_MIN_CORE = 30  # = 0.1 x the smallest map area (300 px) below
 STREAKS = True
 STREAK_MIN_WIDTH = 20  # px: tissue-streak rule (long thin horizontal grey components that are not flat)
 STREAK_ASPECT = 3.0
@@ -81,12 +82,17 @@ def doppler_areas(chroma: np.ndarray, rgb_max: np.ndarray) -> np.ndarray:
     Brightness spread (a colour scale from dark red to yellow) backs the call for sparse maps.
     """
     coloured = (chroma >= COLOUR_CHROMA).astype(np.uint8)
+    core_img = cv2.erode(coloured, _ELLIPSE7)
+    if cv2.countNonZero(core_img) < DOPPLER_MIN_CORE:
+        # no blob could pass the tests below (a map needs >= 10 % of >= 300 px in its core):
+        # coloured text and lines vanish under the erosion, so skip the labelling (2-3 ms)
+        return np.zeros(chroma.shape, bool)
     closed = cv2.morphologyEx(coloured, cv2.MORPH_CLOSE, _SQUARE3)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(closed, connectivity=8)
     if n <= 1:
         return np.zeros(chroma.shape, bool)
     area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
-    core = cv2.erode(coloured, _ELLIPSE7).ravel() > 0
+    core = core_img.ravel() > 0
     lab_all = labels.ravel()
     core_frac = np.bincount(lab_all[core], minlength=n) / np.maximum(area, 1)
     idx = np.flatnonzero(coloured)
