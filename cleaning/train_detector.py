@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -104,11 +105,13 @@ def component_samples(image: np.ndarray, truth: np.ndarray, ignore: np.ndarray) 
     return cand.features[use], (frac[use] >= 0.5).astype(np.int8)
 
 
-def build_dataset(n_images: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rows = [r for r in _read_index(BUSBRA) if r["fold5"] != "1"]
-    rng = np.random.default_rng(seed)
-    previous = TreeEnsemble.from_json(MODEL_PATH) if MODEL_PATH.exists() else None
-    xs, ys = [], []
+def burn_ins(rows: list[dict[str, str]], n_images: int, rng: np.random.Generator, annotations: tuple[int, int]
+             ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(varied clean image, the same with burn-ins, truth mask) for n_images drawn from rows.
+
+    The detector and the fringe classifier train on the same kind of frames: rescaled, re-gained,
+    sometimes behind a sector edge, 2-9 annotations, sometimes blurred and JPEG re-encoded.
+    """
     for i in rng.choice(len(rows), n_images, replace=False):
         base = cv2.imread(str(BUSBRA / rows[int(i)]["image"]), cv2.IMREAD_GRAYSCALE)
         if base is None:
@@ -116,9 +119,18 @@ def build_dataset(n_images: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         img = augment_base(np.asarray(base, dtype=np.uint8), rng)
         if rng.random() < 0.4:
             img = sector_frame(img, rng)
-        dirty, truth = burn_in_annotations(img, rng, n=int(rng.integers(3, 10)))
+        dirty, truth = burn_in_annotations(img, rng, n=int(rng.integers(*annotations)))
         if rng.random() < 0.4:
             dirty = degrade(dirty, rng)
+        yield img, dirty, truth
+
+
+def build_dataset(n_images: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rows = [r for r in _read_index(BUSBRA) if r["fold5"] != "1"]
+    rng = np.random.default_rng(seed)
+    previous = TreeEnsemble.from_json(MODEL_PATH) if MODEL_PATH.exists() else None
+    xs, ys = [], []
+    for img, dirty, truth in burn_ins(rows, n_images, rng, (3, 10)):
         x, y = component_samples(dirty, truth, native_overlay(img, previous))
         xs.append(x)
         ys.append(y)

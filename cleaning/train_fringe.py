@@ -21,8 +21,7 @@ import numpy as np
 from cleaning.annotations import detect_annotations
 from cleaning.convert import grey_and_chroma, rgb_max
 from cleaning.fringe import FEATURE_NAMES, FRINGE_MODEL_PATH, ring_features
-from cleaning.synthetic import burn_in_annotations
-from cleaning.train_detector import BUSBRA, _read_index, augment_base, degrade, fit, sector_frame
+from cleaning.train_detector import BUSBRA, _read_index, burn_ins, fit
 
 _NEAR_NATIVE = np.ones((7, 7), np.uint8)
 
@@ -53,18 +52,8 @@ def build_dataset(n_images: int, seed: int, folds: set[str]) -> tuple[np.ndarray
     rows = [r for r in _read_index(BUSBRA) if r["fold5"] in folds]
     rng = np.random.default_rng(seed)
     xs, ys = [], []
-    for i in rng.choice(len(rows), min(n_images, len(rows)), replace=False):
-        base = cv2.imread(str(BUSBRA / rows[int(i)]["image"]), cv2.IMREAD_GRAYSCALE)
-        if base is None:
-            raise FileNotFoundError(rows[int(i)]["image"])
-        img = augment_base(np.asarray(base, dtype=np.uint8), rng)
-        if rng.random() < 0.4:
-            img = sector_frame(img, rng)
-        dirty, truth = burn_in_annotations(img, rng, n=int(rng.integers(2, 8)))
-        if rng.random() < 0.4:
-            dirty = degrade(dirty, rng)
-        native = _strokes(img)[1]
-        x, y = ring_samples(dirty, truth, native)
+    for img, dirty, truth in burn_ins(rows, min(n_images, len(rows)), rng, (2, 8)):
+        x, y = ring_samples(dirty, truth, _strokes(img)[1])
         xs.append(x)
         ys.append(y)
     return np.concatenate(xs), np.concatenate(ys)
