@@ -121,3 +121,19 @@ def test_tissue_streak_rule_spares_flat_lines() -> None:
     lab_streak, lab_line = cand.labels[21, 60], cand.labels[40, 150]
     assert lab_streak > 0 and lab_line > 0
     assert flagged[lab_streak - 1] and not flagged[lab_line - 1]
+
+
+def test_halo_rule_still_runs_for_comparison(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FRINGE_CLASSIFIER=False brings back the margin rule the classifier replaced (docs compare them)."""
+    import cleaning.annotations as annotations
+
+    img = _tissue()
+    dirty = img.copy()
+    cv2.putText(dirty, "LESION 2 CM FN", (15, 120), cv2.FONT_HERSHEY_SIMPLEX, 0.6, 215, 1, cv2.LINE_AA)
+    truth = np.abs(dirty.astype(int) - img.astype(int)) >= 10
+    learned = detect_annotations(dirty, None).mask
+    monkeypatch.setattr(annotations, "FRINGE_CLASSIFIER", False)
+    margin = detect_annotations(dirty, None).mask
+    bare = detect_annotations(dirty, None, fringe_step=_no_fringe).mask
+    assert (margin & truth).sum() > (bare & truth).sum()
+    assert not np.array_equal(margin, learned)
