@@ -5,8 +5,9 @@ Why this design: overlays are drawn in one flat colour, in strokes a few pixels 
 edges, brighter than or coloured unlike their surroundings. Candidate components (white top-hat or
 colour) are scored by a small boosted-tree classifier trained on synthetic burn-ins
 (cleaning/train_detector.py). Accepted strokes are then completed pixel by pixel with what overlays
-are: flat (grow along the stroke's own grey level), coloured (grow into faintly coloured pixels, which
-grey tissue never is), and antialiased (one ring of pixels clearly above the tissue beyond them).
+are: flat (grow along the stroke's own grey level, and take pieces nearby at exactly that level),
+coloured (grow into faintly coloured pixels, which grey tissue never is), and antialiased (the ring
+of pixels around the strokes, decided pixel by pixel by a second small classifier, cleaning/fringe.py).
 Lowering thresholds instead always cost more precision than it gained recall (docs/cleaning.md).
 """
 
