@@ -103,16 +103,22 @@ def _full_frame_mask(results: list, shape: tuple[int, int]) -> tuple[np.ndarray,
     return removed, cleaned, kept
 
 
+def _one_per_patient(fold: str) -> dict[str, dict[str, str]]:
+    """The first index row of each BUS-BRA patient in a fold: images of one patient are near-duplicates."""
+    by_patient: dict[str, dict[str, str]] = {}
+    for row in _read_index(BUSBRA):
+        if row["fold5"] == fold:
+            by_patient.setdefault(row["patient"], row)
+    return by_patient
+
+
 def synthetic(n: int, seed: int, fold: str = "1") -> dict[str, float]:
     """Burn annotations into n BUS-BRA images (one per patient) and score what clean_image removes.
 
     Fold 1 is the test fold (no detector was trained on it); fold 2 is where thresholds are tuned.
     """
-    rows = [r for r in _read_index(BUSBRA) if r["fold5"] == fold]
     rng = np.random.default_rng(seed)
-    by_patient: dict[str, dict[str, str]] = {}
-    for row in rows:
-        by_patient.setdefault(row["patient"], row)
+    by_patient = _one_per_patient(fold)
     picks = [by_patient[p] for p in rng.permutation(sorted(by_patient))[:n]]
     tp = fp = fn = fp_native = 0
     tp_clear = n_clear = 0
@@ -337,10 +343,7 @@ def native_audit(n: int, seed: int, out_dir: Path) -> list[str]:
     between the strict and the native-excluded figure. Each tile: 64x64 original | removal in red,
     sampled pixel circled in green; `cleaning_audit.csv` lists the tiles for recording judgments.
     """
-    rows = [r for r in _read_index(BUSBRA) if r["fold5"] == "1"]
-    by_patient: dict[str, dict[str, str]] = {}
-    for row in rows:
-        by_patient.setdefault(row["patient"], row)
+    by_patient = _one_per_patient("1")
     names, images, masks = [], [], []
     for patient in sorted(by_patient):
         img = _gray(BUSBRA / by_patient[patient]["image"])

@@ -22,7 +22,7 @@ import numpy as np
 
 from cleaning import trees
 from cleaning.features import COLOUR_CHROMA, FEATURE_NAMES, Candidates, find_candidates
-from cleaning.fringe import fringe
+from cleaning.fringe import box_sums, fringe
 from cleaning.trees import TreeEnsemble
 
 ACCEPT = 0.3  # classifier probability above which a candidate component is an overlay (was 0.4; see docs)
@@ -326,14 +326,8 @@ def halo(grey: np.ndarray, accepted: np.ndarray) -> np.ndarray:
     s_grey = cv2.integral(grey * free)
     s_free = cv2.integral(free)
     y, x = np.divmod(idx, w)
-    r = HALO_WINDOW // 2
-    y0, y1 = np.maximum(y - r, 0), np.minimum(y + r + 1, h)
-    x0, x1 = np.maximum(x - r, 0), np.minimum(x + r + 1, w)
-
-    def box(s: np.ndarray) -> np.ndarray:
-        return (s[y1, x1] - s[y0, x1] - s[y1, x0] + s[y0, x0]).astype(np.float64)
-
-    bg = box(s_grey) / np.maximum(box(s_free), 1)
+    grey_sum, free_sum = box_sums([s_grey, s_free], y, x, grey.shape, HALO_WINDOW)
+    bg = grey_sum / np.maximum(free_sum, 1)
     out = np.zeros(h * w, bool)
     out[idx] = grey.ravel()[idx] - bg >= HALO_MARGIN
     return out.reshape(h, w)

@@ -37,7 +37,7 @@ def fringe_model() -> TreeEnsemble:
     return TreeEnsemble.from_json(FRINGE_MODEL_PATH)
 
 
-def _box_sums(sums: list[np.ndarray], y: np.ndarray, x: np.ndarray, shape: tuple[int, int], size: int
+def box_sums(sums: list[np.ndarray], y: np.ndarray, x: np.ndarray, shape: tuple[int, int], size: int
               ) -> list[np.ndarray]:
     """Sums over a size x size box (clipped at the border) centred at (y, x), from integral images."""
     h, w = shape
@@ -75,8 +75,8 @@ def ring_features(grey: np.ndarray, accepted: np.ndarray, tophat: np.ndarray) ->
     free = (~(ring | accepted)).astype(np.uint8)
     s_grey, s_sq = cv2.integral2(grey * free, sdepth=cv2.CV_32S, sqdepth=cv2.CV_64F)
     s_free = cv2.integral(free)
-    n7, sum7, sq7 = _box_sums([s_free, s_grey, s_sq], y, x, grey.shape, WINDOW)
-    n13, sum13 = _box_sums([s_free, s_grey], y, x, grey.shape, WIDE)
+    n7, sum7, sq7 = box_sums([s_free, s_grey, s_sq], y, x, grey.shape, WINDOW)
+    n13, sum13 = box_sums([s_free, s_grey], y, x, grey.shape, WIDE)
     mean7 = sum7 / np.maximum(n7, 1)
     mean13 = sum13 / np.maximum(n13, 1)
     std7 = np.sqrt(np.maximum(sq7 / np.maximum(n7, 1) - mean7 ** 2, 0))
