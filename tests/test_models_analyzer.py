@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -138,18 +140,37 @@ def test_heatmap_mass_concentrates_on_the_lesion(analyzer: Analyzer) -> None:
     assert np.mean(mass_edge) < 0.8 * np.mean(area_edge)
 
 
-def test_mask_comes_from_the_shipped_segmentation_network(analyzer: Analyzer) -> None:
-    """The shipped folder pairs the classifier with a separate segmenter: the mask is the
-    segmenter's, everything else the classifier's (as if it ran alone)."""
-    assert analyzer.segmenter is not None
-    seg_alone = Analyzer.load(DEFAULT_WEIGHTS / analyzer.manifest["segmentation_weights"], device="cpu")
-    cls_alone = Analyzer.load(device="cpu")
+def _paired_weights(root: Path) -> Path:
+    """A weights folder whose mask comes from a second network: the shipped primary, paired with
+    a copy of itself that letterboxes to 192 px under another name (so its masks differ)."""
+    skip = shutil.ignore_patterns("segmentation")
+    wdir, seg = root / "paired", root / "paired" / "segmentation"
+    shutil.copytree(DEFAULT_WEIGHTS, wdir, ignore=skip)
+    shutil.copytree(DEFAULT_WEIGHTS, seg, ignore=skip)
+    seg_manifest = json.loads((seg / "model.json").read_text())
+    seg_manifest.update(name=seg_manifest["name"] + "-seg", image_size=192)
+    seg_manifest.pop("segmentation_weights", None)
+    (seg / "model.json").write_text(json.dumps(seg_manifest))
+    manifest = json.loads((wdir / "model.json").read_text())
+    manifest["segmentation_weights"] = "segmentation"
+    (wdir / "model.json").write_text(json.dumps(manifest))
+    return wdir
+
+
+def test_mask_comes_from_the_segmentation_network(tmp_path: Path) -> None:
+    """A manifest naming ``segmentation_weights`` pairs the classifier with a separate segmenter:
+    the mask is the segmenter's, everything else the classifier's (as if it ran alone)."""
+    wdir = _paired_weights(tmp_path)
+    paired = Analyzer.load(wdir, device="cpu")
+    assert paired.segmenter is not None
+    seg_alone = Analyzer.load(wdir / "segmentation", device="cpu")
+    cls_alone = Analyzer.load(wdir, device="cpu")
     cls_alone.segmenter, cls_alone.net.segment = None, True
     img = cv2.imread(str(DATA / "bus_0264-l.jpg"), cv2.IMREAD_GRAYSCALE)
-    both, s, c = analyzer.analyze(img), seg_alone.analyze(img), cls_alone.analyze(img)
+    both, s, c = paired.analyze(img), seg_alone.analyze(img), cls_alone.analyze(img)
     assert both.label != "normal" and both.mask.any()
     assert np.array_equal(both.mask, s.mask)
     assert both.extra["segmentation_model"] == f"{seg_alone.name} {seg_alone.version}" != f"{both.model_name} {both.model_version}"
     assert both.probabilities == c.probabilities and np.array_equal(both.heatmap, c.heatmap)
     assert not np.array_equal(both.mask, c.mask)  # the two networks do differ
-    assert analyzer._view.last_seg is not None and analyzer._view.last_seg.shape[1] == 0  # decoder skipped
+    assert paired._view.last_seg is not None and paired._view.last_seg.shape[1] == 0  # decoder skipped
