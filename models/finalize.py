@@ -29,8 +29,17 @@ def _load_preds(paths: list[Path]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _seg_summary(d: dict[str, np.ndarray], sel: np.ndarray) -> dict[str, float | None]:
-    dice, iou = d["dice"][sel], d["iou"][sel]
+def _seg_summary(d: dict[str, np.ndarray], sel: np.ndarray, labels_pred: np.ndarray
+                 ) -> dict[str, float | None]:
+    """Mean Dice/IoU over images with a lesion, the mask withheld where ``labels_pred`` says
+    normal (as the Analyzer withholds it). Runs that stored no ungated scores keep the gate
+    of the uncalibrated argmax."""
+    if "dice_ungated" in d:
+        withheld = labels_pred == 0  # NaN (no lesion in the truth) stays NaN
+        dice = np.where(withheld & np.isfinite(d["dice_ungated"][sel]), 0.0, d["dice_ungated"][sel])
+        iou = np.where(withheld & np.isfinite(d["iou_ungated"][sel]), 0.0, d["iou_ungated"][sel])
+    else:
+        dice, iou = d["dice"][sel], d["iou"][sel]
     ok = np.isfinite(dice)
     return {"dice": float(dice[ok].mean()) if ok.any() else None,
             "iou": float(iou[ok].mean()) if ok.any() else None, "n_masks": int(ok.sum())}
@@ -39,7 +48,7 @@ def _seg_summary(d: dict[str, np.ndarray], sel: np.ndarray) -> dict[str, float |
 def metrics_for(d: dict[str, np.ndarray], sel: np.ndarray, cal: Calibration, ops: dict[str, float]
                 ) -> dict[str, Any]:
     probs = cal.probs(d["logits"][sel])
-    return {**classification_metrics(probs, d["labels"][sel], ops), **_seg_summary(d, sel)}
+    return {**classification_metrics(probs, d["labels"][sel], ops), **_seg_summary(d, sel, probs.argmax(1))}
 
 
 def nested_calibration(folds: list[dict[str, np.ndarray]], target: float, method: str = "temperature"

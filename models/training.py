@@ -284,12 +284,38 @@ def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[s
             "n_val": len(val), "n_test": len(test), "seed": job_seed, "device": str(device),
             "stopped_by_clock": stopped_by_clock, "minutes": (time.time() - t_start) / 60}
     if len(test):
-        t_logits, t_prob = predict(net, imgs[torch.from_numpy(test).to(device)])
-        dice, iou = _seg_scores(t_prob, data.masks[test], t_logits.argmax(1))
-        np.savez_compressed(jdir / "preds.npz", index=test, logits=t_logits, labels=data.labels[test],
-                            datasets=data.datasets[test], names=data.names[test], groups=data.groups[test],
-                            dice=dice, iou=iou)
+        write_test_predictions(net, imgs, test, data, jdir)
     (jdir / "info.json").write_text(json.dumps(info, indent=2))
+
+
+def write_test_predictions(net: SonoNet, imgs: torch.Tensor, test: np.ndarray, data: Packed, jdir: Path) -> None:
+    """The held-out set's logits and per-image Dice/IoU, ``preds.npz``.
+
+    ``dice``/``iou`` withhold the mask where the uncalibrated argmax says normal; ``dice_ungated``
+    /``iou_ungated`` never do, so finalize can gate by the calibrated label, as the Analyzer does.
+    """
+    t_logits, t_prob = predict(net, imgs[torch.from_numpy(test).to(imgs.device)])
+    dice, iou = _seg_scores(t_prob, data.masks[test], t_logits.argmax(1))
+    dice_all, iou_all = _seg_scores(t_prob, data.masks[test], np.ones(len(test), np.int64))
+    np.savez_compressed(jdir / "preds.npz", index=test, logits=t_logits, labels=data.labels[test],
+                        datasets=data.datasets[test], names=data.names[test], groups=data.groups[test],
+                        dice=dice, iou=iou, dice_ungated=dice_all, iou_ungated=iou_all)
+
+
+def repredict_jobs(cfg: dict[str, Any], out_dir: Path, device: torch.device, only: list[str] | None = None) -> None:
+    """Rewrite each trained job's ``preds.npz`` from its saved ``model.pt`` (same held-out set),
+    e.g. to add what an older run did not store."""
+    data = load_data(cfg)
+    imgs = torch.from_numpy(data.images).to(device)
+    for name, split in make_jobs(data, cfg).items():
+        jdir = out_dir / "jobs" / name
+        if (only is not None and name not in only) or not len(split["test"]) or not (jdir / "model.pt").exists():
+            continue
+        ck = torch.load(jdir / "model.pt", map_location=device, weights_only=True)
+        net = build_network(ck.get("model", cfg["model"])).to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        net.load_state_dict(ck["state_dict"])
+        write_test_predictions(net, imgs, split["test"], data, jdir)
+        log.info("job %s: re-predicted %d held-out images", name, len(split["test"]))
 
 
 def run_jobs(cfg: dict[str, Any], out_dir: Path, device: torch.device, only: list[str] | None = None) -> None:
@@ -322,6 +348,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--jobs", help="comma-separated job names (default: all, then finalize)")
     ap.add_argument("--finalize-only", action="store_true")
+    ap.add_argument("--repredict", action="store_true",
+                    help="rewrite the jobs' held-out predictions from their saved models, then finalize")
     ap.add_argument("--list-jobs", action="store_true")
     ap.add_argument("--set", action="append", default=[], help="override, e.g. train.epochs=3")
     a = ap.parse_args()
@@ -334,6 +362,9 @@ def main() -> None:
     from models.finalize import finalize
 
     if a.finalize_only:
+        finalize(cfg, out)
+    elif a.repredict:
+        repredict_jobs(cfg, out, resolve_device(a.device), a.jobs.split(",") if a.jobs else None)
         finalize(cfg, out)
     elif a.jobs:
         out.mkdir(parents=True, exist_ok=True)

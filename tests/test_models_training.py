@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from models.data import load_pack, read_index
-from models.training import load_config, load_data, make_jobs, train_from_config
+from models.training import load_config, load_data, make_jobs, repredict_jobs, train_from_config
 
 
 def make_synthetic_index(root: Path, n_per_class: int = 4, size: tuple[int, int] = (72, 96), seed: int = 0) -> Path:
@@ -137,3 +139,34 @@ def test_read_index_unions_masks_and_groups(tmp_path: Path) -> None:
     assert [len(r.masks) for r in recs] == [2, 0]
     assert recs[0].group == "x:7" and recs[1].group != recs[0].group
     assert recs[1].label == 0
+
+
+def test_repredict_rebuilds_held_out_predictions_with_ungated_dice(smoke_run: Path, tmp_path: Path) -> None:
+    """Re-predicting from the saved fold models gives the same logits, and stores the Dice of the
+    masks that the uncalibrated gate withheld."""
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run / "run", run)
+    before = dict(np.load(run / "jobs" / "cv0" / "preds.npz"))
+    (run / "jobs" / "cv0" / "preds.npz").unlink()
+    repredict_jobs(load_config(smoke_run / "smoke.yaml"), run, torch.device("cpu"), ["cv0"])
+    after = dict(np.load(run / "jobs" / "cv0" / "preds.npz"))
+    assert np.array_equal(after["index"], before["index"])
+    assert np.allclose(after["logits"], before["logits"], atol=1e-5)
+    assert np.allclose(after["dice"], before["dice"], equal_nan=True)
+    lesion = np.isfinite(after["dice"])
+    assert np.array_equal(np.isfinite(after["dice_ungated"]), lesion)
+    assert (after["dice_ungated"][lesion] >= after["dice"][lesion]).all()
+    cv1 = Path("jobs") / "cv1" / "preds.npz"  # not asked for, left alone
+    assert (run / cv1).read_bytes() == (smoke_run / "run" / cv1).read_bytes()
+
+
+def test_dice_summary_gates_masks_by_the_given_label() -> None:
+    from models.finalize import _seg_summary
+
+    d = {"dice": np.array([0.0, np.nan, 0.5]), "iou": np.array([0.0, np.nan, 0.4]),
+         "dice_ungated": np.array([0.9, np.nan, 0.5]), "iou_ungated": np.array([0.8, np.nan, 0.4])}
+    every = np.ones(3, bool)
+    assert _seg_summary(d, every, np.array([1, 0, 2])) == pytest.approx({"dice": 0.7, "iou": 0.6, "n_masks": 2})
+    assert _seg_summary(d, every, np.array([0, 1, 2])) == pytest.approx({"dice": 0.25, "iou": 0.2, "n_masks": 2})
+    old_run = {k: v for k, v in d.items() if not k.endswith("_ungated")}
+    assert _seg_summary(old_run, every, np.array([1, 1, 2])) == pytest.approx({"dice": 0.25, "iou": 0.2, "n_masks": 2})
