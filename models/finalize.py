@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from models.calibration import Calibration, expected_calibration_error, operating_points
-from models.metrics import classification_metrics
+from models.metrics import classification_metrics, withhold_masks
 from models.plots import plot_confusion, plot_reliability, plot_roc
 
 log = logging.getLogger(__name__)
@@ -35,9 +35,8 @@ def _seg_summary(d: dict[str, np.ndarray], sel: np.ndarray, labels_pred: np.ndar
     normal (as the Analyzer withholds it). Runs that stored no ungated scores keep the gate
     of the uncalibrated argmax."""
     if "dice_ungated" in d:
-        withheld = labels_pred == 0  # NaN (no lesion in the truth) stays NaN
-        dice = np.where(withheld & np.isfinite(d["dice_ungated"][sel]), 0.0, d["dice_ungated"][sel])
-        iou = np.where(withheld & np.isfinite(d["iou_ungated"][sel]), 0.0, d["iou_ungated"][sel])
+        dice = withhold_masks(d["dice_ungated"][sel], labels_pred)
+        iou = withhold_masks(d["iou_ungated"][sel], labels_pred)
     else:
         dice, iou = d["dice"][sel], d["iou"][sel]
     ok = np.isfinite(dice)

@@ -32,6 +32,12 @@ def dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     return (2 * inter / s if s else 1.0), (inter / union if union else 1.0)
 
 
+def withhold_masks(scores: np.ndarray, labels_pred: np.ndarray) -> np.ndarray:
+    """Per-image mask scores as shown: 0 where the label is normal (the Analyzer withholds the
+    mask there) and the truth has a lesion; NaN (no lesion in the truth) stays NaN."""
+    return np.where((labels_pred == 0) & np.isfinite(scores), 0.0, scores)
+
+
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, thresholds: dict[str, float]
                            ) -> dict[str, Any]:
     """Contract metrics + per-class precision/recall and the confusion matrix."""

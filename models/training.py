@@ -31,7 +31,7 @@ from tqdm import tqdm
 from models.augment import Augmenter
 from models.data import Packed, build_pack, concat_packs, load_pack, read_index, save_pack
 from models.measure import lesion_mask
-from models.metrics import dice_iou
+from models.metrics import dice_iou, withhold_masks
 from models.networks import SonoNet, build_network
 from models.synthetic import stamp_bank
 
@@ -158,15 +158,14 @@ def predict(net: SonoNet, images: torch.Tensor, batch: int = 128, tta: bool = Tr
     return torch.cat(logits).numpy(), torch.cat(probs).numpy()
 
 
-def _seg_scores(prob_maps: np.ndarray, masks: np.ndarray, labels_pred: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Dice/IoU per image after the Analyzer's post-processing (NaN where the truth is empty)."""
+def _seg_scores(prob_maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dice/IoU per image after the Analyzer's post-processing, never withheld (NaN where the
+    truth is empty); ``withhold_masks`` applies a label's gate."""
     dice = np.full(len(masks), np.nan)
     iou = np.full(len(masks), np.nan)
     for i, (p, m) in enumerate(zip(prob_maps, masks, strict=True)):
         if m.any():
-            pred = lesion_mask(p) if labels_pred[i] != 0 else np.zeros_like(m, bool)
-            dice[i], iou[i] = dice_iou(pred, m.astype(bool))
+            dice[i], iou[i] = dice_iou(lesion_mask(p), m.astype(bool))
     return dice, iou
 
 
@@ -244,7 +243,7 @@ def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[s
         v_logits, v_prob = predict(net, imgs[torch.from_numpy(val).to(device)], tta=False)
         v_lab = data.labels[val]
         v_pred = v_logits.argmax(1)
-        v_dice, _ = _seg_scores(v_prob, data.masks[val], v_pred)
+        v_dice = withhold_masks(_seg_scores(v_prob, data.masks[val])[0], v_pred)
         v_ce = float(F.cross_entropy(torch.from_numpy(v_logits), torch.from_numpy(v_lab)))
         mal = v_lab == 2
         from models.metrics import _auc
@@ -295,11 +294,12 @@ def write_test_predictions(net: SonoNet, imgs: torch.Tensor, test: np.ndarray, d
     /``iou_ungated`` never do, so finalize can gate by the calibrated label, as the Analyzer does.
     """
     t_logits, t_prob = predict(net, imgs[torch.from_numpy(test).to(imgs.device)])
-    dice, iou = _seg_scores(t_prob, data.masks[test], t_logits.argmax(1))
-    dice_all, iou_all = _seg_scores(t_prob, data.masks[test], np.ones(len(test), np.int64))
+    dice_all, iou_all = _seg_scores(t_prob, data.masks[test])
+    gate = t_logits.argmax(1)
     np.savez_compressed(jdir / "preds.npz", index=test, logits=t_logits, labels=data.labels[test],
                         datasets=data.datasets[test], names=data.names[test], groups=data.groups[test],
-                        dice=dice, iou=iou, dice_ungated=dice_all, iou_ungated=iou_all)
+                        dice=withhold_masks(dice_all, gate), iou=withhold_masks(iou_all, gate),
+                        dice_ungated=dice_all, iou_ungated=iou_all)
 
 
 def repredict_jobs(cfg: dict[str, Any], out_dir: Path, device: torch.device, only: list[str] | None = None) -> None:
