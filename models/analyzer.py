@@ -24,6 +24,7 @@ from monai.visualize import GradCAM
 from monai.visualize.class_activation_maps import ModelWithHooks
 
 from models.calibration import Calibration
+from models.lesion_shape import SHAPE_FEATURES, shape_feature_matrix
 from models.measure import lesion_mask, measure_lesion
 from models.networks import ClassifierView, SonoNet, build_network, fuse_conv_bn
 from models.transforms import Letterbox, letterbox_image, to_gray, to_model_input
@@ -96,12 +97,19 @@ def _mirrored_batch(grays: list[np.ndarray], size: int, device: torch.device, fm
     return torch.cat([x, x.flip(-1)]).contiguous(memory_format=fmt), boxes
 
 
+def _view_lesion_probability(seg_logits: torch.Tensor) -> np.ndarray:
+    """2N x S x S lesion probability in the letterboxed frame, the mirrored views flipped back."""
+    seg = torch.softmax(seg_logits.detach().float(), dim=1)[:, 1].cpu().numpy()
+    n = len(seg) // 2
+    seg[n:] = seg[n:, :, ::-1]
+    return seg
+
+
 def _mirror_mean_lesion_probability(seg_logits: torch.Tensor, boxes: list[Letterbox]) -> list[np.ndarray]:
     """Lesion probability per image in its own geometry, averaged over the image and its mirror."""
-    seg = torch.softmax(seg_logits.detach().float(), dim=1)[:, 1].cpu().numpy()
+    seg = _view_lesion_probability(seg_logits)
     n = len(boxes)
-    return [box.unletterbox(((seg[i] + seg[n + i][:, ::-1]) / 2).astype(np.float32))
-            for i, box in enumerate(boxes)]
+    return [box.unletterbox(((seg[i] + seg[n + i]) / 2).astype(np.float32)) for i, box in enumerate(boxes)]
 
 
 class Segmenter:
@@ -139,13 +147,18 @@ class Analyzer:
         self._memory_format = _memory_format(device)
         self.net = net.to(device).eval().to(memory_format=self._memory_format)  # type: ignore[call-overload]
         self.segmenter = segmenter
-        self.net.segment = segmenter is None  # its own decoder only when no segmenter replaces it
         self.manifest = manifest
         self.name: str = manifest["name"]
         self.version: str = manifest["version"]
         self.size: int = int(manifest["image_size"])
-        self.calibration = Calibration(float(manifest["temperature"]),
-                                       tuple(float(b) for b in manifest.get("class_bias", (0.0, 0.0, 0.0))))
+        self.calibration = (Calibration.from_dict(manifest["calibration"]) if "calibration" in manifest else
+                            Calibration(float(manifest["temperature"]),
+                                        tuple(float(b) for b in manifest.get("class_bias", (0.0, 0.0, 0.0)))))
+        if self.calibration.uses_features and tuple(self.calibration.feature_names) != SHAPE_FEATURES:
+            raise ValueError(f"calibration features {self.calibration.feature_names} are not this "
+                             f"version's {SHAPE_FEATURES}")
+        # its own decoder unless a segmenter replaces it and the calibration needs no mask shape
+        self.net.segment = segmenter is None or self.calibration.uses_features
         self.operating_points: dict[str, float] = {k: float(v) for k, v in manifest["operating_points"].items()}
         # eval() here too: MONAI's ModelWithHooks restores train mode after each call when the
         # wrapped module reports training=True, which left the whole net in train mode (batch-stat
@@ -189,16 +202,25 @@ class Analyzer:
         else:
             full_probs = _mirror_mean_lesion_probability(self._view.last_seg, boxes)
         cam_np = cam.detach().float().cpu().numpy()[:, 0]
+        shape_views = shape_mean = None
+        if self.calibration.uses_features:  # the primary network's own mask, as at calibration
+            views = _view_lesion_probability(self._view.last_seg)
+            shape_views = shape_feature_matrix(views)
+            shape_mean = shape_feature_matrix((views[:n] + views[n:]) / 2)
         results = []
         for i in range(n):
-            probs_views = self.calibration.probs(logits[[i, n + i]])
-            probs = self.calibration.probs(logits[[i, n + i]].mean(axis=0, keepdims=True))[0]
+            probs_views = self.calibration.probs(
+                logits[[i, n + i]], None if shape_views is None else shape_views[[i, n + i]])
+            probs = self.calibration.probs(logits[[i, n + i]].mean(axis=0, keepdims=True),
+                                           None if shape_mean is None else shape_mean[[i]])[0]
             heat = (cam_np[i] + cam_np[n + i][:, ::-1]) / 2
-            results.append(self._result(probs, probs_views, full_probs[i], heat, boxes[i], spacings[i]))
+            shape = None if shape_mean is None else dict(zip(SHAPE_FEATURES, map(float, shape_mean[i]), strict=True))
+            results.append(self._result(probs, probs_views, full_probs[i], heat, boxes[i], spacings[i], shape))
         return results
 
     def _result(self, probs: np.ndarray, probs_views: np.ndarray, full_prob: np.ndarray, heat: np.ndarray,
-                box: Any, spacing: tuple[float, float] | None) -> AnalysisResult:
+                box: Any, spacing: tuple[float, float] | None, shape: dict[str, float] | None = None
+                ) -> AnalysisResult:
         label_idx = int(np.argmax(probs))
         label = CLASSES[label_idx]
         pm = float(probs[2])
@@ -227,6 +249,7 @@ class Analyzer:
                 "lesion_probability_max": float(full_prob.max()),
                 "segmentation_model": (f"{self.segmenter.name} {self.segmenter.version}" if self.segmenter
                                        else f"{self.name} {self.version}"),
+                **({"lesion_shape": shape} if shape is not None else {}),  # what the calibration used
             },
         )
 

@@ -8,6 +8,7 @@ fold's model trained on.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
@@ -46,25 +47,113 @@ def fit_temperature_bias(logits: np.ndarray, labels: np.ndarray) -> tuple[float,
     return float(np.exp(res.x[0])), np.r_[0.0, res.x[1:]]
 
 
+def fit_temperature_bias_features(logits: np.ndarray, labels: np.ndarray, features: np.ndarray, l2: float
+                                  ) -> tuple[float, np.ndarray, np.ndarray]:
+    """T, class biases and per-class feature weights W (normal's row fixed at 0) minimising
+    NLL(softmax(logits / T + b + features @ W.T)) + l2 * |W|^2, with ``features`` standardised.
+
+    A multinomial logistic layer over the logits and a few lesion-shape numbers: with W = 0 it is
+    ``fit_temperature_bias``; the ridge penalty keeps W small where the shape adds nothing.
+    """
+    logits = np.asarray(logits, np.float64)
+    labels = np.asarray(labels, np.int64)
+    f = np.asarray(features, np.float64)
+    n, k = logits.shape
+    nf = f.shape[1]
+    rows = np.arange(n)
+
+    def unpack(params: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        w = np.vstack([np.zeros((1, nf)), params[k:].reshape(k - 1, nf)])
+        return float(params[0]), np.r_[0.0, params[1:k]], w
+
+    def nll_grad(params: np.ndarray) -> tuple[float, np.ndarray]:
+        log_t, b, w = unpack(params)
+        t = np.exp(log_t)
+        z = logits / t + b + f @ w.T
+        lp = log_softmax(z, axis=1)
+        r = np.exp(lp)
+        r[rows, labels] -= 1.0  # d(mean NLL)/dz, times n
+        r /= n
+        g_log_t = float(-(r * logits).sum() / t)
+        g_b = r.sum(axis=0)[1:]
+        g_w = (r.T @ f)[1:] + 2 * l2 * w[1:]
+        loss = float(-lp[rows, labels].mean() + l2 * (w**2).sum())
+        return loss, np.r_[g_log_t, g_b, g_w.ravel()]
+
+    x0 = np.zeros(k + (k - 1) * nf)
+    bounds = [(-3.0, 3.0)] + [(-10.0, 10.0)] * (k - 1) + [(None, None)] * ((k - 1) * nf)
+    res = minimize(nll_grad, x0, jac=True, method="L-BFGS-B", bounds=bounds)
+    log_t, b, w = unpack(res.x)
+    return float(np.exp(log_t)), b, w
+
+
+METHODS = ("temperature", "temperature_bias", "temperature_bias_shape")
+
+
 @dataclass(frozen=True)
 class Calibration:
-    """How logits become the reported probabilities: softmax(logits / temperature + bias)."""
+    """How logits (and, for ``temperature_bias_shape``, lesion-shape features) become the
+    reported probabilities: softmax(logits / temperature + bias + standardised(features) @ W.T)."""
 
     temperature: float = 1.0
     bias: tuple[float, ...] = (0.0, 0.0, 0.0)
+    feature_names: tuple[str, ...] = ()
+    feature_mean: tuple[float, ...] = ()
+    feature_scale: tuple[float, ...] = ()
+    feature_weights: tuple[tuple[float, ...], ...] = ()  # one row per class, one column per feature
 
-    def probs(self, logits: np.ndarray) -> np.ndarray:
+    @property
+    def uses_features(self) -> bool:
+        return bool(self.feature_names)
+
+    def probs(self, logits: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
         z = np.asarray(logits, np.float64) / self.temperature + np.asarray(self.bias, np.float64)
+        if self.uses_features:
+            if features is None:
+                raise ValueError(f"this calibration needs the features {', '.join(self.feature_names)}")
+            z = z + self._standardise(features) @ np.asarray(self.feature_weights, np.float64).T
         return np.asarray(softmax(z, axis=1))
 
+    def _standardise(self, features: np.ndarray) -> np.ndarray:
+        f = np.asarray(features, np.float64)
+        if f.ndim != 2 or f.shape[1] != len(self.feature_names):
+            raise ValueError(f"expected N x {len(self.feature_names)} features, got shape {f.shape}")
+        return (f - np.asarray(self.feature_mean)) / np.asarray(self.feature_scale)
+
     @classmethod
-    def fit(cls, logits: np.ndarray, labels: np.ndarray, method: str = "temperature") -> Calibration:
+    def fit(cls, logits: np.ndarray, labels: np.ndarray, method: str = "temperature",
+            features: np.ndarray | None = None, feature_names: tuple[str, ...] = (), l2: float = 0.01
+            ) -> Calibration:
+        k = np.asarray(logits).shape[1]
         if method == "temperature":
-            return cls(fit_temperature(logits, labels), (0.0,) * np.asarray(logits).shape[1])
+            return cls(fit_temperature(logits, labels), (0.0,) * k)
         if method == "temperature_bias":
             t, b = fit_temperature_bias(logits, labels)
             return cls(t, tuple(float(x) for x in b))
-        raise ValueError(f"unknown calibration method {method!r} (temperature, temperature_bias)")
+        if method == "temperature_bias_shape":
+            if features is None or len(feature_names) != np.asarray(features).shape[1]:
+                raise ValueError("temperature_bias_shape needs features and one name per feature column")
+            f = np.asarray(features, np.float64)
+            mean = f.mean(axis=0)
+            scale = f.std(axis=0)
+            scale[scale < 1e-9] = 1.0  # a constant feature: weight stays ~0 under the penalty
+            t, b, w = fit_temperature_bias_features(logits, labels, (f - mean) / scale, l2)
+            return cls(t, tuple(float(x) for x in b), tuple(feature_names), tuple(float(x) for x in mean),
+                       tuple(float(x) for x in scale), tuple(tuple(float(x) for x in row) for row in w))
+        raise ValueError(f"unknown calibration method {method!r} ({', '.join(METHODS)})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "bias": list(self.bias),
+                "feature_names": list(self.feature_names), "feature_mean": list(self.feature_mean),
+                "feature_scale": list(self.feature_scale), "feature_weights": [list(r) for r in self.feature_weights]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Calibration:
+        return cls(float(d["temperature"]), tuple(float(x) for x in d["bias"]),
+                   tuple(str(x) for x in d.get("feature_names", ())),
+                   tuple(float(x) for x in d.get("feature_mean", ())),
+                   tuple(float(x) for x in d.get("feature_scale", ())),
+                   tuple(tuple(float(x) for x in r) for r in d.get("feature_weights", ())))
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float | None:

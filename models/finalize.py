@@ -18,15 +18,19 @@ import numpy as np
 import torch
 
 from models.calibration import Calibration, expected_calibration_error, operating_points
+from models.lesion_shape import SHAPE_FEATURES
 from models.metrics import classification_metrics, withhold_masks
 from models.plots import plot_confusion, plot_reliability, plot_roc
 
 log = logging.getLogger(__name__)
 
 
-def _load_preds(paths: list[Path]) -> dict[str, np.ndarray]:
-    parts = [dict(np.load(p)) for p in paths]
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _load_preds(paths: list[Path]) -> dict[str, np.ndarray]:
+    return _concat([dict(np.load(p)) for p in paths])
 
 
 def _seg_summary(d: dict[str, np.ndarray], sel: np.ndarray, labels_pred: np.ndarray
@@ -44,13 +48,30 @@ def _seg_summary(d: dict[str, np.ndarray], sel: np.ndarray, labels_pred: np.ndar
             "iou": float(iou[ok].mean()) if ok.any() else None, "n_masks": int(ok.sum())}
 
 
+def calibrated(cal: Calibration, d: dict[str, np.ndarray], sel: np.ndarray | None = None) -> np.ndarray:
+    """``cal``'s probabilities for the predictions ``d`` (optionally a subset)."""
+    sel = np.ones(len(d["labels"]), bool) if sel is None else sel
+    return cal.probs(d["logits"][sel], d["shape_features"][sel] if cal.uses_features else None)
+
+
+def fit_calibration(d: dict[str, np.ndarray], cal_cfg: dict[str, Any]) -> Calibration:
+    """The config's calibration, fitted on the predictions ``d``."""
+    method = str(cal_cfg.get("method", "temperature"))
+    if method != "temperature_bias_shape":
+        return Calibration.fit(d["logits"], d["labels"], method)
+    if "shape_features" not in d:
+        raise KeyError("these predictions hold no shape_features: re-run models.training --repredict")
+    return Calibration.fit(d["logits"], d["labels"], method, d["shape_features"], SHAPE_FEATURES,
+                           float(cal_cfg.get("shape_l2", 0.01)))
+
+
 def metrics_for(d: dict[str, np.ndarray], sel: np.ndarray, cal: Calibration, ops: dict[str, float]
                 ) -> dict[str, Any]:
-    probs = cal.probs(d["logits"][sel])
+    probs = calibrated(cal, d, sel)
     return {**classification_metrics(probs, d["labels"][sel], ops), **_seg_summary(d, sel, probs.argmax(1))}
 
 
-def nested_calibration(folds: list[dict[str, np.ndarray]], target: float, method: str = "temperature"
+def nested_calibration(folds: list[dict[str, np.ndarray]], target: float, cal_cfg: dict[str, Any]
                        ) -> dict[str, Any]:
     """Honest check of calibration and thresholds: for each fold, fit the calibration and both
     operating points on the other folds' OOF predictions only, apply them to this fold, then pool."""
@@ -59,12 +80,10 @@ def nested_calibration(folds: list[dict[str, np.ndarray]], target: float, method
     ds: list[np.ndarray] = []
     dec: dict[str, list[np.ndarray]] = {"default": [], "high_sensitivity": []}
     for k, d in enumerate(folds):
-        rest = [f for j, f in enumerate(folds) if j != k]
-        lg = np.concatenate([f["logits"] for f in rest])
-        lb = np.concatenate([f["labels"] for f in rest])
-        cal = Calibration.fit(lg, lb, method)
-        ops = operating_points(cal.probs(lg)[:, 2], lb == 2, target)
-        p = cal.probs(d["logits"])
+        rest = _concat([f for j, f in enumerate(folds) if j != k])
+        cal = fit_calibration(rest, cal_cfg)
+        ops = operating_points(calibrated(cal, rest)[:, 2], rest["labels"] == 2, target)
+        p = calibrated(cal, d)
         probs.append(p)
         labels.append(d["labels"])
         ds.append(d["datasets"])
@@ -93,9 +112,10 @@ def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     if not cv:
         raise FileNotFoundError(f"no cross-validation predictions under {jobs}")
     oof = _load_preds(cv)
-    method = str(cfg.get("calibration", {}).get("method", "temperature"))
-    cal = Calibration.fit(oof["logits"], oof["labels"], method)
-    probs = cal.probs(oof["logits"])
+    cal_cfg: dict[str, Any] = dict(cfg.get("calibration") or {})
+    method = str(cal_cfg.get("method", "temperature"))
+    cal = fit_calibration(oof, cal_cfg)
+    probs = calibrated(cal, oof)
     target = float(cfg.get("calibration", {}).get("high_sensitivity_target", 0.95))
     ops = operating_points(probs[:, 2], oof["labels"] == 2, target)
     everything = np.ones(len(oof["labels"]), bool)
@@ -103,6 +123,7 @@ def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
         "temperature": cal.temperature,
         "class_bias": list(cal.bias),
         "calibration_method": method,
+        "calibration": cal.to_dict(),
         "operating_points": ops,
         "oof": {"all": metrics_for(oof, everything, cal, ops)},
         "oof_uncalibrated_ece": metrics_for(oof, everything, Calibration(), ops)["ece"],
@@ -112,7 +133,7 @@ def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     for ds in sorted(set(oof["datasets"].tolist())):
         report["oof"][ds] = metrics_for(oof, oof["datasets"] == ds, cal, ops)
     if len(cv) > 1:
-        report["oof_nested_calibration"] = nested_calibration([dict(np.load(p)) for p in cv], target, method)
+        report["oof_nested_calibration"] = nested_calibration([dict(np.load(p)) for p in cv], target, cal_cfg)
     plot_confusion(report["oof"]["all"]["confusion_matrix"], out / "oof_confusion.png", "OOF confusion")
     plot_roc(probs, oof["labels"], ops, out / "oof_roc.png")
     plot_reliability(probs, oof["labels"], out / "oof_reliability.png")
@@ -138,6 +159,7 @@ def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
             "model": cfg["model"],
             "temperature": cal.temperature,
             "class_bias": list(cal.bias),
+            "calibration": cal.to_dict(),
             "operating_points": ops,
             "best_epoch": ck.get("best_epoch"),
             "config_sha256": hashlib.sha256(cfg_text.encode()).hexdigest(),

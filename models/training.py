@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from models.augment import Augmenter
 from models.data import Packed, build_pack, concat_packs, load_pack, read_index, save_pack
+from models.lesion_shape import shape_feature_matrix
 from models.measure import lesion_mask
 from models.metrics import dice_iou, withhold_masks
 from models.networks import SonoNet, build_network
@@ -288,7 +289,7 @@ def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[s
 
 
 def write_test_predictions(net: SonoNet, imgs: torch.Tensor, test: np.ndarray, data: Packed, jdir: Path) -> None:
-    """The held-out set's logits and per-image Dice/IoU, ``preds.npz``.
+    """The held-out set's logits, lesion-shape features and per-image Dice/IoU, ``preds.npz``.
 
     ``dice``/``iou`` withhold the mask where the uncalibrated argmax says normal; ``dice_ungated``
     /``iou_ungated`` never do, so finalize can gate by the calibrated label, as the Analyzer does.
@@ -299,7 +300,7 @@ def write_test_predictions(net: SonoNet, imgs: torch.Tensor, test: np.ndarray, d
     np.savez_compressed(jdir / "preds.npz", index=test, logits=t_logits, labels=data.labels[test],
                         datasets=data.datasets[test], names=data.names[test], groups=data.groups[test],
                         dice=withhold_masks(dice_all, gate), iou=withhold_masks(iou_all, gate),
-                        dice_ungated=dice_all, iou_ungated=iou_all)
+                        dice_ungated=dice_all, iou_ungated=iou_all, shape_features=shape_feature_matrix(t_prob))
 
 
 def repredict_jobs(cfg: dict[str, Any], out_dir: Path, device: torch.device, only: list[str] | None = None) -> None:

@@ -153,11 +153,51 @@ def test_repredict_rebuilds_held_out_predictions_with_ungated_dice(smoke_run: Pa
     assert np.array_equal(after["index"], before["index"])
     assert np.allclose(after["logits"], before["logits"], atol=1e-5)
     assert np.allclose(after["dice"], before["dice"], equal_nan=True)
+    assert after["shape_features"].shape == (len(after["index"]), 7)
+    assert np.allclose(after["shape_features"], before["shape_features"], atol=1e-4)
     lesion = np.isfinite(after["dice"])
     assert np.array_equal(np.isfinite(after["dice_ungated"]), lesion)
     assert (after["dice_ungated"][lesion] >= after["dice"][lesion]).all()
     cv1 = Path("jobs") / "cv1" / "preds.npz"  # not asked for, left alone
     assert (run / cv1).read_bytes() == (smoke_run / "run" / cv1).read_bytes()
+
+
+def test_shape_calibration_ships_and_the_analyzer_applies_it(smoke_run: Path, tmp_path: Path) -> None:
+    """Finalize with ``temperature_bias_shape``: the manifest carries the feature layer, and the
+    Analyzer's probabilities move exactly by the layer's term for the features it reports."""
+    from models import Analyzer
+    from models.finalize import finalize
+    from models.lesion_shape import SHAPE_FEATURES
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run / "run", run)
+    cfg = load_config(smoke_run / "smoke.yaml")
+    cfg["calibration"] = {**cfg["calibration"], "method": "temperature_bias_shape", "shape_l2": 0.001}
+    report = finalize(cfg, run)
+    assert report["calibration_method"] == "temperature_bias_shape"
+    assert set(report["oof_nested_calibration"]["all"]) >= {"macro_f1", "specificity_malignant_high"}
+    wdir = run / "weights"
+    manifest = json.loads((wdir / "model.json").read_text())
+    assert manifest["calibration"]["feature_names"] == list(SHAPE_FEATURES)
+    img = np.full((72, 96), 120, np.uint8)
+    cv2.ellipse(img, (48, 36), (18, 10), 20, 0, 360, 40, -1)
+    res = Analyzer.load(wdir, device="cpu").analyze(img)
+    shape = res.extra["lesion_shape"]
+    assert isinstance(shape, dict) and list(shape) == list(SHAPE_FEATURES)
+
+    w = np.array(manifest["calibration"]["feature_weights"])
+    manifest["calibration"]["feature_weights"] = np.zeros_like(w).tolist()
+    manifest["calibration"]["feature_names"] = []
+    plain_dir = tmp_path / "plain"
+    shutil.copytree(wdir, plain_dir)
+    (plain_dir / "model.json").write_text(json.dumps(manifest))
+    plain = Analyzer.load(plain_dir, device="cpu").analyze(img)
+    assert "lesion_shape" not in plain.extra
+    f = (np.array(list(shape.values())) - manifest["calibration"]["feature_mean"]) / manifest["calibration"]["feature_scale"]
+    moved = np.log([res.probabilities[c] / plain.probabilities[c] for c in ("normal", "benign", "malignant")])
+    term = f @ w.T - (f @ w.T)[0]
+    assert abs(term).max() > 0.01  # the layer does move this image's probabilities
+    assert moved - moved[0] == pytest.approx(term, abs=1e-6)
 
 
 def test_dice_summary_gates_masks_by_the_given_label() -> None:

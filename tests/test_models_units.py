@@ -14,6 +14,7 @@ from models.calibration import (
     fit_temperature_bias,
     operating_points,
 )
+from models.lesion_shape import SHAPE_FEATURES, shape_feature_matrix, shape_features
 from models.measure import lesion_mask, measure_lesion
 from models.transforms import letterbox_image, letterbox_mask
 
@@ -64,6 +65,56 @@ def test_temperature_and_class_bias_recover_a_known_prior_shift() -> None:
     assert (with_bias.argmax(1) == labels).mean() > (t_only.argmax(1) == labels).mean() + 0.05
     with pytest.raises(ValueError, match="unknown calibration"):
         Calibration.fit(seen, labels, "isotonic")
+
+
+def test_shape_calibration_uses_informative_features_and_ignores_noise() -> None:
+    """A feature that carries the label lowers the held-out NLL; pure noise gets ~zero weight."""
+    rng = np.random.default_rng(5)
+    n = 3000
+    logits = rng.normal(0, 1.5, (n, 3))
+    hidden = rng.normal(0, 1.5, n)  # evidence for malignant the logits lack
+    z = logits + np.c_[np.zeros(n), np.zeros(n), hidden]
+    labels = np.array([rng.choice(3, p=p) for p in softmax(z, axis=1)])
+    feats = np.c_[hidden * 2 + 1, rng.normal(5, 3, n)]  # informative, then noise
+    fit, held = slice(0, 2000), slice(2000, None)
+    names = ("evidence", "noise")
+    cal = Calibration.fit(logits[fit], labels[fit], "temperature_bias_shape", feats[fit], names)
+    plain = Calibration.fit(logits[fit], labels[fit], "temperature_bias")
+
+    def nll(p: np.ndarray) -> float:
+        return float(-np.log(p[np.arange(len(p)), labels[held]]).mean())
+
+    assert nll(cal.probs(logits[held], feats[held])) < nll(plain.probs(logits[held])) - 0.05
+    w = np.array(cal.feature_weights)
+    assert w[0] == pytest.approx([0, 0])  # normal's row is the reference
+    assert w[2, 0] > 1.0 and abs(w[2, 1]) < 0.1 and abs(w[1, 1]) < 0.1
+    assert Calibration.from_dict(cal.to_dict()) == cal
+    with pytest.raises(ValueError, match="needs the features"):
+        cal.probs(logits[held])
+    with pytest.raises(ValueError, match="expected N x 2"):
+        cal.probs(logits[held], feats[held, :1])
+    with pytest.raises(ValueError, match="needs features"):
+        Calibration.fit(logits, labels, "temperature_bias_shape")
+
+
+def test_shape_features_tell_a_disc_from_a_lobulated_tall_lesion() -> None:
+    disc = np.zeros((160, 160), np.float32)
+    cv2.circle(disc, (80, 80), 25, 0.9, -1)
+    star = np.zeros((160, 160), np.float32)
+    t = np.linspace(0, 2 * np.pi, 15, endpoint=False)
+    r = np.where(np.arange(15) % 2 == 0, 40.0, 18.0)
+    pts = np.c_[80 + 0.6 * r * np.cos(t), 80 + r * np.sin(t)].astype(np.int32)  # taller than wide
+    cv2.fillPoly(star, [pts], 0.8)
+    f = dict(zip(SHAPE_FEATURES, shape_features(disc), strict=True))
+    g = dict(zip(SHAPE_FEATURES, shape_features(star), strict=True))
+    assert f["lesion_present"] == 1 and f["solidity"] > 0.97 and f["circularity"] > 0.85
+    assert abs(f["log_height_over_width"]) < 0.05
+    assert f["log_area_fraction"] == pytest.approx(np.log(np.pi * 25**2 / 160**2), abs=0.05)
+    assert f["peak_probability"] == pytest.approx(0.9) and f["mean_probability"] == pytest.approx(0.9)
+    assert g["solidity"] < 0.8 and g["circularity"] < 0.5 and g["log_height_over_width"] > 0.4
+    empty = dict(zip(SHAPE_FEATURES, shape_features(np.full((160, 160), 0.3, np.float32)), strict=True))
+    assert empty["lesion_present"] == 0 and empty["peak_probability"] == pytest.approx(0.3)
+    assert shape_feature_matrix(np.stack([disc, star])).shape == (2, len(SHAPE_FEATURES))
 
 
 def test_operating_points_reach_target_sensitivity() -> None:
