@@ -50,11 +50,19 @@ def tables(report: dict[str, Any]) -> str:
         lines.append(f"| {cls} | " + " | ".join(cells) + " |")
     nested = report.get("oof_nested_calibration")
     if nested:
-        keys = ("accuracy", "macro_f1", "ece", "sensitivity_malignant", "specificity_malignant", "sensitivity_malignant_high",
-                "specificity_malignant_high")
+        keys = ("accuracy", "macro_f1", "auc_benign_vs_malignant", "ece", "sensitivity_malignant",
+                "specificity_malignant", "sensitivity_malignant_high", "specificity_malignant_high", "dice")
         lines += ["", "| nested calibration (fitted on the other folds) | " + " | ".join(keys) + " |",
                   "|---" * (len(keys) + 1) + "|"]
         lines += [f"| {k} | " + " | ".join(_fmt(v.get(x)) for x in keys) + " |" for k, v in sorted(nested.items())]
+        recall = [f"{k} " + " / ".join(_fmt(v.get("per_class", {}).get(c, {}).get("recall"))
+                                      for c in ("normal", "benign", "malignant")) for k, v in sorted(nested.items())]
+        lines += ["", "nested recall normal / benign / malignant: " + "; ".join(recall)]
+    cal = report.get("calibration") or {}
+    if cal.get("feature_names"):
+        lines += ["", "| shape feature (standardised) | weight benign | weight malignant |", "|---|---|---|"]
+        lines += [f"| {n} | {_fmt(wb)} | {_fmt(wm)} |" for n, wb, wm in
+                  zip(cal["feature_names"], cal["feature_weights"][1], cal["feature_weights"][2], strict=True)]
     t, ops = report.get("temperature"), report.get("operating_points", {})
     lines += ["", f"temperature {_fmt(t)}; thresholds " + ", ".join(f"{k} {_fmt(v)}" for k, v in ops.items()),
               f"uncalibrated OOF ECE {_fmt(report.get('oof_uncalibrated_ece'))}"]

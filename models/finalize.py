@@ -74,7 +74,11 @@ def metrics_for(d: dict[str, np.ndarray], sel: np.ndarray, cal: Calibration, ops
 def nested_calibration(folds: list[dict[str, np.ndarray]], target: float, cal_cfg: dict[str, Any]
                        ) -> dict[str, Any]:
     """Honest check of calibration and thresholds: for each fold, fit the calibration and both
-    operating points on the other folds' OOF predictions only, apply them to this fold, then pool."""
+    operating points on the other folds' OOF predictions only, apply them to this fold, then pool.
+
+    AUCs and Dice are reported too: a calibration with features re-ranks images (and its label
+    gates the masks), so they are no longer the pooled OOF figures.
+    """
     probs: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     ds: list[np.ndarray] = []
@@ -91,13 +95,18 @@ def nested_calibration(folds: list[dict[str, np.ndarray]], target: float, cal_cf
             dec[name].append(p[:, 2] >= thr)
     pa, la, da = np.concatenate(probs), np.concatenate(labels), np.concatenate(ds)
     da_dec = {k: np.concatenate(v) for k, v in dec.items()}
+    pooled = _concat(folds)
     out: dict[str, Any] = {}
     for name in ["all", *sorted(set(da.tolist()))]:
         sel = np.ones(len(la), bool) if name == "all" else da == name
         mal = la[sel] == 2
         cm = classification_metrics(pa[sel], la[sel], {"default": 0.5, "high_sensitivity": 0.5})
         row: dict[str, Any] = {"ece": expected_calibration_error(pa[sel], la[sel]),
-                               "accuracy": cm["accuracy"], "macro_f1": cm["macro_f1"]}
+                               "accuracy": cm["accuracy"], "macro_f1": cm["macro_f1"],
+                               "auc_benign_vs_malignant": cm["auc_benign_vs_malignant"],
+                               "auc_malignant_vs_rest": cm["auc_malignant_vs_rest"],
+                               "per_class": cm["per_class"],
+                               "dice": _seg_summary(pooled, sel, pa[sel].argmax(1))["dice"]}
         for suffix, key in (("", "default"), ("_high", "high_sensitivity")):
             d_ = da_dec[key][sel]
             row[f"sensitivity_malignant{suffix}"] = float((d_ & mal).sum() / mal.sum()) if mal.any() else None
