@@ -57,7 +57,15 @@ def tables(report: dict[str, Any]) -> str:
         lines += [f"| {k} | " + " | ".join(_fmt(v.get(x)) for x in keys) + " |" for k, v in sorted(nested.items())]
         recall = [f"{k} " + " / ".join(_fmt(v.get("per_class", {}).get(c, {}).get("recall"))
                                       for c in ("normal", "benign", "malignant")) for k, v in sorted(nested.items())]
-        lines += ["", "nested recall normal / benign / malignant: " + "; ".join(recall)]
+        if any("per_class" in v for v in nested.values()):
+            lines += ["", "nested recall normal / benign / malignant: " + "; ".join(recall)]
+    sizes = report.get("oof_by_lesion_size") or {}
+    if sizes:
+        size_keys = ("n_images", "accuracy", "called_normal", "auc_benign_vs_malignant", "dice")
+        lines += ["", "| OOF by true lesion size (share of the frame) | " + " | ".join(size_keys) + " |",
+                  "|---" * (len(size_keys) + 1) + "|"]
+        lines += [f"| {k} ({v['area_fraction_range'][0]:.4f}-{v['area_fraction_range'][1]:.4f}) | "
+                  + " | ".join(_fmt(v.get(x)) for x in size_keys) + " |" for k, v in sizes.items()]
     cal = report.get("calibration") or {}
     if cal.get("feature_names"):
         lines += ["", "| shape feature (standardised) | weight benign | weight malignant |", "|---|---|---|"]

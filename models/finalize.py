@@ -71,6 +71,26 @@ def metrics_for(d: dict[str, np.ndarray], sel: np.ndarray, cal: Calibration, ops
     return {**classification_metrics(probs, d["labels"][sel], ops), **_seg_summary(d, sel, probs.argmax(1))}
 
 
+def by_lesion_size(d: dict[str, np.ndarray], probs: np.ndarray) -> dict[str, Any]:
+    """Images with a lesion, in thirds by the true lesion's share of the (letterboxed) frame: where
+    the errors are. Small lesions are a few pixels at the training resolution."""
+    if "truth_area_fraction" not in d:
+        return {}
+    lesion = (d["labels"] > 0) & (d["truth_area_fraction"] > 0)
+    area = d["truth_area_fraction"]
+    edges = np.quantile(area[lesion], [0, 1 / 3, 2 / 3, 1]) if lesion.any() else np.zeros(4)
+    pred = probs.argmax(1)
+    out: dict[str, Any] = {}
+    for i, name in enumerate(("small", "medium", "large")):
+        sel = lesion & (area >= edges[i]) & ((area < edges[i + 1]) if i < 2 else (area <= edges[i + 1]))
+        cm = classification_metrics(probs[sel], d["labels"][sel], {"default": 0.5, "high_sensitivity": 0.5})
+        out[name] = {"area_fraction_range": [float(edges[i]), float(edges[i + 1])], "n_images": int(sel.sum()),
+                     "accuracy": cm["accuracy"], "called_normal": float((pred[sel] == 0).mean()) if sel.any() else None,
+                     "auc_benign_vs_malignant": cm["auc_benign_vs_malignant"],
+                     "dice": _seg_summary(d, sel, pred[sel])["dice"]}
+    return out
+
+
 def nested_calibration(folds: list[dict[str, np.ndarray]], target: float, cal_cfg: dict[str, Any]
                        ) -> dict[str, Any]:
     """Honest check of calibration and thresholds: for each fold, fit the calibration and both
@@ -141,6 +161,7 @@ def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     }
     for ds in sorted(set(oof["datasets"].tolist())):
         report["oof"][ds] = metrics_for(oof, oof["datasets"] == ds, cal, ops)
+    report["oof_by_lesion_size"] = by_lesion_size(oof, probs)
     if len(cv) > 1:
         report["oof_nested_calibration"] = nested_calibration([dict(np.load(p)) for p in cv], target, cal_cfg)
     plot_confusion(report["oof"]["all"]["confusion_matrix"], out / "oof_confusion.png", "OOF confusion")

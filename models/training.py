@@ -300,7 +300,8 @@ def write_test_predictions(net: SonoNet, imgs: torch.Tensor, test: np.ndarray, d
     np.savez_compressed(jdir / "preds.npz", index=test, logits=t_logits, labels=data.labels[test],
                         datasets=data.datasets[test], names=data.names[test], groups=data.groups[test],
                         dice=withhold_masks(dice_all, gate), iou=withhold_masks(iou_all, gate),
-                        dice_ungated=dice_all, iou_ungated=iou_all, shape_features=shape_feature_matrix(t_prob))
+                        dice_ungated=dice_all, iou_ungated=iou_all, shape_features=shape_feature_matrix(t_prob),
+                        truth_area_fraction=data.masks[test].reshape(len(test), -1).mean(axis=1))
 
 
 def repredict_jobs(cfg: dict[str, Any], out_dir: Path, device: torch.device, only: list[str] | None = None) -> None:

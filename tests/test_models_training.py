@@ -210,3 +210,21 @@ def test_dice_summary_gates_masks_by_the_given_label() -> None:
     assert _seg_summary(d, every, np.array([0, 1, 2])) == pytest.approx({"dice": 0.25, "iou": 0.2, "n_masks": 2})
     old_run = {k: v for k, v in d.items() if not k.endswith("_ungated")}
     assert _seg_summary(old_run, every, np.array([1, 1, 2])) == pytest.approx({"dice": 0.25, "iou": 0.2, "n_masks": 2})
+
+
+def test_errors_by_lesion_size_split_lesion_images_into_thirds() -> None:
+    from models.finalize import by_lesion_size
+
+    labels = np.array([0, 1, 2, 1, 2, 1, 2])
+    area = np.array([0.0, 0.001, 0.002, 0.01, 0.02, 0.1, 0.2])
+    probs = np.array([[0.8, 0.1, 0.1], [0.7, 0.2, 0.1], [0.6, 0.1, 0.3],  # normal; both small called normal
+                      [0.1, 0.8, 0.1], [0.1, 0.3, 0.6], [0.1, 0.6, 0.3], [0.1, 0.2, 0.7]])
+    d = {"labels": labels, "truth_area_fraction": area, "dice_ungated": np.r_[np.nan, np.full(6, 0.8)],
+         "iou_ungated": np.r_[np.nan, np.full(6, 0.7)]}
+    out = by_lesion_size(d, probs)
+    assert [out[k]["n_images"] for k in ("small", "medium", "large")] == [2, 2, 2]
+    assert out["small"]["called_normal"] == 1.0 and out["small"]["accuracy"] == 0.0
+    assert out["small"]["dice"] == 0.0  # masks withheld where the label says normal
+    assert out["large"]["accuracy"] == 1.0 and out["large"]["dice"] == pytest.approx(0.8)
+    assert out["medium"]["auc_benign_vs_malignant"] == 1.0
+    assert by_lesion_size({"labels": labels}, probs) == {}
