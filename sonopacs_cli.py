@@ -149,7 +149,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from models.training import train_from_config
 
     train_from_config(
-        Path(args.config_file), out_dir=Path(args.out) if args.out else None, device=args.device
+        Path(args.config_file), out_dir=Path(args.out) if args.out else None, device=args.device,
+        overrides=args.set,
     )
     return 0
 
@@ -246,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", dest="train_config", help="models/configs/NAME.yaml")
     p.add_argument("--out", help="output folder (default: from the config)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, recorded in the manifest (e.g. train.epochs=31)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", parents=[common], help="evaluate the shipped model on an index CSV")

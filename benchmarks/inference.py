@@ -9,6 +9,7 @@ with a randomly initialised ViT-B/16 classifier (MONAI ``ViT``, 224 px, 86M para
 the seed model cards use.
 
     python benchmarks/inference.py [--images DIR] [--n 20] [--threads K] [--json OUT.json]
+        [--weights DIR]...   (default: the shipped weights; several folders are measured side by side)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import Analyzer  # noqa: E402
+from models.analyzer import DEFAULT_WEIGHTS  # noqa: E402
 
 
 def _gray(path: object) -> np.ndarray:
@@ -53,8 +55,8 @@ def sample_images(folder: Path | None, n: int) -> list[np.ndarray]:
     return [rng.gamma(2.0, 40.0, (400, 520)).clip(0, 255).astype(np.uint8) for _ in range(n)]
 
 
-def bench_cpu(images: list[np.ndarray]) -> dict[str, float]:
-    an = Analyzer.load(device="cpu")
+def bench_cpu(images: list[np.ndarray], weights: Path | None = None) -> dict[str, float]:
+    an = Analyzer.load(weights, device="cpu")
     an.analyze(images[0], (0.1, 0.1))  # warm-up
     load_before = os.getloadavg()[0]
     times, cpu = [], []
@@ -86,11 +88,12 @@ def _rate(fn, batch: int, reps: int) -> float:
     return batch * reps / (time.perf_counter() - t)
 
 
-def bench_gpu(images: list[np.ndarray], batch: int = 64, reps: int = 10) -> dict[str, object]:
+def bench_gpu(images: list[np.ndarray], weights: Path | None = None, batch: int = 64, reps: int = 10
+              ) -> dict[str, object]:
     from monai.networks.nets import ViT
 
     dev = torch.device("cuda")
-    an = Analyzer.load(device="cuda")
+    an = Analyzer.load(weights, device="cuda")
     imgs = [images[i % len(images)] for i in range(batch)]
     out: dict[str, object] = {"device": torch.cuda.get_device_name(0), "batch": batch}
     out["analyzer_full_images_per_s"] = _rate(lambda: an.analyze_batch(imgs), batch, max(2, reps // 3))
@@ -131,15 +134,20 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--skip-cpu", action="store_true")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads for the CPU run (default: torch's)")
+    ap.add_argument("--weights", type=Path, action="append", help="weights folder (repeatable; default: shipped)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     images = sample_images(a.images, a.n)
     res: dict[str, object] = {"python": platform.python_version(), "torch": torch.__version__}
-    if not a.skip_cpu:
-        res["cpu"] = bench_cpu(images)
-    if torch.cuda.is_available():
-        res["gpu"] = bench_gpu(images)
+    for w in a.weights or [None]:
+        manifest = json.loads(((w or DEFAULT_WEIGHTS) / "model.json").read_text())
+        entry: dict[str, object] = {"model": manifest.get("name"), "version": manifest.get("version")}
+        if not a.skip_cpu:
+            entry["cpu"] = bench_cpu(images, w)
+        if torch.cuda.is_available():
+            entry["gpu"] = bench_gpu(images, w)
+        res[str(w or "shipped")] = entry
     text = json.dumps(res, indent=2)
     print(text)
     if a.json:

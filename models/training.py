@@ -331,9 +331,13 @@ def run_jobs(cfg: dict[str, Any], out_dir: Path, device: torch.device, only: lis
         train_job(name, jobs[name], data, cfg, device, out_dir, int(cfg["seed"]) + 1000 * i)
 
 
-def train_from_config(config_path: Path, out_dir: Path | None = None, device: str = "auto") -> None:
-    """Run every job of the config in this process, then calibrate and write the weights folder."""
-    cfg = load_config(config_path)
+def train_from_config(config_path: Path, out_dir: Path | None = None, device: str = "auto",
+                      overrides: list[str] | None = None) -> None:
+    """Run every job of the config in this process, then calibrate and write the weights folder.
+
+    ``overrides`` (``train.epochs=N``) are recorded in the manifest, e.g. the epochs that a
+    time-budgeted GPU run settled on (``models.parallel --minutes``)."""
+    cfg = load_config(config_path, overrides)
     out = Path(out_dir or cfg.get("out_dir", "runs/" + Path(config_path).stem))
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(config_path, out / "config.yaml")

@@ -31,3 +31,18 @@ def test_unknown_study_is_refused_with_a_message_not_a_traceback(
     assert main([command, "1.2.3.4.5.6.7"]) == 1
     err = capsys.readouterr().err
     assert f"{command} refused" in err and "1.2.3.4.5.6.7" in err
+
+
+def test_train_overrides_are_applied_and_recorded(tmp_path: Path) -> None:
+    """`--set` is how a time-budgeted GPU run's epoch count is repeated anywhere."""
+    import csv
+    import json
+
+    from tests.test_models_training import make_synthetic_index, write_smoke_config
+
+    cfg = write_smoke_config(tmp_path, make_synthetic_index(tmp_path / "data"))
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--device", "cpu",
+                 "--set", "train.epochs=1"]) == 0
+    assert len(list(csv.DictReader((out / "jobs" / "final" / "log.csv").open()))) == 1  # config says 2
+    assert json.loads((out / "weights" / "model.json").read_text())["overrides"] == ["train.epochs=1"]
