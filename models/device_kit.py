@@ -6,7 +6,7 @@ and the ImageNet start (the encoder's tensors in fp16, 9 MB instead of a 22-MB w
 ``.device/``, checks that everything that will travel fits, and prints the call to make.
 ``models/device_run.sh`` is the other half: it runs on that machine.
 
-    python -m models.device_kit prepare --config models/configs/sonopacs_bus_v4.yaml [--minutes 6]
+    python -m models.device_kit prepare --config models/configs/sonopacs_bus_v4.yaml [--minutes 5]
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def prepare(config: Path, minutes: float) -> int:
         print(f"{what:36s} {n / 2**20:6.1f} MiB")
     total = sum(sizes.values())
     print(f"{'total (limit 64 MiB)':36s} {total / 2**20:6.1f} MiB; wheels: {', '.join(w.name for w in wheels)}")
-    carry = sorted({str(p.parent) for p in packs} | {str(DEVICE_DIR)})
+    carry = [*(str(p) for p in packs), str(DEVICE_DIR)]  # the files, not .pack/: it may hold other sizes
     print("\ndevice call (run tool):")
     print(f"  command: bash models/device_run.sh {config} {minutes:g}")
     print(f"  carry:   {carry}")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs ON the lent accelerator machine (device tool), from the repository root, after
-# `python -m models.device_kit prepare --config CONFIG` here; carry .pack and .device.
+# `python -m models.device_kit prepare --config CONFIG` here, with the carry list it prints.
 #   bash models/device_run.sh CONFIG [TRAINING_MINUTES]
 # Trains every job of CONFIG at once on the GPU with the schedule fitted to TRAINING_MINUTES
 # (models.parallel --minutes), finalizes (calibration, operating points, weights folder), times
@@ -10,7 +10,7 @@
 # DEVICE=cpu PROCS=2 run it here as a dry run.
 set -uo pipefail
 CONFIG=${1:?usage: device_run.sh CONFIG [TRAINING_MINUTES]}
-MINUTES=${2:-6}
+MINUTES=${2:-5}
 DEVICE=${DEVICE:-cuda}
 PROCS=${PROCS:-8}
 OUT=${OUT:-runs/device_out}
