@@ -82,7 +82,7 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare", help="packs, wheels, ImageNet start, size check, the call to make")
     p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--minutes", type=float, default=6.0, help="training minutes to ask device_run.sh for")
+    p.add_argument("--minutes", type=float, default=5.0, help="training minutes to ask device_run.sh for")
     a = ap.parse_args()
     sys.exit(prepare(a.config, a.minutes))
 
