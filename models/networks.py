@@ -53,7 +53,10 @@ class SonoNet(nn.Module):
             spatial_dims=2,
         )
         if pretrained:
-            load_imagenet_lite(self.unet.encoder, backbone, pretrained_precision)
+            n = load_imagenet_lite(self.unet.encoder, backbone, pretrained_precision)
+            if n != len(self.unet.encoder.state_dict()):  # a layout or file mismatch is skipped silently
+                raise RuntimeError(f"ImageNet start for {backbone}: {n} of "
+                                   f"{len(self.unet.encoder.state_dict())} encoder tensors loaded")
         with torch.no_grad():
             feats = self.unet.encoder(torch.zeros(1, 1, 64, 64))
         ch = int(feats[-1].shape[1])

@@ -6,10 +6,11 @@ final, cross-dataset) in separate processes use it better. Each job is the very 
 launcher (up to non-deterministic GPU kernels).
 
 ``--minutes M`` fits the schedule to a lent machine's time: every job first trains one epoch, with
-the same concurrency, and ``train.epochs`` becomes the number of such epochs that fit in M minutes
-(recorded in ``budget.json`` and as an override in the manifest, so the run can be repeated with
-``--set train.epochs=N``). A wall-clock guard (``train.max_minutes``) stops a job that still
-overruns; its ``info.json`` then says ``stopped_by_clock``.
+the same concurrency, and ``train.epochs`` becomes the number of such epochs that fit in what is
+left of M minutes, each job's start-up and test predictions counted (recorded in ``budget.json``
+and as an override in the manifest, so the run can be repeated with ``--set train.epochs=N``). A
+wall-clock guard (``train.max_minutes``) stops a job that still overruns; its ``info.json`` then
+says ``stopped_by_clock``. A failed job stops the run before ``finalize``.
 
     python -m models.parallel --config models/configs/NAME.yaml --device cuda --procs 4 [--out DIR]
         [--minutes M]
@@ -25,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from models.finalize import finalize
@@ -34,12 +36,13 @@ log = logging.getLogger(__name__)
 
 
 def run_parallel(config: str, names: list[str], out: Path, device: str, procs: int,
-                 sets: list[str]) -> dict[str, int]:
-    """Train ``names`` as up to ``procs`` concurrent ``models.training`` processes; exit codes by job."""
-    # longest jobs first: final and cv folds train on the most data
-    queue = sorted(names, key=lambda n: (not n.startswith("final"), n))
+                 sets: list[str]) -> dict[str, tuple[int, float]]:
+    """Train ``names`` as up to ``procs`` concurrent ``models.training`` processes.
+
+    Returns each job's exit code and wall-clock minutes (process start to exit)."""
+    queue = job_order(names)
     running: list[tuple[str, subprocess.Popen[bytes], float]] = []
-    codes: dict[str, int] = {}
+    done: dict[str, tuple[int, float]] = {}
     (out / "logs").mkdir(parents=True, exist_ok=True)
     while queue or running:
         while queue and len(running) < procs:
@@ -53,24 +56,53 @@ def run_parallel(config: str, names: list[str], out: Path, device: str, procs: i
             n, p, t0 = item
             if p.poll() is not None:
                 log.info("job %s finished rc=%s in %.0f s", n, p.returncode, time.time() - t0)
-                codes[n] = int(p.returncode)
+                done[n] = (int(p.returncode), (time.time() - t0) / 60)
                 running.remove(item)
-    return codes
+    return done
+
+
+def job_order(names: list[str]) -> list[str]:
+    """Longest jobs first: final and the cv folds train on the most data."""
+    return sorted(names, key=lambda n: (not n.startswith("final"), n))
+
+
+@dataclass
+class Budget:
+    """The schedule a time budget allows, and the probe figures it was derived from."""
+
+    minutes: float
+    epochs: int
+    max_minutes: float  # each job's wall-clock guard (train.max_minutes)
+    probe_wall_minutes: float
+    epoch_minutes: dict[str, float]  # one epoch (training + inner validation), per job
+    overhead_minutes: dict[str, float]  # the rest of a job's process: start, data, test predictions
 
 
 def epochs_for_budget(config: str, names: list[str], out: Path, device: str, procs: int,
-                      sets: list[str], minutes: float) -> tuple[int, dict[str, float]]:
-    """How many epochs of every job fit in ``minutes``, timed by one real epoch of each job."""
+                      sets: list[str], minutes: float) -> Budget:
+    """How many epochs of every job fit in what is left of ``minutes`` after a timed probe.
+
+    The probe trains one real epoch of every job with the run's concurrency; jobs then run in
+    rounds of ``procs``, each round as long as its slowest job (the launcher is greedy, so this
+    errs short). The first epoch includes warm-up, which errs short too.
+    """
+    t0 = time.time()
     probe = out / "probe"
-    codes = run_parallel(config, names, probe, device, procs,
-                         [*sets, "train.epochs=1", "train.min_epochs=0"])
-    if any(codes.values()):
-        raise RuntimeError(f"budget probe failed: {codes}; logs in {probe / 'logs'}")
-    per_job = {n: json.loads((probe / "jobs" / n / "info.json").read_text())["minutes"] for n in names}
-    order = sorted(names, key=lambda n: (not n.startswith("final"), n))
-    # jobs run in rounds of `procs`; each round lasts as long as its slowest job
-    per_epoch = sum(max(per_job[n] for n in order[i : i + procs]) for i in range(0, len(order), procs))
-    return max(1, math.floor(minutes / per_epoch)), per_job
+    done = run_parallel(config, names, probe, device, procs, [*sets, "train.epochs=1", "train.min_epochs=0"])
+    failed = {n: rc for n, (rc, _) in done.items() if rc}
+    if failed:
+        raise RuntimeError(f"budget probe failed: {failed}; logs in {probe / 'logs'}")
+    probe_wall = (time.time() - t0) / 60
+    per_epoch = {n: float(json.loads((probe / "jobs" / n / "info.json").read_text())["minutes"]) for n in names}
+    overhead = {n: max(0.0, done[n][1] - per_epoch[n]) for n in names}
+    order = job_order(names)
+    rounds = [order[i : i + procs] for i in range(0, len(order), procs)]
+    left = minutes - probe_wall - sum(max(overhead[n] for n in r) for r in rounds)
+    epoch_sum = sum(max(per_epoch[n] for n in r) for r in rounds)
+    epochs = max(1, math.floor(left / epoch_sum))
+    # a job may overrun its round's share of the estimate by 15 % before the guard stops it
+    guard = 1.15 * max(epochs * epoch_sum, left) / len(rounds)
+    return Budget(minutes, epochs, guard, probe_wall, per_epoch, overhead)
 
 
 def main() -> None:
@@ -80,7 +112,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--procs", type=int, default=4)
     ap.add_argument("--jobs", help="subset of job names, comma-separated")
-    ap.add_argument("--minutes", type=float, help="fit train.epochs to this much training time")
+    ap.add_argument("--minutes", type=float, help="fit train.epochs so the probe and the training take this long")
     ap.add_argument("--set", action="append", default=[], help="override, e.g. train.epochs=3")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -93,16 +125,16 @@ def main() -> None:
         names = [n for n in names if n in a.jobs.split(",")]
     sets = list(a.set)
     if a.minutes:
-        t0 = time.time()
-        epochs, per_job = epochs_for_budget(a.config, names, out, a.device, a.procs, sets, a.minutes)
-        # the guard lets a job overrun the estimate by a quarter before it is stopped
-        sets += [f"train.epochs={epochs}", f"train.max_minutes={1.25 * a.minutes:.2f}"]
-        (out / "budget.json").write_text(json.dumps(
-            {"minutes": a.minutes, "procs": a.procs, "probe_epoch_minutes": per_job, "epochs": epochs,
-             "probe_wall_minutes": (time.time() - t0) / 60, "overrides": sets}, indent=2))
-        log.info("budget %.1f min: %d epochs (probe: %s)", a.minutes, epochs, per_job)
+        b = epochs_for_budget(a.config, names, out, a.device, a.procs, sets, a.minutes)
+        sets += [f"train.epochs={b.epochs}", f"train.max_minutes={b.max_minutes:.2f}"]
+        (out / "budget.json").write_text(json.dumps({**asdict(b), "procs": a.procs, "overrides": sets}, indent=2))
+        log.info("budget %.1f min: %d epochs, guard %.1f min (probe %.1f min)", a.minutes, b.epochs,
+                 b.max_minutes, b.probe_wall_minutes)
         cfg = load_config(Path(a.config), sets)
-    run_parallel(a.config, names, out, a.device, a.procs, sets)
+    failed = {n: rc for n, (rc, _) in run_parallel(a.config, names, out, a.device, a.procs, sets).items() if rc}
+    if failed:  # finalizing over the folds that did finish would report a different model
+        log.error("jobs failed: %s; logs in %s; not finalized", failed, out / "logs")
+        sys.exit(1)
     finalize(cfg, out)
 
 

@@ -270,7 +270,7 @@ def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[s
         if recorded_stop is not None and ep + 1 >= int(recorded_stop):
             log.info("%s: stopping after epoch %d as the config records", name, ep + 1)
             break
-        if time.time() - t_start > 60 * float(tcfg.get("max_minutes", 1e9)):
+        if ep + 1 < epochs and time.time() - t_start > 60 * float(tcfg.get("max_minutes", 1e9)):
             log.warning("%s: wall-clock limit reached at epoch %d", name, ep + 1)
             stopped_by_clock = True
             break

