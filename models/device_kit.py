@@ -40,9 +40,7 @@ def _folder_bytes(paths: list[Path]) -> int:
 
 def download_wheels(dest: Path) -> list[Path]:
     """MONAI's wheel, same version as here (pure Python; the machine has its other needs)."""
-    if dest.exists():
-        shutil.rmtree(dest)  # two versions of one package stop the install there
-    dest.mkdir(parents=True)
+    dest.mkdir(parents=True, exist_ok=True)
     spec = f"monai=={metadata.version('monai')}"
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                     "--python-version", DEVICE_PYTHON, "--implementation", "cp", "-d", str(dest), spec],
@@ -55,7 +53,7 @@ def prepare(config: Path, minutes: float) -> int:
     packs = [Path(ds["pack"]) for ds in cfg["data"]["datasets"]]
     pack_config(config)
     if DEVICE_DIR.exists():
-        shutil.rmtree(DEVICE_DIR)  # only this config's start and wheels travel
+        shutil.rmtree(DEVICE_DIR)  # only this config's start and one MONAI wheel travel (two stop the install)
     wheels = download_wheels(DEVICE_DIR / "whl")
     model = cfg.get("model", {})
     if model.get("pretrained"):

