@@ -23,7 +23,7 @@ from skimage.metrics import structural_similarity
 
 # run as a script, this file's folder comes first on sys.path and its name shadows the package
 sys.path[0] = str(Path(__file__).resolve().parents[1])
-from cleaning import Region, burn_in_annotations, clean_image  # noqa: E402
+from sonopacs.cleaning import Region, burn_in_annotations, clean_image  # noqa: E402
 
 
 def _gray(path: object) -> np.ndarray:

@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import Analyzer  # noqa: E402
+from sonopacs.models import Analyzer  # noqa: E402
 
 
 def _gray(path: object) -> np.ndarray:

@@ -28,8 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import Analyzer  # noqa: E402
-from models.analyzer import DEFAULT_WEIGHTS  # noqa: E402
+from sonopacs.models import Analyzer  # noqa: E402
+from sonopacs.models.analyzer import DEFAULT_WEIGHTS  # noqa: E402
 
 
 def _gray(path: object) -> np.ndarray:
@@ -115,7 +115,7 @@ def bench_gpu(images: list[np.ndarray], weights: Path | None = None, batch: int 
         .eval()
     )
     xv = torch.rand(batch, 1, 224, 224, device=dev)
-    from models.networks import build_network
+    from sonopacs.models.networks import build_network
 
     # counted on an unfused copy: the Analyzer folds BatchNorm into the convolutions
     out["ours_params_m"] = sum(p.numel() for p in build_network(an.manifest["model"], pretrained=False).parameters()) / 1e6

@@ -105,7 +105,7 @@ def run_storescp(files: list[Path], work: Path, nodelay: bool) -> float:
 _NULL_SCP = """
 import sys
 from pynetdicom import AE, evt
-from dicom_node.sop_classes import STORAGE_SOP_CLASSES, STORAGE_TRANSFER_SYNTAXES
+from sonopacs.dicom_node.sop_classes import STORAGE_SOP_CLASSES, STORAGE_TRANSFER_SYNTAXES
 ae = AE("NULLSCP")
 ae.maximum_pdu_size = 65536
 for uid in STORAGE_SOP_CLASSES:
@@ -134,7 +134,7 @@ def run_sonopacs(files: list[Path], work: Path, database_url: str | None) -> flo
         "SONOPACS_STORAGE__ROOT": str(var / "storage"),
         "SONOPACS_DATABASE__URL": url,
     }
-    cmd = [sys.executable, "-c", "import sys, sonopacs_cli; sys.exit(sonopacs_cli.main(['listener']))"]
+    cmd = [sys.executable, "-c", "import sys; from sonopacs import cli; sys.exit(cli.main(['listener']))"]
     with _process(cmd, env=env, log=var / "listener.log"):
         _wait_for_port(port)
         seconds = _send(files, port, "SONOPACS")

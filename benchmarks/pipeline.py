@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import select  # noqa: E402
 
-from config import Settings, load_settings  # noqa: E402
-from db import Database, Job, Study  # noqa: E402
-from dicom_node.scu import Peer, send_files  # noqa: E402
+from sonopacs.config import Settings, load_settings  # noqa: E402
+from sonopacs.db import Database, Job, Study  # noqa: E402
+from sonopacs.dicom_node.scu import Peer, send_files  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 from tests.support.orthanc import Orthanc  # noqa: E402
 from tests.support.sonopacs_proc import sonopacs_serve  # noqa: E402

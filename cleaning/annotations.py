@@ -20,10 +20,10 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from cleaning import trees
-from cleaning.features import COLOUR_CHROMA, FEATURE_NAMES, Candidates, find_candidates
-from cleaning.fringe import box_sums, fringe
-from cleaning.trees import TreeEnsemble
+from sonopacs.cleaning import trees
+from sonopacs.cleaning.features import COLOUR_CHROMA, FEATURE_NAMES, Candidates, find_candidates
+from sonopacs.cleaning.fringe import box_sums, fringe
+from sonopacs.cleaning.trees import TreeEnsemble
 
 ACCEPT = 0.3  # classifier probability above which a candidate component is an overlay (was 0.4; see docs)
 LINE_DOUBT = 0.15  # below this a component is not rescued by text-line neighbours (0.05 took tissue next to text)

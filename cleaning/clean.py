@@ -6,11 +6,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cleaning.annotations import detect_annotations
-from cleaning.convert import grey_and_chroma, rgb_max, to_uint8, validate
-from cleaning.field import Field, find_fields
-from cleaning.inpaint import flat_fill, inpaint
-from cleaning.types import CleanResult, Region
+from sonopacs.cleaning.annotations import detect_annotations
+from sonopacs.cleaning.convert import grey_and_chroma, rgb_max, to_uint8, validate
+from sonopacs.cleaning.field import Field, find_fields
+from sonopacs.cleaning.inpaint import flat_fill, inpaint
+from sonopacs.cleaning.types import CleanResult, Region
 
 DEFAULT_MAX_PIXELS = 50_000_000
 

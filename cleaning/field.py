@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from cleaning.types import Region
+from sonopacs.cleaning.types import Region
 
 # RegionDataType (DICOM PS3.3 C.8.5.5.1.2): 1 tissue, 2 colour flow, 3-12 spectra and traces,
 # 13 grey bar, 14 colour bar
@@ -166,7 +166,7 @@ def crop_to_field(image: np.ndarray, regions: Sequence[Region] | None = None) ->
 
     For training pipelines that only want the field and handle annotations by augmentation.
     """
-    from cleaning.convert import grey_and_chroma, to_uint8
+    from sonopacs.cleaning.convert import grey_and_chroma, to_uint8
 
     img8 = to_uint8(np.asarray(image))
     grey, chroma = grey_and_chroma(img8)

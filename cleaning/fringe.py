@@ -5,7 +5,7 @@ against the tissue mean (the rule this replaces, `annotations.halo`) either lets
 drops faint fringe; whether a ring pixel is fringe depends on several things together: its level
 against the tissue beyond it and against the stroke beside it, how many stroke pixels surround it
 (the inside corner of a glyph), and how busy the tissue is. A tree ensemble trained on synthetic
-burn-ins (`python -m cleaning.train_fringe`) weighs them; features are taken at ring pixels only.
+burn-ins (`python -m sonopacs.training.cleaning_fringe`) weighs them; features are taken at ring pixels only.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cleaning.trees import TreeEnsemble
+from sonopacs.cleaning.trees import TreeEnsemble
 
 FRINGE_MODEL_PATH = Path(__file__).with_name("fringe_model.json")
 FRINGE_ACCEPT = 0.25  # classifier probability above which a ring pixel is fringe (tuned on fold 2, docs)

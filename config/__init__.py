@@ -1,6 +1,6 @@
 """Typed settings for every sonopacs service, read from YAML and environment variables."""
 
-from config.settings import (
+from sonopacs.config.settings import (
     BrokerSettings,
     DashboardSettings,
     DatabaseSettings,

@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import HTTPException
 
+from sonopacs.worker import actions
+
 if TYPE_CHECKING:
-    from config import Settings
+    from sonopacs.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -20,14 +22,8 @@ Action = Literal["resend", "reprocess"]
 
 
 def run_action(settings: Settings, action: Action, study_uid: str, actor: str) -> Any:
-    """Call worker.actions.<action>_study; 503 when the worker is not installed, 409 when refused."""
-    try:
-        from worker import actions
-    except ImportError as exc:
-        raise HTTPException(503, "worker not installed: reprocess/resend are unavailable") from exc
-    fn = getattr(actions, f"{action}_study", None)
-    if fn is None:
-        raise HTTPException(503, f"worker has no {action} action yet")
+    """Call the worker's resend/reprocess action; 404 for an unknown study, 409 when refused."""
+    fn = {"resend": actions.resend_study, "reprocess": actions.reprocess_study}[action]
     try:
         result = fn(settings, study_uid, actor=actor)
     except LookupError as exc:

@@ -2,7 +2,7 @@
 
 The upload is checked before the model sees it (size, type by content rather than by name, the
 image actually decodes), so a bad file gets a 4xx with a reason instead of a 500. The work is done
-by the pipeline's `worker.single_analysis.analyze_files`, the same code as `sonopacs analyze`.
+by the pipeline's `sonopacs.worker.single_analysis.analyze_files`, the same code as `sonopacs analyze`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import HTTPException
 
+from sonopacs.worker.findings import get_analyzer
+from sonopacs.worker.single_analysis import analyze_files
+
 if TYPE_CHECKING:
-    from config import Settings
+    from sonopacs.config import Settings
 
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 MAX_PIXELS = 40_000_000
@@ -87,11 +90,6 @@ def _b64(path: Path) -> str | None:
 def analyze_upload(settings: Settings, data: bytes, filename: str | None) -> dict[str, Any]:
     """Validate, run the analysis in a temporary folder, return its JSON plus overlay/mask as base64."""
     kind, name = validate_upload(data, filename)
-    try:
-        from worker.findings import get_analyzer
-        from worker.single_analysis import analyze_files
-    except ImportError as exc:
-        raise HTTPException(503, "analysis engine not installed (worker.single_analysis is missing)") from exc
     try:
         get_analyzer(settings)  # loaded once per process; a missing model is our fault, not the file's
     except (ImportError, AttributeError, OSError, NotImplementedError, RuntimeError) as exc:

@@ -14,11 +14,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from config import masked_dump
-from dashboard import queries, service
-from dashboard.analysis import MAX_UPLOAD_BYTES, analyze_upload
-from dashboard.auth import Admin, LoggedIn, attempt_login, csrf_token, end_session
-from dashboard.model_info import model_info
+from sonopacs.config import masked_dump
+from sonopacs.dashboard import queries, service
+from sonopacs.dashboard.analysis import MAX_UPLOAD_BYTES, analyze_upload
+from sonopacs.dashboard.auth import Admin, LoggedIn, attempt_login, csrf_token, end_session
+from sonopacs.dashboard.model_info import model_info
 
 router = APIRouter(prefix="/api/v1")
 

@@ -15,12 +15,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
-from dashboard.auth import LoginRateLimiter, NotAuthenticated, csrf_guard
-from dashboard.broker import BrokerProbe
-from dashboard.middleware import AccessLogMiddleware, BodyLimitMiddleware, SecurityHeadersMiddleware
+from sonopacs.dashboard.auth import LoginRateLimiter, NotAuthenticated, csrf_guard
+from sonopacs.dashboard.broker import BrokerProbe
+from sonopacs.dashboard.middleware import AccessLogMiddleware, BodyLimitMiddleware, SecurityHeadersMiddleware
 
 if TYPE_CHECKING:
-    from config import Settings
+    from sonopacs.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings, *, login_limiter: LoginRateLimiter | None = None) -> FastAPI:
     """The dashboard on the configured database: pages, `/api/v1`, `/metrics`, `/healthz`, `/readyz`."""
-    from dashboard import api, health_routes, pages
-    from dashboard.metrics import make_registry
-    from dashboard.templating import make_templates
-    from db.session import Database
+    from sonopacs.dashboard import api, health_routes, pages
+    from sonopacs.dashboard.metrics import make_registry
+    from sonopacs.dashboard.templating import make_templates
+    from sonopacs.db.session import Database
 
     app = FastAPI(
         title="sonopacs dashboard API",
@@ -122,7 +122,7 @@ def _install_handlers(app: FastAPI) -> None:
         headers = getattr(exc, "headers", None)
         if _wants_json(request):
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
-        from dashboard.pages import render
+        from sonopacs.dashboard.pages import render
 
         context: dict[str, Any] = {"status": exc.status_code, "detail": exc.detail}
         response = render(request, "error.html", context, status_code=exc.status_code)

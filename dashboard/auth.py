@@ -18,7 +18,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy import select
 
-from db.models import User
+from sonopacs.db.models import User
 
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
@@ -165,7 +165,7 @@ def attempt_login(request: Request, username: str, password: str) -> CurrentUser
     Raises 429 (with Retry-After) while the client or the user name is locked out, 401 otherwise.
     Neither the user name nor the password is logged.
     """
-    from dashboard.users import authenticate
+    from sonopacs.dashboard.users import authenticate
 
     limiter: LoginRateLimiter = request.app.state.login_limiter
     keys = limiter_keys(request, username)

@@ -14,8 +14,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sonopacs.worker.celery_app import QUEUES, get_app
+
 if TYPE_CHECKING:
-    from config import Settings
+    from sonopacs.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +27,7 @@ PING_TIMEOUT = 0.7
 
 
 def queue_names() -> tuple[str, ...]:
-    try:
-        from worker.celery_app import QUEUES
-
-        return tuple(dict.fromkeys([*QUEUES, *DEFAULT_QUEUES]))
-    except ImportError:
-        return DEFAULT_QUEUES
+    return tuple(dict.fromkeys([*QUEUES, *DEFAULT_QUEUES]))
 
 
 def is_embedded(url: str) -> bool:
@@ -104,15 +101,8 @@ def queue_depths(settings: Settings) -> dict[str, int | None]:
 
 
 def celery_app(settings: Settings) -> Any:
-    """The worker's Celery app when the worker package is installed, else a bare one on the broker."""
-    try:
-        from worker.celery_app import get_app
-
-        return get_app(settings)
-    except ImportError:
-        from celery import Celery
-
-        return Celery("sonopacs-dashboard", broker=settings.broker_url, set_as_current=False)
+    """The worker's Celery app (the dashboard enqueues and inspects through it)."""
+    return get_app(settings)
 
 
 def workers_online(settings: Settings) -> tuple[list[str] | None, str | None]:

@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 
+from sonopacs.db import Database
+from sonopacs.worker.export import echo_destination
+
 if TYPE_CHECKING:
-    from config import Settings
-    from db import Database
+    from sonopacs.config import Settings
 
 Check = dict[str, Any]
 
@@ -74,16 +76,7 @@ def check_destination(settings: Settings, timeout: float = 3.0) -> Check:
     if not settings.export.enabled:
         return {"status": "skipped", "detail": "no export destination configured", "ms": 0.0}
 
-    def probe() -> str | None:
-        from dicom_node.scu import Peer, echo
-
-        peer = Peer(str(settings.export.host), settings.export.port, settings.export.ae_title)
-        status = echo(peer, calling_ae=settings.dicom.ae_title, timeout=timeout)
-        if status != 0:
-            raise RuntimeError(f"C-ECHO status 0x{status:04X}")
-        return f"C-ECHO {peer} ok"
-
-    return _timed(probe)
+    return _timed(lambda: echo_destination(settings, timeout))
 
 
 def readiness(settings: Settings, db: Database) -> tuple[int, dict[str, Any]]:

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from dashboard.health import readiness
-from dashboard.metrics import render
+from sonopacs.dashboard.health import readiness
+from sonopacs.dashboard.metrics import render
 
 router = APIRouter(tags=["operations"])
 

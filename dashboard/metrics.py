@@ -19,11 +19,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from dashboard import queries
+from sonopacs.dashboard import queries
 
 if TYPE_CHECKING:
-    from dashboard.broker import BrokerProbe
-    from db import Database
+    from sonopacs.dashboard.broker import BrokerProbe
+    from sonopacs.db import Database
 
 STAGE_BUCKETS = [0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800]
 

@@ -26,7 +26,7 @@ CSP_DOCS = CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
 
 
 def _upload_limit() -> int:
-    from dashboard.analysis import MAX_UPLOAD_BYTES
+    from sonopacs.dashboard.analysis import MAX_UPLOAD_BYTES
 
     return MAX_UPLOAD_BYTES + 64 * 1024  # multipart framing
 

@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dashboard.markdown import render_markdown
+from sonopacs.dashboard.markdown import render_markdown
 
 if TYPE_CHECKING:
-    from config import Settings
+    from sonopacs.config import Settings
 
 MAX_JSON_BYTES = 512 * 1024
 _VERSION_KEYS = ("model_version", "version")

@@ -10,11 +10,11 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from config import masked_dump
-from dashboard import queries, service
-from dashboard.actions import Action
-from dashboard.analysis import MAX_UPLOAD_BYTES
-from dashboard.auth import (
+from sonopacs.config import masked_dump
+from sonopacs.dashboard import queries, service
+from sonopacs.dashboard.actions import Action
+from sonopacs.dashboard.analysis import MAX_UPLOAD_BYTES
+from sonopacs.dashboard.auth import (
     Admin,
     LoggedIn,
     attempt_login,
@@ -22,7 +22,7 @@ from dashboard.auth import (
     current_user_or_none,
     end_session,
 )
-from dashboard.model_info import model_info
+from sonopacs.dashboard.model_info import model_info
 
 router = APIRouter(include_in_schema=False)
 

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Select, case, func, or_, select
 from sqlalchemy.orm import Session
 
-from db.models import (
+from sonopacs.db.models import (
     AuditEvent,
     ExportAttempt,
     Instance,

@@ -8,12 +8,12 @@ from typing import Any
 from fastapi import HTTPException, Request
 from fastapi.responses import Response
 
-from dashboard import queries
-from dashboard.actions import Action, run_action
-from dashboard.auth import CurrentUser
-from dashboard.templating import DISCLAIMER
-from dashboard.thumbnails import ThumbnailError, render_png, resolve_in_storage
-from db.models import Study
+from sonopacs.dashboard import queries
+from sonopacs.dashboard.actions import Action, run_action
+from sonopacs.dashboard.auth import CurrentUser
+from sonopacs.dashboard.templating import DISCLAIMER
+from sonopacs.dashboard.thumbnails import ThumbnailError, render_png, resolve_in_storage
+from sonopacs.db.models import Study
 
 
 def overview(request: Request) -> dict[str, Any]:

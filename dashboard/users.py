@@ -11,10 +11,10 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import User, utcnow
+from sonopacs.db.models import User, utcnow
 
 if TYPE_CHECKING:
-    from config import Settings
+    from sonopacs.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
 
 def add_user(settings: Settings, username: str, role: str = "viewer", password: str | None = None) -> None:
     """CLI entry point (`sonopacs user add`): prompts for the password when none is given."""
-    from db.session import Database
+    from sonopacs.db.session import Database
 
     if password is None:
         password = getpass.getpass(f"password for {username}: ")

@@ -1,6 +1,6 @@
 """Database: SQLAlchemy 2 models, sessions, repository functions and Alembic migrations."""
 
-from db.models import (
+from sonopacs.db.models import (
     AuditEvent,
     Base,
     ExportAttempt,
@@ -14,7 +14,7 @@ from db.models import (
     StudyState,
     User,
 )
-from db.session import Database, make_engine
+from sonopacs.db.session import Database, make_engine
 
 __all__ = [
     "AuditEvent",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from db.models import AuditEvent, Instance, InstanceState, Study, StudyState, utcnow
+from sonopacs.db.models import AuditEvent, Instance, InstanceState, Study, StudyState, utcnow
 
 
 def record(

@@ -24,7 +24,7 @@ def upgrade(url: str, revision: str = "head") -> None:
 def current_heads(url: str) -> list[str]:
     from alembic.runtime.migration import MigrationContext
 
-    from db.session import make_engine
+    from sonopacs.db.session import make_engine
 
     engine = make_engine(url)
     try:

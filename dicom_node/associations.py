@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from pynetdicom.association import Association
 
-from config.settings import DicomSettings
-from dicom_node.sop_classes import describe
+from sonopacs.config.settings import DicomSettings
+from sonopacs.dicom_node.sop_classes import describe
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydicom.dataset import Dataset
 
-from dicom_node.regions import read_regions
+from sonopacs.dicom_node.regions import read_regions
 
 OUR_MANUFACTURER = "sonopacs"
 OUR_SERIES_PREFIX = "sonopacs"

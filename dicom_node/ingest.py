@@ -28,14 +28,14 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from db.audit import record, set_study_state
-from db.models import Instance, InstanceState, Series, Study, StudyState, utcnow
-from db.session import Database
-from dicom_node import status
-from dicom_node.eligibility import OWN_RESULT_REASON, has_our_marks
-from dicom_node.header import InstanceHeader
-from dicom_node.status import StoreOutcome
-from dicom_node.storage import InstanceStore, StorageError
+from sonopacs.db.audit import record, set_study_state
+from sonopacs.db.models import Instance, InstanceState, Series, Study, StudyState, utcnow
+from sonopacs.db.session import Database
+from sonopacs.dicom_node import status
+from sonopacs.dicom_node.eligibility import OWN_RESULT_REASON, has_our_marks
+from sonopacs.dicom_node.header import InstanceHeader
+from sonopacs.dicom_node.status import StoreOutcome
+from sonopacs.dicom_node.storage import InstanceStore, StorageError
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
-from config.settings import Settings
-from db.session import Database
-from dicom_node import status
-from dicom_node.associations import (
+from sonopacs.config.settings import Settings
+from sonopacs.db.session import Database
+from sonopacs.dicom_node import status
+from sonopacs.dicom_node.associations import (
     AssociationTally,
     called_ae_of,
     calling_ae_of,
@@ -34,18 +34,18 @@ from dicom_node.associations import (
     rejected_context_names,
     rejection_reasons,
 )
-from dicom_node.header import HeaderError, parse_header
-from dicom_node.ingest import Ingestor, Received
-from dicom_node.sop_classes import (
+from sonopacs.dicom_node.header import HeaderError, parse_header
+from sonopacs.dicom_node.ingest import Ingestor, Received
+from sonopacs.dicom_node.sop_classes import (
     STORAGE_SOP_CLASSES,
     STORAGE_TRANSFER_SYNTAXES,
     UNCOMPRESSED_TRANSFER_SYNTAXES,
     VERIFICATION,
     describe,
 )
-from dicom_node.status import StoreOutcome
-from dicom_node.storage import InstanceStore
-from dicom_node.tls import server_context
+from sonopacs.dicom_node.status import StoreOutcome
+from sonopacs.dicom_node.storage import InstanceStore
+from sonopacs.dicom_node.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ def _database_for(settings: Settings) -> Database:
 
 def run_listener(settings: Settings) -> int:
     """``sonopacs listener``: migrate, serve until SIGTERM/SIGINT, then drain in-flight C-STOREs."""
-    from db.migrate import upgrade
+    from sonopacs.db.migrate import upgrade
 
     try:
         upgrade(settings.database_url)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 
-from config.settings import ConfigError, DicomSettings
+from sonopacs.config.settings import ConfigError, DicomSettings
 
 
 def server_context(dicom: DicomSettings) -> ssl.SSLContext | None:

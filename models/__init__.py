@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from models.types import CLASSES, AnalysisResult, LesionMeasurement
+from sonopacs.models.types import CLASSES, AnalysisResult, LesionMeasurement
 
 if TYPE_CHECKING:
-    from models.analyzer import Analyzer
+    from sonopacs.models.analyzer import Analyzer
 
 __all__ = ["CLASSES", "AnalysisResult", "Analyzer", "LesionMeasurement"]
 
 
 def __getattr__(name: str) -> Any:
-    # lazy: importing models.types must not pull in torch/MONAI
+    # lazy: importing sonopacs.models.types must not pull in torch/MONAI
     if name == "Analyzer":
-        from models.analyzer import Analyzer
+        from sonopacs.models.analyzer import Analyzer
 
         return Analyzer
     raise AttributeError(name)

@@ -23,12 +23,12 @@ import torch
 from monai.visualize import GradCAM
 from monai.visualize.class_activation_maps import ModelWithHooks
 
-from models.calibration import Calibration
-from models.lesion_shape import SHAPE_FEATURES, shape_feature_matrix
-from models.measure import lesion_mask, measure_lesion
-from models.networks import ClassifierView, SonoNet, build_network, fuse_conv_bn
-from models.transforms import Letterbox, letterbox_image, to_gray, to_model_input
-from models.types import CLASSES, AnalysisResult
+from sonopacs.models.calibration import Calibration
+from sonopacs.models.lesion_shape import SHAPE_FEATURES, shape_feature_matrix
+from sonopacs.models.measure import lesion_mask, measure_lesion
+from sonopacs.models.networks import ClassifierView, SonoNet, build_network, fuse_conv_bn
+from sonopacs.models.transforms import Letterbox, letterbox_image, to_gray, to_model_input
+from sonopacs.models.types import CLASSES, AnalysisResult
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights"
 

@@ -1,4 +1,4 @@
-"""Cleaning as the model sees it: ``cleaning.clean_image`` when that package provides it, else a
+"""Cleaning as the model sees it: ``sonopacs.cleaning.clean_image`` when that package provides it, else a
 minimal private field-of-view crop.
 
 Training, evaluation and the pipeline must clean identically; routing every model-side call
@@ -11,6 +11,8 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from sonopacs.cleaning import clean_image
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +42,6 @@ def _fallback_crop(image: np.ndarray, threshold: int = 8) -> Cleaned:
 
 def clean_for_model(image: np.ndarray) -> Cleaned:
     """Clean one image for the model: the cleaning package's first result, or the fallback crop."""
-    try:
-        from cleaning import clean_image
-    except ImportError:
-        return _fallback_crop(image)
     try:
         results = clean_image(image)
     except Exception as exc:  # cleaning must never stop an analysis; say what happened

@@ -15,9 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from models.clean import clean_for_model
-from models.transforms import letterbox_image, letterbox_mask, to_gray
-from models.types import CLASSES
+from sonopacs.models.clean import clean_for_model
+from sonopacs.models.transforms import letterbox_image, letterbox_mask, to_gray
+from sonopacs.models.types import CLASSES
 
 log = logging.getLogger(__name__)
 

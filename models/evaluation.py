@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from models.analyzer import Analyzer
-from models.clean import clean_for_model
-from models.data import load_image, load_mask, read_index
-from models.metrics import classification_metrics, dice_iou
-from models.plots import plot_confusion, plot_reliability, plot_roc
-from models.transforms import to_gray
-from models.types import CLASSES
+from sonopacs.models.analyzer import Analyzer
+from sonopacs.models.clean import clean_for_model
+from sonopacs.models.data import load_image, load_mask, read_index
+from sonopacs.models.metrics import classification_metrics, dice_iou
+from sonopacs.models.plots import plot_confusion, plot_reliability, plot_roc
+from sonopacs.models.transforms import to_gray
+from sonopacs.models.types import CLASSES
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from models.measure import lesion_mask
+from sonopacs.models.measure import lesion_mask
 
 SHAPE_FEATURES = (
     "lesion_present",      # the post-processed mask is non-empty

@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from models.types import LesionMeasurement
+from sonopacs.models.types import LesionMeasurement
 
 
 def lesion_mask(prob: np.ndarray, threshold: float = 0.5, min_fraction: float = 0.001) -> np.ndarray:

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
 
-from models.calibration import expected_calibration_error
-from models.types import CLASSES
+from sonopacs.models.calibration import expected_calibration_error
+from sonopacs.models.types import CLASSES
 
 
 def _auc(y: np.ndarray, score: np.ndarray) -> float | None:

@@ -13,11 +13,11 @@ from monai.networks.nets import FlexibleUNet
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from models.efficientnet_lite import (  # importing registers the Lite backbones
+from sonopacs.models.efficientnet_lite import (  # importing registers the Lite backbones
     LITE_VARIANTS,
     load_imagenet_lite,
 )
-from models.transforms import normalize_batch
+from sonopacs.models.transforms import normalize_batch
 
 
 class SonoNet(nn.Module):

@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from models.calibration import reliability_bins  # noqa: E402
-from models.types import CLASSES  # noqa: E402
+from sonopacs.models.calibration import reliability_bins  # noqa: E402
+from sonopacs.models.types import CLASSES  # noqa: E402
 
 
 def plot_confusion(cm: list[list[int]], path: Path, title: str = "Confusion matrix") -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from config import Settings, load_settings
+from sonopacs.config import Settings, load_settings
 from tests.support.orthanc import Orthanc, orthanc_available
 
 PG_ADMIN_URL = os.environ.get("SONOPACS_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")

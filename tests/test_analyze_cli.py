@@ -11,7 +11,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from config import Settings
+from sonopacs import cli
+from sonopacs.config import Settings
 from tests.conftest import requires_dciodvfy
 from tests.support.dicom_factory import write_ct_instance
 from tests.support.findings import dciodvfy
@@ -33,10 +34,9 @@ def test_analyze_writes_the_contract_and_survives_bad_files(
     ct = write_ct_instance(tmp_path / "ct.dcm")
     out = tmp_path / "out"
 
-    import sonopacs_cli
 
-    monkeypatch.setattr(sonopacs_cli, "_settings", lambda args: settings)
-    code = sonopacs_cli.main(["analyze", str(dcm_plain), str(dcm_jpeg), str(png), str(junk), str(ct), "--out", str(out)])
+    monkeypatch.setattr(cli, "_settings", lambda args: settings)
+    code = cli.main(["analyze", str(dcm_plain), str(dcm_jpeg), str(png), str(junk), str(ct), "--out", str(out)])
     assert code == 1  # two inputs failed, three were analysed
 
     for path in (dcm_plain, dcm_jpeg, png):

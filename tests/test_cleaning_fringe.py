@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from cleaning.annotations import MATCH_RADIUS, detect_annotations, level_match, tissue_streaks
-from cleaning.features import find_candidates
-from cleaning.fringe import FEATURE_NAMES, FRINGE_MODEL_PATH, fringe, fringe_model, ring_features
-from cleaning.train_fringe import ring_samples
-from cleaning.trees import MODEL_PATH, TreeEnsemble
+from sonopacs.cleaning.annotations import MATCH_RADIUS, detect_annotations, level_match, tissue_streaks
+from sonopacs.cleaning.features import find_candidates
+from sonopacs.cleaning.fringe import FEATURE_NAMES, FRINGE_MODEL_PATH, fringe, fringe_model, ring_features
+from sonopacs.cleaning.trees import MODEL_PATH, TreeEnsemble
+from sonopacs.training.cleaning_fringe import ring_samples
 
 DATA = Path(__file__).parent / "data" / "cleaning"
 
@@ -125,7 +125,7 @@ def test_tissue_streak_rule_spares_flat_lines() -> None:
 
 def test_halo_rule_still_runs_for_comparison(monkeypatch: pytest.MonkeyPatch) -> None:
     """FRINGE_CLASSIFIER=False brings back the margin rule the classifier replaced (docs compare them)."""
-    import cleaning.annotations as annotations
+    import sonopacs.cleaning.annotations as annotations
 
     img = _tissue()
     dirty = img.copy()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cleaning import clean_image
+from sonopacs.cleaning import annotations, clean_image
 
 
 @pytest.mark.parametrize("value", [0, 255])
@@ -82,9 +82,8 @@ def test_float_nan_input_does_not_crash() -> None:
 
 def test_pure_noise_is_bounded_and_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
     """Noise has thousands of candidate components; past the cap they are not all scored."""
-    import cleaning.annotations
 
-    monkeypatch.setattr(cleaning.annotations, "MAX_SCORED", 300)  # a 600x800 noise frame has ~1,500
+    monkeypatch.setattr(annotations, "MAX_SCORED", 300)  # a 600x800 noise frame has ~1,500
     noise = np.random.default_rng(2).integers(0, 256, (600, 800), dtype=np.uint8)
     (r,) = clean_image(noise)
     assert "noisy" in r.summary["flags"]  # type: ignore[operator]
@@ -92,7 +91,7 @@ def test_pure_noise_is_bounded_and_flagged(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_odd_regions() -> None:
-    from cleaning import Region
+    from sonopacs.cleaning import Region
 
     img = np.random.default_rng(3).integers(20, 120, (100, 120), dtype=np.uint8)
     (r,) = clean_image(img, [Region(-10, -10, 500, 500)])  # clipped to the frame

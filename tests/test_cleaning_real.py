@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cleaning import CleanResult, Region, clean_image, crop_to_field
+from sonopacs.cleaning import CleanResult, Region, clean_image, crop_to_field
 
 pydicom = pytest.importorskip("pydicom")
 data = pytest.importorskip("pydicom.data")

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from cleaning import burn_in_annotations, clean_image
-from cleaning.synthetic import KINDS
-from cleaning.trees import MODEL_PATH, TreeEnsemble
+from sonopacs.cleaning import burn_in_annotations, clean_image
+from sonopacs.cleaning.synthetic import KINDS
+from sonopacs.cleaning.trees import MODEL_PATH, TreeEnsemble
 
 DATA = Path(__file__).parent / "data" / "cleaning"
 SAMPLES = [("bus_0009-l.jpg", "mask_0009-l.png"), ("bus_0056-l.jpg", "mask_0056-l.png")]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sonopacs_cli import build_parser, main
+from sonopacs.cli import build_parser, main
 
 
 def test_train_takes_its_recipe_with_dash_dash_config() -> None:

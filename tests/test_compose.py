@@ -17,8 +17,8 @@ import jsonschema
 import pytest
 import yaml
 
-from config.settings import Settings, load_settings
-from sonopacs_cli import build_parser
+from sonopacs.cli import build_parser
+from sonopacs.config.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yml"

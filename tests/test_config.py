@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from config import load_settings, masked_dump
-from config.settings import ConfigError
-from sonopacs_cli import main
+from sonopacs.cli import main
+from sonopacs.config import load_settings, masked_dump
+from sonopacs.config.settings import ConfigError
 
 
 def test_defaults_match_the_architecture_contract(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,11 +13,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from config import Settings
-from dashboard.app import create_app
-from dashboard.demo import prepare, seed_processed_study
-from db.models import StudyState
-from db.session import Database
+from sonopacs.config import Settings
+from sonopacs.dashboard import analysis as dashboard_analysis
+from sonopacs.dashboard.app import create_app
+from sonopacs.db.models import StudyState
+from sonopacs.db.session import Database
+from tests.support.dashboard_demo import prepare, seed_processed_study
 
 USERS = {"alice": ("admin", "alice-password"), "victor": ("viewer", "victor-password")}
 
@@ -175,7 +176,7 @@ def test_analyze_rejects_bad_files_with_a_reason(
 
 
 def test_analyze_rejects_oversized_upload_before_reading_it(env: dict[str, Any]) -> None:
-    from dashboard.analysis import MAX_UPLOAD_BYTES
+    from sonopacs.dashboard.analysis import MAX_UPLOAD_BYTES
 
     big = b"\x89PNG\r\n\x1a\n" + b"\0" * (MAX_UPLOAD_BYTES + 100_000)
     r = env["client"].post("/api/v1/analyze", files={"file": ("big.png", big)},
@@ -247,8 +248,6 @@ def test_analyze_good_png_returns_result_and_overlay(env: dict[str, Any], monkey
     import base64
     from pathlib import Path
 
-    import worker.findings
-    import worker.single_analysis
 
     def fake_analyze(settings: Settings, paths: list[Path], out: Path) -> list[dict[str, Any]]:
         stem = paths[0].stem
@@ -258,8 +257,8 @@ def test_analyze_good_png_returns_result_and_overlay(env: dict[str, Any], monkey
         (out / f"{stem}.json").write_text(json.dumps(record))
         return [{"input": str(paths[0]), **record}]
 
-    monkeypatch.setattr(worker.findings, "get_analyzer", lambda settings: object())
-    monkeypatch.setattr(worker.single_analysis, "analyze_files", fake_analyze)
+    monkeypatch.setattr(dashboard_analysis, "get_analyzer", lambda settings: object())
+    monkeypatch.setattr(dashboard_analysis, "analyze_files", fake_analyze)
     r = env["client"].post("/api/v1/analyze", files={"file": ("my scan (1).png", _png_bytes(), "image/png")},
                            headers={"X-CSRF-Token": env["token"]})
     assert r.status_code == 200, r.text
@@ -271,12 +270,11 @@ def test_analyze_good_png_returns_result_and_overlay(env: dict[str, Any], monkey
 
 
 def test_analyze_without_a_loadable_model_is_503(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    import worker.findings
 
     def missing(settings: Settings) -> None:
         raise ImportError("cannot import name 'Analyzer' from 'models'")
 
-    monkeypatch.setattr(worker.findings, "get_analyzer", missing)
+    monkeypatch.setattr(dashboard_analysis, "get_analyzer", missing)
     r = env["client"].post("/api/v1/analyze", files={"file": ("a.png", _png_bytes())},
                            headers={"X-CSRF-Token": env["token"]})
     assert r.status_code == 503 and "analysis engine" in r.json()["detail"]
@@ -284,7 +282,7 @@ def test_analyze_without_a_loadable_model_is_503(env: dict[str, Any], monkeypatc
 
 def test_admin_actions_really_enqueue_and_are_audited(env: dict[str, Any]) -> None:
     """No worker runs here: the messages must be waiting in the broker, and the audit names the user."""
-    from dashboard.broker import queue_depths
+    from sonopacs.dashboard.broker import queue_depths
 
     client: TestClient = env["client"]
     sid = env["failed"].id

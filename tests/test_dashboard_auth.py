@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from config import Settings
-from dashboard.app import create_app
-from dashboard.auth import LoginRateLimiter
-from dashboard.demo import DemoStudy, prepare, seed_processed_study
-from db.session import Database
+from sonopacs import cli
+from sonopacs.config import Settings
+from sonopacs.dashboard import auth as dashboard_auth
+from sonopacs.dashboard.app import create_app
+from sonopacs.dashboard.auth import LoginRateLimiter
+from sonopacs.db.session import Database
+from tests.support.dashboard_demo import DemoStudy, prepare, seed_processed_study
 
 USERS = {"alice": ("admin", "alice-password"), "victor": ("viewer", "victor-password")}
 PHI_PATIENT_ID = "PHI-PID-739184"
@@ -194,7 +196,7 @@ def test_no_phi_anywhere_before_login(env: dict[str, Any], caplog: pytest.LogCap
 def test_deactivated_user_loses_session(env: dict[str, Any]) -> None:
     from sqlalchemy import update
 
-    from db.models import User
+    from sonopacs.db.models import User
 
     client: TestClient = env["client"]
     assert api_login(client, "victor").status_code == 200
@@ -214,8 +216,8 @@ def test_logout_ends_the_session(env: dict[str, Any]) -> None:
 def test_user_add_cli_hashes_password(make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
     from sqlalchemy import select
 
-    from dashboard.users import add_user, verify_password
-    from db.models import User
+    from sonopacs.dashboard.users import add_user, verify_password
+    from sonopacs.db.models import User
 
     settings = make_settings()
     db = Database(settings.database_url)
@@ -240,10 +242,9 @@ def test_session_has_an_absolute_lifetime(env: dict[str, Any], monkeypatch: pyte
     client: TestClient = env["client"]
     assert api_login(client, "victor").status_code == 200
     assert client.get("/api/v1/studies").status_code == 200
-    import dashboard.auth
 
     class Later:
-        """Only dashboard.auth's clock moves on; the cookie signature (itsdangerous) stays fresh."""
+        """Only sonopacs.dashboard.auth's clock moves on; the cookie signature (itsdangerous) stays fresh."""
 
         monotonic = staticmethod(real_time.monotonic)
 
@@ -251,7 +252,7 @@ def test_session_has_an_absolute_lifetime(env: dict[str, Any], monkeypatch: pyte
         def time() -> float:
             return real_time.time() + env["settings"].dashboard.session_max_age_seconds + 5
 
-    monkeypatch.setattr(dashboard.auth, "time", Later)
+    monkeypatch.setattr(dashboard_auth, "time", Later)
     assert client.get("/api/v1/studies").status_code == 401
 
 
@@ -266,12 +267,11 @@ def test_database_errors_do_not_log_search_terms(env: dict[str, Any]) -> None:
 
 
 def test_sonopacs_user_add_command(make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
-    import sonopacs_cli
 
     settings = make_settings()
     prepare(Database(settings.database_url))
     monkeypatch.setenv("SONOPACS_DATABASE__URL", settings.database_url)
-    assert sonopacs_cli.main(["user", "add", "frank", "--role", "admin", "--password", "frank-password"]) == 0
+    assert cli.main(["user", "add", "frank", "--role", "admin", "--password", "frank-password"]) == 0
     with TestClient(create_app(settings)) as client:
         token = csrf(client)
         r = client.post("/api/v1/auth/login", json={"username": "frank", "password": "frank-password"},

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from config import Settings
-from dashboard.demo import prepare, seed_processed_study
-from db.migrate import upgrade
-from db.models import StudyState
-from db.session import Database
+from sonopacs.config import Settings
+from sonopacs.db.migrate import upgrade
+from sonopacs.db.models import StudyState
+from sonopacs.db.session import Database
+from tests.support.dashboard_demo import prepare, seed_processed_study
 from tests.support.net import free_port, wait_for_port
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -48,7 +48,7 @@ pytestmark = [
 
 def _resend_available() -> bool:
     try:
-        from worker.actions import resend_study  # noqa: F401
+        from sonopacs.worker.actions import resend_study  # noqa: F401
     except ImportError:
         return False
     return True
@@ -59,10 +59,10 @@ def served(make_settings: Callable[..., Settings], orthanc_factory: Callable[...
            ) -> Iterator[dict[str, Any]]:
     """Orthanc as the PACS, a real `sonopacs worker`, and the dashboard on uvicorn, sharing one config."""
     if not _resend_available():
-        pytest.skip("worker.actions.resend_study has not landed yet: resend cannot really run")
+        pytest.skip("sonopacs.worker.actions.resend_study has not landed yet: resend cannot really run")
     import uvicorn
 
-    from dashboard.app import create_app
+    from sonopacs.dashboard.app import create_app
     from tests.support.worker_proc import worker_process, write_config
 
     pacs = orthanc_factory()

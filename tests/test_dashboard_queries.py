@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from config import Settings
-from dashboard import queries
-from dashboard.broker import BrokerProbe, queue_depths
-from dashboard.demo import prepare, seed_processed_study
-from db.audit import record
-from db.models import Job, JobState, Study, StudyState
-from db.session import Database
+from sonopacs.config import Settings
+from sonopacs.dashboard import queries
+from sonopacs.dashboard.broker import BrokerProbe, queue_depths
+from sonopacs.db.audit import record
+from sonopacs.db.models import Job, JobState, Study, StudyState
+from sonopacs.db.session import Database
+from tests.support.dashboard_demo import prepare, seed_processed_study
 
 
 def _db(make_settings: Callable[..., Settings], backend: str) -> tuple[Settings, Database]:
@@ -88,7 +88,7 @@ def test_stage_histograms_and_audit(make_settings: Callable[..., Settings], back
 
 
 def test_queue_depth_reads_the_real_broker(make_settings: Callable[..., Settings], backend: str) -> None:
-    from worker.celery_app import get_app
+    from sonopacs.worker.celery_app import get_app
 
     settings, db = _db(make_settings, backend)
     assert queue_depths(settings)["export"] == 0  # nothing ever sent: tables/keys may not exist

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from config import load_settings
-from worker.export import backoff_seconds
+from sonopacs.config import load_settings
+from sonopacs.worker.export import backoff_seconds
 
 
 def test_default_backoff_is_five_retries_over_thirty_minutes() -> None:

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-import sonopacs_cli
-from config import Settings
-from db import Database, ExportAttempt, Job, JobState, Study, StudyState
-from db.migrate import upgrade
+from sonopacs import cli
+from sonopacs.config import Settings
+from sonopacs.db import Database, ExportAttempt, Job, JobState, Study, StudyState
+from sonopacs.db.migrate import upgrade
+from sonopacs.worker.actions import send_export
 from tests.support.dicom_factory import write_us_study
 from tests.support.net import wait_until
 from tests.support.orthanc import Orthanc
 from tests.support.worker_proc import add_results, add_study, worker_process, write_config
-from worker.actions import send_export
 
 pytestmark = pytest.mark.orthanc
 
@@ -160,7 +160,7 @@ def test_export_budget_then_resend(
         assert len(part_uids & pacs.sop_instance_uids()) == 2
 
         # `sonopacs resend STUDY_UID` (the real CLI) delivers the failed study with a fresh budget.
-        assert sonopacs_cli.main(["--config", str(config), "resend", down_uid]) == 0
+        assert cli.main(["--config", str(config), "resend", down_uid]) == 0
         wait_until(lambda: reached(db, down_id, StudyState.EXPORTED), timeout=60)
 
     assert down_uids <= pacs.sop_instance_uids()

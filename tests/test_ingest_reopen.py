@@ -9,10 +9,10 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from config import Settings
-from db.models import Instance, InstanceState, Series, Study, StudyState
-from db.session import Database
-from dicom_node import status
+from sonopacs.config import Settings
+from sonopacs.db.models import Instance, InstanceState, Series, Study, StudyState
+from sonopacs.db.session import Database
+from sonopacs.dicom_node import status
 from tests.conftest import requires_dcmtk
 from tests.support.dicom_factory import write_us_study
 from tests.support.listener import audit_rows, dcmtk, raw_c_store, running_listener

@@ -10,9 +10,9 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import UID, JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 
-from config import Settings
-from dicom_node import status
-from dicom_node.sop_classes import STORAGE_TRANSFER_SYNTAXES
+from sonopacs.config import Settings
+from sonopacs.dicom_node import status
+from sonopacs.dicom_node.sop_classes import STORAGE_TRANSFER_SYNTAXES
 from tests.support.dicom_factory import synthetic_bmode, us_dataset
 from tests.support.listener import audit_rows, dataset_body, raw_c_store, running_listener
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from config import Settings
-from db.models import Instance
-from db.session import Database
+from sonopacs.config import Settings
+from sonopacs.db.models import Instance
+from sonopacs.db.session import Database
 from tests.conftest import requires_dcmtk
 from tests.support.dicom_factory import write_us_study
 from tests.support.listener import audit_rows, dataset_body, dcmtk, running_listener

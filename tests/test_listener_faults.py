@@ -17,11 +17,11 @@ from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import create_engine, func, select, text
 
-from config import Settings
-from db.migrate import upgrade
-from db.models import Instance
-from db.session import Database
-from dicom_node import status
+from sonopacs.config import Settings
+from sonopacs.db.migrate import upgrade
+from sonopacs.db.models import Instance
+from sonopacs.db.session import Database
+from sonopacs.dicom_node import status
 from tests.conftest import PG_ADMIN_URL, requires_dcmtk
 from tests.support.dicom_factory import us_dataset, write_ct_instance, write_us_study
 from tests.support.listener import audit_rows, dcmtk, raw_c_store, running_listener

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from config import Settings
-from db.models import Instance, Series, Study, StudyState
-from db.session import Database
+from sonopacs.config import Settings
+from sonopacs.db.models import Instance, Series, Study, StudyState
+from sonopacs.db.session import Database
 from tests.support.dicom_factory import write_us_study
 from tests.support.listener import audit_rows, dataset_body, running_listener
 from tests.support.orthanc import Orthanc

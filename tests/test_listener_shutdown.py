@@ -14,9 +14,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from config import Settings
-from db.models import Instance
-from db.session import Database
+from sonopacs.config import Settings
+from sonopacs.db.models import Instance
+from sonopacs.db.session import Database
 from tests.conftest import requires_dcmtk
 from tests.support.dicom_factory import write_us_study
 from tests.support.listener import dcmtk
@@ -39,7 +39,7 @@ def test_sigterm_drains_and_loses_nothing_acknowledged(
     }
     files = write_us_study(tmp_path / "study", n_images=30, rows=120, cols=160)
     listener = subprocess.Popen(
-        [sys.executable, "-c", "import sys, sonopacs_cli; sys.exit(sonopacs_cli.main(['listener']))"],
+        [sys.executable, "-c", "import sys; from sonopacs import cli; sys.exit(cli.main(['listener']))"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

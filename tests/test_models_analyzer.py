@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from models import CLASSES, Analyzer
-from models.analyzer import DEFAULT_WEIGHTS
+from sonopacs.models import CLASSES, Analyzer
+from sonopacs.models.analyzer import DEFAULT_WEIGHTS
 
 DATA = Path(__file__).parent / "data" / "bus-bra"
 
@@ -96,7 +96,7 @@ def _direct_cam(analyzer: Analyzer, image: np.ndarray, class_idx: int) -> np.nda
     mirror-averaged and mapped back to the input: an independent reference for the heat map."""
     import torch
 
-    from models.transforms import letterbox_image, normalize_batch, to_gray, to_model_input
+    from sonopacs.models.transforms import letterbox_image, normalize_batch, to_gray, to_model_input
 
     lb, box = letterbox_image(to_gray(image), analyzer.size)
     x = to_model_input(lb)[None]

@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from models.evaluation import CONTRACT_KEYS, evaluate_index
+from sonopacs.models.evaluation import CONTRACT_KEYS, evaluate_index
 
 DATA = Path(__file__).parent / "data" / "bus-bra"
 

@@ -1,4 +1,4 @@
-"""``models.parallel --minutes``: the schedule is fitted to a time budget from a timed real epoch."""
+"""``sonopacs.training.parallel --minutes``: the schedule is fitted to a time budget from a timed real epoch."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from models import parallel
+from sonopacs.models import parallel
 from tests.test_models_training import make_synthetic_index, write_smoke_config
 
 
@@ -49,7 +49,7 @@ def test_failed_probe_is_an_error_not_a_guess(tmp_path: Path, monkeypatch: pytes
 def test_budgeted_run_records_the_epochs_it_trained(tmp_path: Path) -> None:
     cfg = write_smoke_config(tmp_path, make_synthetic_index(tmp_path / "data"))
     out = tmp_path / "run"
-    subprocess.run([sys.executable, "-m", "models.parallel", "--config", str(cfg), "--out", str(out),
+    subprocess.run([sys.executable, "-m", "sonopacs.training.parallel", "--config", str(cfg), "--out", str(out),
                     "--device", "cpu", "--procs", "2", "--minutes", "0.75", "--set", "train.patience=100"],
                    check=True, capture_output=True, timeout=600)
     budget = json.loads((out / "budget.json").read_text())

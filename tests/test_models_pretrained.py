@@ -11,15 +11,15 @@ import torch
 from skimage import data as skdata
 from skimage.transform import resize
 
-from models.efficientnet_lite import (
+from sonopacs.models.efficientnet_lite import (
     LITE_VARIANTS,
     export_imagenet_encoder,
     imagenet_lite_classifier,
     load_imagenet_lite,
     weights_file,
 )
-from models.networks import build_network, fuse_conv_bn
-from models.training import train_from_config
+from sonopacs.models.networks import build_network, fuse_conv_bn
+from sonopacs.training.train import train_from_config
 from tests.test_models_training import make_synthetic_index, write_smoke_config
 
 LITE = {"backbone": "efficientnet-lite0", "pretrained": True, "input_norm": [0.5, 0.5],
@@ -97,7 +97,7 @@ def test_pretrained_smoke_training_and_analyzer(tmp_path: Path) -> None:
     ).replace("calibration:\n", "calibration:\n  method: temperature_bias\n")
     cfg.write_text(text)
     train_from_config(cfg, out_dir=tmp_path / "run", device="cpu")
-    from models import Analyzer
+    from sonopacs.models import Analyzer
 
     an = Analyzer.load(tmp_path / "run" / "weights", device="cpu")
     manifest = json.loads((tmp_path / "run" / "weights" / "model.json").read_text())

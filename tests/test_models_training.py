@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.data import load_pack, read_index
-from models.training import load_config, load_data, make_jobs, repredict_jobs, train_from_config
+from sonopacs.models.data import load_pack, read_index
+from sonopacs.training.train import load_config, load_data, make_jobs, repredict_jobs, train_from_config
 
 
 def make_synthetic_index(root: Path, n_per_class: int = 4, size: tuple[int, int] = (72, 96), seed: int = 0) -> Path:
@@ -109,7 +109,7 @@ def test_training_writes_checkpoints_logs_and_weights(smoke_run: Path) -> None:
 
 
 def test_smoke_weights_load_in_analyzer(smoke_run: Path) -> None:
-    from models import Analyzer
+    from sonopacs.models import Analyzer
 
     an = Analyzer.load(smoke_run / "run" / "weights", device="cpu")
     img = np.full((50, 70), 90, np.uint8)
@@ -165,9 +165,9 @@ def test_repredict_rebuilds_held_out_predictions_with_ungated_dice(smoke_run: Pa
 def test_shape_calibration_ships_and_the_analyzer_applies_it(smoke_run: Path, tmp_path: Path) -> None:
     """Finalize with ``temperature_bias_shape``: the manifest carries the feature layer, and the
     Analyzer's probabilities move exactly by the layer's term for the features it reports."""
-    from models import Analyzer
-    from models.finalize import finalize
-    from models.lesion_shape import SHAPE_FEATURES
+    from sonopacs.models import Analyzer
+    from sonopacs.models.lesion_shape import SHAPE_FEATURES
+    from sonopacs.training.finalize import finalize
 
     run = tmp_path / "run"
     shutil.copytree(smoke_run / "run", run)
@@ -201,7 +201,7 @@ def test_shape_calibration_ships_and_the_analyzer_applies_it(smoke_run: Path, tm
 
 
 def test_dice_summary_gates_masks_by_the_given_label() -> None:
-    from models.finalize import _seg_summary
+    from sonopacs.training.finalize import _seg_summary
 
     d = {"dice": np.array([0.0, np.nan, 0.5]), "iou": np.array([0.0, np.nan, 0.4]),
          "dice_ungated": np.array([0.9, np.nan, 0.5]), "iou_ungated": np.array([0.8, np.nan, 0.4])}
@@ -213,7 +213,7 @@ def test_dice_summary_gates_masks_by_the_given_label() -> None:
 
 
 def test_errors_by_lesion_size_split_lesion_images_into_thirds() -> None:
-    from models.finalize import by_lesion_size
+    from sonopacs.training.finalize import by_lesion_size
 
     labels = np.array([0, 1, 2, 1, 2, 1, 2])
     area = np.array([0.0, 0.001, 0.002, 0.01, 0.02, 0.1, 0.2])

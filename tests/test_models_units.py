@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from models.calibration import (
+from sonopacs.models.calibration import (
     Calibration,
     expected_calibration_error,
     fit_temperature,
     fit_temperature_bias,
     operating_points,
 )
-from models.lesion_shape import SHAPE_FEATURES, shape_feature_matrix, shape_features
-from models.measure import lesion_mask, measure_lesion
-from models.transforms import letterbox_image, letterbox_mask
+from sonopacs.models.lesion_shape import SHAPE_FEATURES, shape_feature_matrix, shape_features
+from sonopacs.models.measure import lesion_mask, measure_lesion
+from sonopacs.models.transforms import letterbox_image, letterbox_mask
 
 
 def test_ellipse_axes_in_mm_with_anisotropic_pixels() -> None:
@@ -142,7 +142,7 @@ def test_model_input_scaling_matches_monai() -> None:
     """The plain-torch intensity scaling is bit-identical to MONAI's ScaleIntensityRange."""
     import torch
 
-    from models.transforms import INTENSITY_SCALE, to_model_input
+    from sonopacs.models.transforms import INTENSITY_SCALE, to_model_input
 
     img = np.arange(256, dtype=np.uint8).repeat(256).reshape(256, 256)
     ref = torch.as_tensor(INTENSITY_SCALE(torch.from_numpy(img).float()[None]))

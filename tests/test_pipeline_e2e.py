@@ -12,7 +12,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from config import Settings
+from sonopacs.config import Settings
 from tests.support.net import free_port, wait_until
 from tests.support.orthanc import Orthanc
 from tests.support.render import render_sr_png, sc_png
@@ -64,7 +64,7 @@ def test_pacs_study_comes_back_with_overlays_and_report_equal_to_analyze(
     assert len({sc.SeriesInstanceUID for sc in scs}) == 1 and all(sc.StudyInstanceUID == study_uid for sc in scs)
 
     # `sonopacs analyze` on the same files gives the same findings
-    from worker.single_analysis import analyze_files
+    from sonopacs.worker.single_analysis import analyze_files
 
     results = analyze_files(settings, files, tmp_path / "analyze")
     for path, record in zip(files, results, strict=True):

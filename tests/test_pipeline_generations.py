@@ -7,14 +7,14 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from config import Settings
-from db import Database, ResultObject, Study
-from db.migrate import upgrade
+from sonopacs.config import Settings
+from sonopacs.db import Database, ResultObject, Study
+from sonopacs.db.migrate import upgrade
+from sonopacs.worker import stages
+from sonopacs.worker.export import result_files
 from tests.support.pipeline_db import register_files
 from tests.support.sonopacs_proc import analyzer_or_skip
 from tests.support.us_realistic import write_realistic_study
-from worker import stages
-from worker.export import result_files
 
 
 def _set_generation(db: Database, study_id: int, generation: int) -> None:

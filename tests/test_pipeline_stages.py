@@ -9,9 +9,9 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from config import Settings
-from db import AuditEvent, Database, Instance, InstanceState, Job, ResultObject
-from db.migrate import upgrade
+from sonopacs.config import Settings
+from sonopacs.db import AuditEvent, Database, Instance, InstanceState, Job, ResultObject
+from sonopacs.db.migrate import upgrade
 from tests.conftest import requires_dciodvfy
 from tests.support.dicom_factory import write_ct_instance
 from tests.support.findings import dciodvfy
@@ -33,7 +33,7 @@ def _cine(template: Path, out: Path, n_frames: int) -> Path:
     """A JPEG YBR_FULL_422 cine of the template image, slightly shifted frame to frame."""
     import numpy as np
 
-    from dicom_node.pixels import read_frame
+    from sonopacs.dicom_node.pixels import read_frame
     from tests.support.us_realistic import to_jpeg_ybr422
 
     ds = pydicom.dcmread(template)
@@ -139,7 +139,7 @@ def test_reprocessing_supersedes_and_our_returning_results_do_not_loop(
 
 
 def test_publish_is_idempotent_within_a_generation(pipeline: tuple[Settings, Database, list[Path]]) -> None:
-    from worker.stages import publish_study
+    from sonopacs.worker.stages import publish_study
 
     settings, db, files = pipeline
     study_id = register_files(db, files)

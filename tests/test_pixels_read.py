@@ -10,9 +10,9 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from dicom_node.eligibility import is_our_result, skip_reason
-from dicom_node.pixels import PixelReadError, read_frames, select_frames
-from dicom_node.regions import read_regions, spacing_at, tissue_regions
+from sonopacs.dicom_node.eligibility import is_our_result, skip_reason
+from sonopacs.dicom_node.pixels import PixelReadError, read_frames, select_frames
+from sonopacs.dicom_node.regions import read_regions, spacing_at, tissue_regions
 from tests.support.dicom_factory import synthetic_bmode, us_dataset, write_ct_instance
 from tests.support.us_realistic import to_jpeg_ybr422
 

@@ -11,13 +11,13 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_node.results.geometry import polyline_xy
-from dicom_node.results.overlay_render import render_overlay
-from dicom_node.results.presentation_state import build_presentation_state
-from dicom_node.results.secondary_capture import build_secondary_capture
-from dicom_node.results.segmentation import build_segmentation
-from dicom_node.results.structured_report import build_structured_report
-from dicom_node.results.types import DISCLAIMER, ImageFinding, ResultIdentity
+from sonopacs.dicom_node.results.geometry import polyline_xy
+from sonopacs.dicom_node.results.overlay_render import render_overlay
+from sonopacs.dicom_node.results.presentation_state import build_presentation_state
+from sonopacs.dicom_node.results.secondary_capture import build_secondary_capture
+from sonopacs.dicom_node.results.segmentation import build_segmentation
+from sonopacs.dicom_node.results.structured_report import build_structured_report
+from sonopacs.dicom_node.results.types import DISCLAIMER, ImageFinding, ResultIdentity
 from tests.conftest import requires_dciodvfy, requires_dcmtk
 from tests.support.findings import dciodvfy, ellipse_finding
 from tests.support.orthanc import Orthanc

@@ -11,8 +11,8 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
-from config import Settings
-from sonopacs_cli import main
+from sonopacs.cli import main
+from sonopacs.config import Settings
 from tests.support.dicom_factory import write_us_study
 from tests.support.listener import dataset_body, running_listener
 from tests.support.net import free_port

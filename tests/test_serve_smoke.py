@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from config import Settings
-from db import Database, Instance, Job, JobState, Study, StudyState
-from dicom_node.scu import Peer, echo, send_files
+from sonopacs.config import Settings
+from sonopacs.db import Database, Instance, Job, JobState, Study, StudyState
+from sonopacs.dicom_node.scu import Peer, echo, send_files
 from tests.support.dicom_factory import write_us_study
 from tests.support.net import free_port, wait_for_port, wait_until
 from tests.support.worker_proc import REPO, clean_env, write_config
 
 pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("dicom_node.listener") is None, reason="dicom_node.listener has not landed yet"
+    importlib.util.find_spec("sonopacs.dicom_node.listener") is None, reason="sonopacs.dicom_node.listener has not landed yet"
 )
 
 
@@ -54,7 +54,7 @@ def test_serve_answers_echo_runs_pipeline_and_stops_on_sigterm(
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sonopacs_cli", "--config", str(config), "serve"],
+            [sys.executable, "-m", "sonopacs.cli", "--config", str(config), "serve"],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=clean_env(),

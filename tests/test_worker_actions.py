@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from config import Settings
-from db import Database, Job, JobState, StudyState
-from db.migrate import upgrade
+from sonopacs.config import Settings
+from sonopacs.db import Database, Job, JobState, StudyState
+from sonopacs.db.migrate import upgrade
+from sonopacs.worker.actions import ActionError, resend_study
 from tests.support.dicom_factory import write_us_study
 from tests.support.net import free_port
 from tests.support.worker_proc import add_results, add_study
-from worker.actions import ActionError, resend_study
 
 
 def test_resend_with_the_broker_down_is_refused_and_its_job_closed(

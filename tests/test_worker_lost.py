@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from config import Settings
-from db import Database, Job, JobState, Study, StudyState
-from db.migrate import upgrade
+from sonopacs.config import Settings
+from sonopacs.db import Database, Job, JobState, Study, StudyState
+from sonopacs.db.migrate import upgrade
+from sonopacs.worker.actions import send_export
 from tests.support.dicom_factory import write_us_study
 from tests.support.net import free_port, wait_until
 from tests.support.orthanc import Orthanc, orthanc_available
 from tests.support.worker_proc import add_results, add_study, worker_process, write_config
-from worker.actions import send_export
 
 pytestmark = [
     pytest.mark.orthanc,
@@ -109,7 +109,7 @@ def test_sigterm_finishes_running_work_and_hands_back_the_rest(
     a new worker completes every study, each run exactly once."""
     from sqlalchemy import func
 
-    from worker.stability import enqueue_stable_studies
+    from sonopacs.worker.stability import enqueue_stable_studies
 
     settings = make_settings("sqlite")
     upgrade(settings.database_url)

@@ -13,13 +13,13 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from config import Settings
-from db import AuditEvent, Database, Job, JobState, Study, StudyState
-from db.migrate import upgrade
-from db.models import utcnow
+from sonopacs.config import Settings
+from sonopacs.db import AuditEvent, Database, Job, JobState, Study, StudyState
+from sonopacs.db.migrate import upgrade
+from sonopacs.db.models import utcnow
+from sonopacs.worker.stability import enqueue_stable_studies
 from tests.support.net import wait_until
 from tests.support.worker_proc import add_instance, add_study, reopen, worker_process, write_config
-from worker.stability import enqueue_stable_studies
 
 ACTIVE = (StudyState.RECEIVING, StudyState.QUEUED, StudyState.PROCESSING)
 
@@ -155,7 +155,7 @@ def test_stage_failure_is_recorded_and_reprocess_runs_a_new_generation(
 ) -> None:
     """A stage that raises marks its Job and the study failed with the reason and ends the chain;
     the worker keeps serving; `reprocess` bumps the generation and enqueues it directly."""
-    from worker.actions import reprocess_study
+    from sonopacs.worker.actions import reprocess_study
 
     settings = make_settings("sqlite")
     upgrade(settings.database_url)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from config import load_settings
-from sonopacs_cli import build_parser
-from worker import pools
-from worker.celery_app import QUEUES, TASK_ROUTES
-from worker.supervisor import children
+from sonopacs.cli import build_parser
+from sonopacs.config import load_settings
+from sonopacs.serve import children
+from sonopacs.worker import pools
+from sonopacs.worker.celery_app import QUEUES, TASK_ROUTES
 
 
 def test_every_queue_is_consumed_by_exactly_one_serve_pool() -> None:

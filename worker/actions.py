@@ -7,12 +7,13 @@ import logging
 from kombu.utils.uuid import uuid
 from sqlalchemy import func, select, update
 
-from config import Settings
-from db import Database, ResultObject, Study, StudyState
-from db.audit import record
-from db.models import utcnow
-from worker import state
-from worker.celery_app import database_for, get_app
+from sonopacs.config import Settings
+from sonopacs.db import Database, ResultObject, Study, StudyState
+from sonopacs.db.audit import record
+from sonopacs.db.models import utcnow
+from sonopacs.worker import state
+from sonopacs.worker.celery_app import get_app
+from sonopacs.worker.context import database_for
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def resend_study(settings: Settings, study_uid: str, actor: str) -> str:
 
 def reprocess_study(settings: Settings, study_uid: str, actor: str) -> int:
     """Run the whole pipeline again as a new generation; returns that generation."""
-    from worker.stability import release_claim, send_pipeline
+    from sonopacs.worker.stability import release_claim, send_pipeline
 
     db = database_for(settings)
     study_id, _, current = _study(db, study_uid)

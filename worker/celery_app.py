@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery
 
-from config import Settings
-from db import Database
+from sonopacs.config import Settings
+from sonopacs.worker import tasks  # noqa: F401 - importing registers the shared tasks on every app
+from sonopacs.worker.context import SETTINGS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,8 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
 # Passed to create_engine by Kombu's SQLAlchemy transport: wait for the SQLite write lock, do not fail.
 EMBEDDED_TRANSPORT_OPTIONS: dict[str, Any] = {"connect_args": {"timeout": 30}}
 
-_SETTINGS_KEY = "sonopacs_settings"
 _lock = threading.Lock()
 _apps: dict[str, Celery] = {}
-_databases: dict[tuple[int, str], Database] = {}
 
 
 def settings_key(settings: Settings) -> str:
@@ -77,7 +75,7 @@ def _create_broker_tables(url: str) -> None:
     from kombu import Connection
     from sqlalchemy.exc import OperationalError
 
-    from worker.embedded_broker import TRANSPORT_PATH
+    from sonopacs.worker.embedded_broker import TRANSPORT_PATH
 
     for attempt in range(3):
         try:
@@ -95,8 +93,6 @@ def _create_broker_tables(url: str) -> None:
 
 def make_celery(settings: Settings) -> Celery:
     """A Celery app configured from settings; tasks find the settings again through `app.conf`."""
-    import worker.tasks  # noqa: F401 - registers the shared tasks on every app
-
     broker = settings.broker_url
     prepare_embedded_broker(broker)
     app = Celery("sonopacs", set_as_current=False)
@@ -119,10 +115,10 @@ def make_celery(settings: Settings) -> Celery:
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "enable_utc": True,
-        _SETTINGS_KEY: settings,
+        SETTINGS_KEY: settings,
     }
     if is_embedded_broker(broker):
-        from worker.embedded_broker import TRANSPORT_PATH
+        from sonopacs.worker.embedded_broker import TRANSPORT_PATH
 
         # Same transport, polled every 0.25 s instead of 1 s; its URL is the bare SQLite URL.
         conf["broker_url"] = broker.split("+", 1)[1]
@@ -145,39 +141,6 @@ def get_app(settings: Settings) -> Celery:
         if app is None:
             app = _apps[key] = make_celery(settings)
         return app
-
-
-def app_settings(app: Celery) -> Settings:
-    settings = app.conf.get(_SETTINGS_KEY)
-    if not isinstance(settings, Settings):
-        raise RuntimeError("this Celery app was not built by worker.celery_app.make_celery")
-    return settings
-
-
-def database_for(settings: Settings) -> Database:
-    """One engine per database URL per process (a forked pool process gets its own)."""
-    key = (os.getpid(), settings.database_url)
-    with _lock:
-        db = _databases.get(key)
-        if db is None:
-            db = _databases[key] = Database(settings.database_url)
-        return db
-
-
-@signals.worker_process_init.connect
-def _after_fork(**_: Any) -> None:
-    """A pool process must not share pooled SQLite/PostgreSQL connections with its parent."""
-    with _lock:
-        for (pid, _url), db in list(_databases.items()):
-            if pid != os.getpid():
-                db.engine.dispose(close=False)
-    try:
-        from kombu.transport.sqlalchemy import Channel
-
-        for engine, _factory in Channel._engines.values():
-            engine.dispose(close=False)
-    except ImportError:  # pragma: no cover - sqlalchemy transport always ships with kombu
-        pass
 
 
 def purge_delivered_messages(settings: Settings, older_than_seconds: float = 3600) -> int:

@@ -16,12 +16,12 @@ from celery import Task
 from celery.exceptions import Ignore
 from sqlalchemy import select
 
-from config import Settings
-from db import Database, ExportAttempt, JobState, ResultObject, StudyState
-from db.audit import record
-from db.models import utcnow
-from dicom_node.scu import Peer, SendReport, send_files
-from worker import state
+from sonopacs.config import Settings
+from sonopacs.db import Database, ExportAttempt, JobState, ResultObject, StudyState
+from sonopacs.db.audit import record
+from sonopacs.db.models import utcnow
+from sonopacs.dicom_node.scu import Peer, SendReport, echo, send_files
+from sonopacs.worker import state
 
 log = logging.getLogger(__name__)
 
@@ -185,3 +185,12 @@ def run_export(
     state.finish_job(db, job_id, JobState.FAILED, error=error, detail=outcome)
     state.transition(db, study_id, StudyState.EXPORT_FAILED, ACTOR, detail=final, allowed_from=EXPORT_STATES)
     return outcome
+
+
+def echo_destination(settings: Settings, timeout: float = 3.0) -> str:
+    """C-ECHO the configured export destination; raises when it does not answer Success."""
+    peer = Peer(str(settings.export.host), settings.export.port, settings.export.ae_title)
+    status = echo(peer, calling_ae=settings.dicom.ae_title, timeout=timeout)
+    if status != 0:
+        raise RuntimeError(f"C-ECHO status 0x{status:04X}")
+    return f"C-ECHO {peer} ok"

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from dicom_node.regions import UltrasoundRegion, spacing_at
-from dicom_node.results.types import ImageFinding, ResultIdentity
+from sonopacs.dicom_node.regions import UltrasoundRegion, spacing_at
+from sonopacs.dicom_node.results.types import ImageFinding, ResultIdentity
 
 if TYPE_CHECKING:
-    from cleaning import CleanResult, Region
-    from config import Settings
+    from sonopacs.cleaning import CleanResult, Region
+    from sonopacs.config import Settings
 
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def get_analyzer(settings: Settings) -> Any:
     key = (str(weights) if weights else "", settings.model.device)
     with _ANALYZER_LOCK:
         if key not in _ANALYZERS:
-            from models import Analyzer
+            from sonopacs.models import Analyzer
 
             _ANALYZERS[key] = Analyzer.load(weights_dir=weights, device=settings.model.device)
         return _ANALYZERS[key]
@@ -53,7 +53,7 @@ def identity(settings: Settings) -> ResultIdentity:
 
 
 def to_cleaning_regions(regions: list[UltrasoundRegion]) -> list[Region] | None:
-    from cleaning import Region
+    from sonopacs.cleaning import Region
 
     if not regions:
         return None
@@ -75,7 +75,7 @@ def clean_frame(
     frame: np.ndarray, regions: list[UltrasoundRegion]
 ) -> list[tuple[CleanResult, tuple[float, float] | None]]:
     """clean_image on one frame; each field with the spacing to measure in (cleaning's, else the region's)."""
-    from cleaning import clean_image
+    from sonopacs.cleaning import clean_image
 
     out = []
     for result in clean_image(frame, to_cleaning_regions(regions)):

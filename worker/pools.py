@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from config import Settings
+from sonopacs.config import Settings
 
 INFERENCE_QUEUES = ("inference",)
 LIGHT_QUEUES = ("control", "clean", "export")

@@ -13,9 +13,9 @@ import socket
 
 from celery import signals
 
-from config import Settings
-from worker.celery_app import QUEUES, make_celery
-from worker.pools import set_torch_threads, torch_threads_for
+from sonopacs.config import Settings
+from sonopacs.worker.celery_app import QUEUES, make_celery
+from sonopacs.worker.pools import set_torch_threads, torch_threads_for
 
 # A pool process that loads the model at start needs longer than Celery's 4 s to report alive.
 MODEL_PROCESS_ALIVE_TIMEOUT_SECONDS = 120.0
@@ -66,8 +66,8 @@ def _load_model(settings: Settings) -> None:
     A model that fails to load here is only logged: the analyze task loads it again and records
     the reason on the study, as it would have without this warm-up.
     """
-    from worker.findings import get_analyzer
-    from worker.pools import apply_torch_threads
+    from sonopacs.worker.findings import get_analyzer
+    from sonopacs.worker.pools import apply_torch_threads
 
     try:
         threads = apply_torch_threads(settings)

@@ -19,15 +19,15 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from dicom_node.eligibility import skip_reason
-from dicom_node.pixels import read_frames
-from dicom_node.regions import UltrasoundRegion, read_regions
-from dicom_node.results.overlay_render import render_overlay
-from dicom_node.results.secondary_capture import build_secondary_capture
-from dicom_node.results.structured_report import build_structured_report
-from dicom_node.results.types import DISCLAIMER, ImageFinding
-from worker import findings
-from worker.findings import (
+from sonopacs.dicom_node.eligibility import skip_reason
+from sonopacs.dicom_node.pixels import read_frames
+from sonopacs.dicom_node.regions import UltrasoundRegion, read_regions
+from sonopacs.dicom_node.results.overlay_render import render_overlay
+from sonopacs.dicom_node.results.secondary_capture import build_secondary_capture
+from sonopacs.dicom_node.results.structured_report import build_structured_report
+from sonopacs.dicom_node.results.types import DISCLAIMER, ImageFinding
+from sonopacs.worker import findings
+from sonopacs.worker.findings import (
     SERIES_NUMBER_BASE,
     analysis_record,
     clean_frame,
@@ -39,7 +39,7 @@ from worker.findings import (
 )
 
 if TYPE_CHECKING:
-    from config import Settings
+    from sonopacs.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ monitors (threads, processes, hosts) enqueue each generation exactly once. A lat
 the listener reopen the study (state receiving, generation + 1): that is one more run, no storm.
 If the broker refuses the message the claim is undone so the next tick tries again.
 
-Run alone with `python -m worker.stability [--config FILE]`; `sonopacs serve` runs it as a thread.
+Run alone with `python -m sonopacs.worker.stability [--config FILE]`; `sonopacs serve` runs it as a thread.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ from celery import Celery, chain
 from kombu.utils.uuid import uuid
 from sqlalchemy import select, update
 
-from config import Settings, load_settings
-from db import Database, Study, StudyState
-from db.audit import record
-from db.models import utcnow
-from worker import state
-from worker.celery_app import database_for, get_app, purge_delivered_messages
+from sonopacs.config import Settings, load_settings
+from sonopacs.db import Database, Study, StudyState
+from sonopacs.db.audit import record
+from sonopacs.db.models import utcnow
+from sonopacs.worker import state
+from sonopacs.worker.celery_app import get_app, purge_delivered_messages
+from sonopacs.worker.context import database_for
 
 log = logging.getLogger(__name__)
 

@@ -26,20 +26,20 @@ import pydicom
 from pydicom.dataset import Dataset
 from sqlalchemy import select, update
 
-from db import Instance, InstanceState, Job, JobState, ResultObject, Series, Study
-from db.audit import set_instance_state
-from db.models import utcnow
-from dicom_node.eligibility import is_our_result, skip_reason
-from dicom_node.pixels import PixelReadError, read_frame, read_frames
-from dicom_node.regions import read_regions
-from dicom_node.results.overlay_render import render_overlay
-from dicom_node.results.presentation_state import build_presentation_state
-from dicom_node.results.secondary_capture import build_secondary_capture
-from dicom_node.results.segmentation import build_segmentation
-from dicom_node.results.structured_report import build_structured_report, most_suspicious
-from dicom_node.results.types import ImageFinding, ResultIdentity
-from dicom_node.storage import fsync_dir
-from worker.findings import (
+from sonopacs.db import Instance, InstanceState, Job, JobState, ResultObject, Series, Study
+from sonopacs.db.audit import set_instance_state
+from sonopacs.db.models import utcnow
+from sonopacs.dicom_node.eligibility import is_our_result, skip_reason
+from sonopacs.dicom_node.pixels import PixelReadError, read_frame, read_frames
+from sonopacs.dicom_node.regions import read_regions
+from sonopacs.dicom_node.results.overlay_render import render_overlay
+from sonopacs.dicom_node.results.presentation_state import build_presentation_state
+from sonopacs.dicom_node.results.secondary_capture import build_secondary_capture
+from sonopacs.dicom_node.results.segmentation import build_segmentation
+from sonopacs.dicom_node.results.structured_report import build_structured_report, most_suspicious
+from sonopacs.dicom_node.results.types import ImageFinding, ResultIdentity
+from sonopacs.dicom_node.storage import fsync_dir
+from sonopacs.worker.findings import (
     SERIES_NUMBER_BASE,
     analysis_record,
     clean_frame,
@@ -51,11 +51,11 @@ from worker.findings import (
     result_mask,
     summary_of,
 )
-from worker.pools import apply_torch_threads
+from sonopacs.worker.pools import apply_torch_threads
 
 if TYPE_CHECKING:
-    from config import Settings
-    from db import Database
+    from sonopacs.config import Settings
+    from sonopacs.db import Database
 
 log = logging.getLogger(__name__)
 

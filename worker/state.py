@@ -14,9 +14,9 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from db import Database, Job, JobState, Study, StudyState
-from db.audit import record
-from db.models import utcnow
+from sonopacs.db import Database, Job, JobState, Study, StudyState
+from sonopacs.db.audit import record
+from sonopacs.db.models import utcnow
 
 _REASON_STATES = (StudyState.FAILED, StudyState.EXPORT_FAILED)
 

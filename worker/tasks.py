@@ -17,10 +17,10 @@ from celery.exceptions import Ignore
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
-from config import Settings
-from db import Database, JobState, Study, StudyState
-from worker import state
-from worker.celery_app import app_settings, database_for
+from sonopacs.config import Settings
+from sonopacs.db import Database, JobState, Study, StudyState
+from sonopacs.worker import stages, state
+from sonopacs.worker.context import app_settings, database_for
 
 log = logging.getLogger(__name__)
 
@@ -108,15 +108,12 @@ def run_pipeline(self: Task, study_id: int, generation: int) -> None:
 
 
 def _run_stage(
-    task: Task, stage: str, body_name: str, study_id: int, generation: int, next_stage: str | None
+    task: Task, stage: str, body: StageBody, study_id: int, generation: int, next_stage: str | None
 ) -> None:
     settings, db = _context(task)
     job_id = state.start_job(db, study_id, stage, generation, task.request.id, task.request.retries + 1)
     if _superseded(db, study_id, generation, job_id):
         raise Ignore()
-    from worker import stages  # looked up per call: the pipeline engineer's bodies
-
-    body: StageBody = getattr(stages, body_name)
     try:
         body(settings, db, study_id, generation)
     except Exception as exc:  # noqa: BLE001 - any stage error ends this run, recorded with its reason
@@ -140,19 +137,19 @@ def _run_stage(
 @shared_task(bind=True, name="sonopacs.clean_study", **_RETRY)
 def clean_study(self: Task, study_id: int, generation: int) -> None:
     """Crop to the ultrasound region and remove burned-in annotations (queue clean)."""
-    _run_stage(self, "clean", "clean_study", study_id, generation, "analyze")
+    _run_stage(self, "clean", stages.clean_study, study_id, generation, "analyze")
 
 
 @shared_task(bind=True, name="sonopacs.analyze_study", **_RETRY)
 def analyze_study(self: Task, study_id: int, generation: int) -> None:
     """Classification, segmentation, size (queue inference)."""
-    _run_stage(self, "analyze", "analyze_study", study_id, generation, "publish")
+    _run_stage(self, "analyze", stages.analyze_study, study_id, generation, "publish")
 
 
 @shared_task(bind=True, name="sonopacs.publish_study", **_RETRY)
 def publish_study(self: Task, study_id: int, generation: int) -> None:
     """Build the DICOM results (queue clean); the study becomes results_ready."""
-    _run_stage(self, "publish", "publish_study", study_id, generation, "export")
+    _run_stage(self, "publish", stages.publish_study, study_id, generation, "export")
 
 
 @shared_task(bind=True, name="sonopacs.export_study", max_retries=None)
@@ -164,7 +161,7 @@ def export_study(
     reason: str | None = None,
 ) -> dict[str, Any]:
     """C-STORE the study's results to the PACS; retried with backoff by Celery (queue export)."""
-    from worker.export import backoff_seconds, run_export
+    from sonopacs.worker.export import backoff_seconds, run_export
 
     settings, db = _context(self)
     try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from db.models import Base
-from db.session import make_engine
+from sonopacs.db.models import Base
+from sonopacs.db.session import make_engine
 
 config = context.config
 target_metadata = Base.metadata
@@ -15,7 +15,7 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from config import load_settings
+    from sonopacs.config import load_settings
 
     return load_settings().database_url
 

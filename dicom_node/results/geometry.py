@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from dicom_node.results.types import Point
+from sonopacs.dicom_node.results.types import Point
 
 
 def polyline_xy(contour: list[Point], max_points: int = 256) -> np.ndarray:

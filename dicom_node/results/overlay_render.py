@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from dicom_node.results.types import DISCLAIMER, ImageFinding
+from sonopacs.dicom_node.results.types import DISCLAIMER, ImageFinding
 
 CONTOUR_RGB = (255, 220, 0)  # yellow: visible on grey and on Doppler colour
 AXIS_RGB = (0, 255, 255)

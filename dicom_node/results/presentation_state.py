@@ -24,8 +24,8 @@ from highdicom.pr import (
 )
 from pydicom.dataset import Dataset
 
-from dicom_node.results.geometry import polyline_xy
-from dicom_node.results.types import DISCLAIMER, PR_SERIES_DESCRIPTION, ImageFinding, ResultIdentity
+from sonopacs.dicom_node.results.geometry import polyline_xy
+from sonopacs.dicom_node.results.types import DISCLAIMER, PR_SERIES_DESCRIPTION, ImageFinding, ResultIdentity
 
 
 def build_presentation_state(

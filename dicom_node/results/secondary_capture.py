@@ -8,7 +8,12 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_node.results.types import DISCLAIMER, OVERLAY_SERIES_DESCRIPTION, ImageFinding, ResultIdentity
+from sonopacs.dicom_node.results.types import (
+    DISCLAIMER,
+    OVERLAY_SERIES_DESCRIPTION,
+    ImageFinding,
+    ResultIdentity,
+)
 
 # DICOM CID 7203 "Image Derivation": 113076 Segmentation, plus DCM 113072 "Multiplanar reformatting" no;
 # the burned-in result is best described by "Image Processing" (DCM 113850 is not in CID 7203).

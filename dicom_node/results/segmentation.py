@@ -9,7 +9,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_node.results.types import SEG_SERIES_DESCRIPTION, ImageFinding, ResultIdentity
+from sonopacs.dicom_node.results.types import SEG_SERIES_DESCRIPTION, ImageFinding, ResultIdentity
 
 
 def build_segmentation(

@@ -29,8 +29,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from dicom_node.results.geometry import polyline_xy
-from dicom_node.results.types import (
+from sonopacs.dicom_node.results.geometry import polyline_xy
+from sonopacs.dicom_node.results.types import (
     DISCLAIMER,
     REPORT_SERIES_DESCRIPTION,
     ImageFinding,

@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pydicom
 
-from dicom_node.pixels import read_frame
-from dicom_node.results.types import ImageFinding
+from sonopacs.dicom_node.pixels import read_frame
+from sonopacs.dicom_node.results.types import ImageFinding
 
 
 def ellipse_finding(path: Path, frame_index: int = 0, label: str = "malignant", p: float = 0.81) -> ImageFinding:

@@ -12,11 +12,11 @@ from pathlib import Path
 from pynetdicom import AE, _config, build_context
 from sqlalchemy import select
 
-from config import Settings
-from db.migrate import upgrade
-from db.models import AuditEvent
-from db.session import Database
-from dicom_node.listener import Listener
+from sonopacs.config import Settings
+from sonopacs.db.migrate import upgrade
+from sonopacs.db.models import AuditEvent
+from sonopacs.db.session import Database
+from sonopacs.dicom_node.listener import Listener
 
 
 def dcmtk(name: str) -> str:

@@ -1,5 +1,5 @@
 """Study/Series/Instance rows for files already on disk, as the listener would leave them, and a
-runner that calls the stage bodies the way worker.tasks does (Job row running -> body -> finished)."""
+runner that calls the stage bodies the way sonopacs.worker.tasks does (Job row running -> body -> finished)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pydicom
 from sqlalchemy import select, update
 
-from config import Settings
-from db import Database, Instance, JobState, Series, Study
-from worker import stages, state
+from sonopacs.config import Settings
+from sonopacs.db import Database, Instance, JobState, Series, Study
+from sonopacs.worker import stages, state
 
 
 def register_files(db: Database, paths: list[Path]) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 import pydicom
 import pytest
 
-from config import Settings
+from sonopacs.config import Settings
 from tests.support.net import wait_for_port
 from tests.support.orthanc import Orthanc
 from tests.support.worker_proc import sonopacs_process, write_config
@@ -20,7 +20,7 @@ from tests.support.worker_proc import sonopacs_process, write_config
 
 def analyzer_or_skip(settings: Settings) -> Any:
     """The shipped Analyzer, or a test skip that says why (weights not committed yet)."""
-    from worker.findings import get_analyzer
+    from sonopacs.worker.findings import get_analyzer
 
     try:
         return get_analyzer(settings)

@@ -17,9 +17,9 @@ import yaml
 from pydantic import SecretStr
 from pydicom.uid import generate_uid
 
-from config import Settings
-from db import Database, ResultObject, Study, StudyState
-from db.models import utcnow
+from sonopacs.config import Settings
+from sonopacs.db import Database, ResultObject, Study, StudyState
+from sonopacs.db.models import utcnow
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,10 +52,10 @@ def clean_env() -> dict[str, str]:
 
 @contextmanager
 def sonopacs_process(args: list[str], log: Path, stop_timeout: float) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m sonopacs_cli ARGS` for the block (clean env, output to `log`); SIGTERM after, then kill."""
+    """`python -m sonopacs.cli ARGS` for the block (clean env, output to `log`); SIGTERM after, then kill."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sonopacs_cli", *args],
+            [sys.executable, "-m", "sonopacs.cli", *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=clean_env(),
@@ -140,7 +140,7 @@ def add_results(db: Database, study_id: int, paths: list[Path]) -> list[int]:
 
 def add_instance(db: Database, study_id: int, path: Path) -> int:
     """An instance row as the listener records it (the file at `path` may be missing on purpose)."""
-    from db import Instance, Series
+    from sonopacs.db import Instance, Series
 
     with db.session() as session:
         series = Series(study_id=study_id, series_instance_uid=generate_uid(), modality="US", series_number=1)

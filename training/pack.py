@@ -1,4 +1,4 @@
-"""Pack a config's datasets at training resolution: ``python -m models.pack --config FILE``.
+"""Pack a config's datasets at training resolution: ``python -m sonopacs.training.pack --config FILE``.
 
 Reading, cleaning and letterboxing ~2500 originals is the slow part of training on a CPU; doing it
 once yields a compact file that also travels to an accelerator machine.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from models.data import build_pack, read_index, save_pack
+from sonopacs.models.data import build_pack, read_index, save_pack
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.calibration import Calibration, expected_calibration_error, operating_points
-from models.lesion_shape import SHAPE_FEATURES
-from models.metrics import classification_metrics, withhold_masks
-from models.plots import plot_confusion, plot_reliability, plot_roc
+from sonopacs.models.calibration import Calibration, expected_calibration_error, operating_points
+from sonopacs.models.lesion_shape import SHAPE_FEATURES
+from sonopacs.models.metrics import classification_metrics, withhold_masks
+from sonopacs.models.plots import plot_confusion, plot_reliability, plot_roc
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def fit_calibration(d: dict[str, np.ndarray], cal_cfg: dict[str, Any]) -> Calibr
     if method != "temperature_bias_shape":
         return Calibration.fit(d["logits"], d["labels"], method)
     if "shape_features" not in d:
-        raise KeyError("these predictions hold no shape_features: re-run models.training --repredict")
+        raise KeyError("these predictions hold no shape_features: re-run sonopacs.training.train --repredict")
     return Calibration.fit(d["logits"], d["labels"], method, d["shape_features"], SHAPE_FEATURES,
                            float(cal_cfg.get("shape_l2", 0.01)))
 

@@ -6,7 +6,7 @@ and the ImageNet start (the encoder's tensors in fp16: 7-9 MB instead of a 17-23
 ``.device/``, checks that everything that will travel fits, and prints the call to make.
 ``models/device_run.sh`` is the other half: it runs on that machine.
 
-    python -m models.device_kit prepare --config models/configs/sonopacs_bus_v4.yaml [--minutes 6]
+    python -m sonopacs.training.device_kit prepare --config models/configs/sonopacs_bus_v4.yaml [--minutes 6]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from models.pack import pack_config
+from sonopacs.training.pack import pack_config
 
 DEVICE_DIR = Path(".device")
 LIMIT_BYTES = 64 * 2**20  # what one device call may carry: the working tree and the carried paths
@@ -57,7 +57,7 @@ def prepare(config: Path, minutes: float) -> int:
     wheels = download_wheels(DEVICE_DIR / "whl")
     model = cfg.get("model", {})
     if model.get("pretrained"):
-        from models.efficientnet_lite import export_imagenet_encoder
+        from sonopacs.models.efficientnet_lite import export_imagenet_encoder
 
         if model.get("pretrained_precision", "fp32") != "fp16":
             print("warning: the exported start is fp16; set model.pretrained_precision: fp16 so the "

@@ -1,6 +1,6 @@
 """Metrics of single jobs' held-out predictions, uncalibrated (T = 1), per dataset.
 
-    python -m models.job_metrics runs/RUN_A/jobs/cv0/preds.npz runs/RUN_B/jobs/cv0/preds.npz
+    python -m sonopacs.training.job_metrics runs/RUN_A/jobs/cv0/preds.npz runs/RUN_B/jobs/cv0/preds.npz
 
 For comparing two recipes on the same fold (same seed, same split) without running all folds:
 how the model card's pretrained-versus-scratch comparison was made.
@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from models.calibration import Calibration, operating_points
-from models.finalize import metrics_for
+from sonopacs.models.calibration import Calibration, operating_points
+from sonopacs.training.finalize import metrics_for
 
 KEYS = ("n_images", "accuracy", "macro_f1", "auc_malignant_vs_rest", "auc_benign_vs_malignant", "dice", "ece")
 

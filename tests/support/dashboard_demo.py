@@ -23,8 +23,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from db.audit import record
-from db.models import (
+from sonopacs.db.audit import record
+from sonopacs.db.models import (
     AuditEvent,
     ExportAttempt,
     Instance,
@@ -36,7 +36,7 @@ from db.models import (
     Study,
     StudyState,
 )
-from db.session import Database
+from sonopacs.db.session import Database
 
 UID_PREFIX = "1.2.826.0.1.3680043.8.498."
 SR_STORAGE = ComprehensiveSRStorage
@@ -255,8 +255,8 @@ def _transition(study: Study, to: str, when: datetime) -> AuditEvent:
 
 def prepare(db: Database, users: dict[str, tuple[str, str]] | None = None) -> None:
     """Create the tables (as `sonopacs db upgrade` would) and the given users {name: (role, password)}."""
-    from dashboard.users import upsert_user
-    from db.models import Base
+    from sonopacs.dashboard.users import upsert_user
+    from sonopacs.db.models import Base
 
     Base.metadata.create_all(db.engine)
     with db.session() as session:

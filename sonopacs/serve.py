@@ -1,6 +1,6 @@
 """`sonopacs serve`: one process tree with the listener, two Celery workers (an inference pool with
-the model and a light pool for control/clean/publish/export, `worker.pools`), the stability monitor
-(a thread here) and the dashboard when that package provides `run_dashboard`.
+the model and a light pool for control/clean/publish/export, `sonopacs.worker.pools`), the stability monitor
+(a thread here) and the dashboard.
 
 Children are `sonopacs <command>` processes reading the same config file and environment. SIGTERM
 (or SIGINT) is passed on to every child: the listener stops accepting, the Celery worker does a
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib
 import logging
 import signal
 import subprocess
@@ -23,9 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from config import Settings
-from worker.celery_app import prepare_embedded_broker
-from worker.pools import serve_pools
+from sonopacs.config import Settings
+from sonopacs.worker.celery_app import prepare_embedded_broker
+from sonopacs.worker.pools import serve_pools
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +45,8 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def dashboard_available() -> bool:
-    try:
-        dashboard_app = importlib.import_module("dashboard.app")
-    except Exception as exc:  # noqa: BLE001 - absent or broken: serve runs without it
-        log.info("dashboard not started: %s", exc)
-        return False
-    return callable(getattr(dashboard_app, "run_dashboard", None))
-
-
 def children(settings: Settings, config_file: str | Path | None, with_dashboard: bool) -> list[Child]:
-    base = [sys.executable, "-m", "sonopacs_cli"]
+    base = [sys.executable, "-m", "sonopacs"]
     if config_file:
         base += ["--config", str(config_file)]
     out = [Child("listener", [*base, "listener"])]
@@ -70,8 +60,8 @@ def children(settings: Settings, config_file: str | Path | None, with_dashboard:
 
 def serve(settings: Settings, config_file: str | Path | None = None) -> int:
     """Migrate the database, start everything, and supervise until SIGTERM/SIGINT."""
-    from db.migrate import upgrade
-    from worker.stability import run_monitor
+    from sonopacs.db.migrate import upgrade
+    from sonopacs.worker.stability import run_monitor
 
     settings.storage.root.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
@@ -79,7 +69,7 @@ def serve(settings: Settings, config_file: str | Path | None = None) -> int:
 
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    procs = children(settings, config_file, dashboard_available())
+    procs = children(settings, config_file, with_dashboard=True)
     monitor = threading.Thread(target=run_monitor, args=(settings, stop), name="stability", daemon=True)
     code = 0
     try:

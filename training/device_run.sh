@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs ON the lent accelerator machine (device tool), from the repository root, after
-# `python -m models.device_kit prepare --config CONFIG` here, with the carry list it prints.
+# `python -m sonopacs.training.device_kit prepare --config CONFIG` here, with the carry list it prints.
 #   bash models/device_run.sh CONFIG [MINUTES]
 # Trains every job of CONFIG at once on the GPU, with the schedule fitted so that the timing probe
 # and the training take MINUTES (models.parallel --minutes), finalizes (calibration, operating
@@ -30,11 +30,11 @@ export SONOPACS_IMAGENET_DIR=$PWD/.device/imagenet
 
 # SIGTERM (not the tool's SIGKILL at its limit) if the estimate is badly off, so the run still packs
 limit=$(awk -v m="$MINUTES" 'BEGIN { printf "%d", m * 60 * 1.3 + 60 }')
-timeout -s TERM "$limit" python3 -m models.parallel --config "$CONFIG" --device "$DEVICE" --procs "$PROCS" \
+timeout -s TERM "$limit" python3 -m sonopacs.training.parallel --config "$CONFIG" --device "$DEVICE" --procs "$PROCS" \
   --minutes "$MINUTES" --out "$RUN" 2>&1 | tee "$OUT/train.log"
 status=$?
 pack_run
 [ "$status" -eq 0 ] || { echo "training failed (rc $status)" >>"$OUT/train.log"; exit "$status"; }
-python3 -m models.card_tables "$RUN/weights/metrics.json" >"$OUT/card_tables.md" 2>&1
+python3 -m sonopacs.training.card_tables "$RUN/weights/metrics.json" >"$OUT/card_tables.md" 2>&1
 timeout -s TERM 120 python3 benchmarks/inference.py --skip-cpu --weights "$RUN/weights" --weights models/weights \
   --json "$OUT/bench.json" >/dev/null 2>>"$OUT/train.log" || echo "benchmark failed" >>"$OUT/train.log"

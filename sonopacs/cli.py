@@ -9,20 +9,22 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sonopacs import __version__
+
 if TYPE_CHECKING:
-    from config import Settings
+    from sonopacs.config import Settings
 
 log = logging.getLogger("sonopacs")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    from config import load_settings
+    from sonopacs.config import load_settings
 
     return load_settings(getattr(args, "config", None))
 
 
 def _peer(text: str, ae_title: str) -> object:
-    from dicom_node.scu import Peer
+    from sonopacs.dicom_node.scu import Peer
 
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit():
@@ -31,14 +33,14 @@ def _peer(text: str, ae_title: str) -> object:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    from config import masked_dump
+    from sonopacs.config import masked_dump
 
     print(json.dumps(masked_dump(_settings(args)), indent=2))
     return 0
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from db.migrate import upgrade
+    from sonopacs.db.migrate import upgrade
 
     settings = _settings(args)
     upgrade(settings.database_url)
@@ -47,7 +49,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from dicom_node.scu import send_files
+    from sonopacs.dicom_node.scu import send_files
 
     paths: list[Path] = []
     for raw in args.paths:
@@ -61,7 +63,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
-    from dicom_node.scu import AssociationError, Peer, echo
+    from sonopacs.dicom_node.scu import AssociationError, Peer, echo
 
     settings = _settings(args)
     if args.to:
@@ -81,31 +83,31 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 
 def cmd_listener(args: argparse.Namespace) -> int:
-    from dicom_node.listener import run_listener
+    from sonopacs.dicom_node.listener import run_listener
 
     return run_listener(_settings(args))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from worker.runner import run_worker
+    from sonopacs.worker.runner import run_worker
 
     return run_worker(_settings(args), queues=args.queues, concurrency=args.concurrency)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from worker.supervisor import serve
+    from sonopacs.serve import serve
 
     return serve(_settings(args), config_file=args.config)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from dashboard.app import run_dashboard
+    from sonopacs.dashboard.app import run_dashboard
 
     return run_dashboard(_settings(args))
 
 
 def cmd_resend(args: argparse.Namespace) -> int:
-    from worker.actions import ActionError, resend_study
+    from sonopacs.worker.actions import ActionError, resend_study
 
     try:
         resend_study(_settings(args), args.study_uid, actor="cli")
@@ -117,7 +119,7 @@ def cmd_resend(args: argparse.Namespace) -> int:
 
 
 def cmd_reprocess(args: argparse.Namespace) -> int:
-    from worker.actions import ActionError, reprocess_study
+    from sonopacs.worker.actions import ActionError, reprocess_study
 
     try:
         reprocess_study(_settings(args), args.study_uid, actor="cli")
@@ -129,13 +131,13 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from worker.stability import run_monitor_until_signalled
+    from sonopacs.worker.stability import run_monitor_until_signalled
 
     return run_monitor_until_signalled(_settings(args))
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from worker.single_analysis import analyze_files
+    from sonopacs.worker.single_analysis import analyze_files
 
     results = analyze_files(_settings(args), [Path(p) for p in args.files], Path(args.out))
     failed = [r for r in results if r.get("error")]
@@ -146,7 +148,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from models.training import train_from_config
+    try:
+        from sonopacs.training.train import train_from_config
+    except ModuleNotFoundError as exc:  # a third-party training dependency, never one of ours
+        if exc.name and exc.name.startswith("sonopacs"):
+            raise
+        print(f"training needs the [train] extra ({exc.name} is missing): pip install 'sonopacs[train]'",
+              file=sys.stderr)
+        return 2
 
     train_from_config(
         Path(args.config_file), out_dir=Path(args.out) if args.out else None, device=args.device,
@@ -156,7 +165,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from models.evaluation import evaluate_index
+    from sonopacs.models.evaluation import evaluate_index
 
     metrics = evaluate_index(
         Path(args.index),
@@ -170,7 +179,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
-    from dashboard.users import add_user
+    from sonopacs.dashboard.users import add_user
 
     add_user(_settings(args), args.username, role=args.role, password=args.password)
     print(f"user {args.username} ({args.role}) saved")
@@ -181,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sonopacs", description=__doc__)
     parser.add_argument("--config", help="YAML file layered over config/default.yaml")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--version", action="version", version=f"sonopacs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     # `--config` is accepted after the subcommand too; SUPPRESS keeps the global value otherwise.
     common = argparse.ArgumentParser(add_help=False)
@@ -282,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from config.settings import ConfigError
+    from sonopacs.config.settings import ConfigError
 
     try:
         return int(args.func(args) or 0)

@@ -2,7 +2,7 @@
 
 A config lists *jobs*: ``cv`` (k group/patient-aware folds giving out-of-fold predictions),
 ``final`` (all data, the shipped model) and ``cross`` (train on one dataset, test on another).
-Each job is independent and seeded, so ``python -m models.training --jobs cv0,cv1`` may run jobs
+Each job is independent and seeded, so ``python -m sonopacs.training.train --jobs cv0,cv1`` may run jobs
 in parallel processes; ``train_from_config`` runs them one after another, then ``finalize`` fits
 the temperature and operating points on the out-of-fold predictions and writes the weights folder.
 """
@@ -28,13 +28,13 @@ from monai.losses import DiceCELoss
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 from tqdm import tqdm
 
-from models.augment import Augmenter
-from models.data import Packed, build_pack, concat_packs, load_pack, read_index, save_pack
-from models.lesion_shape import shape_feature_matrix
-from models.measure import lesion_mask
-from models.metrics import dice_iou, withhold_masks
-from models.networks import SonoNet, build_network
-from models.synthetic import stamp_bank
+from sonopacs.models.data import Packed, build_pack, concat_packs, load_pack, read_index, save_pack
+from sonopacs.models.lesion_shape import shape_feature_matrix
+from sonopacs.models.measure import lesion_mask
+from sonopacs.models.metrics import dice_iou, withhold_masks
+from sonopacs.models.networks import SonoNet, build_network
+from sonopacs.training.augment import Augmenter
+from sonopacs.training.synthetic import stamp_bank
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[s
         v_dice = withhold_masks(_seg_scores(v_prob, data.masks[val])[0], v_pred)
         v_ce = float(F.cross_entropy(torch.from_numpy(v_logits), torch.from_numpy(v_lab)))
         mal = v_lab == 2
-        from models.metrics import _auc
+        from sonopacs.models.metrics import _auc
 
         p_m = torch.softmax(torch.from_numpy(v_logits), 1)[:, 2].numpy()
         v_auc = _auc(mal, p_m)
@@ -336,13 +336,13 @@ def train_from_config(config_path: Path, out_dir: Path | None = None, device: st
     """Run every job of the config in this process, then calibrate and write the weights folder.
 
     ``overrides`` (``train.epochs=N``) are recorded in the manifest, e.g. the epochs that a
-    time-budgeted GPU run settled on (``models.parallel --minutes``)."""
+    time-budgeted GPU run settled on (``sonopacs.training.parallel --minutes``)."""
     cfg = load_config(config_path, overrides)
     out = Path(out_dir or cfg.get("out_dir", "runs/" + Path(config_path).stem))
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(config_path, out / "config.yaml")
     run_jobs(cfg, out, resolve_device(device))
-    from models.finalize import finalize
+    from sonopacs.training.finalize import finalize
 
     finalize(cfg, out)
 
@@ -365,7 +365,7 @@ def main() -> None:
     if a.list_jobs:
         print(" ".join(make_jobs(load_data(cfg), cfg)))
         return
-    from models.finalize import finalize
+    from sonopacs.training.finalize import finalize
 
     if a.finalize_only:
         finalize(cfg, out)

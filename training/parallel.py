@@ -12,7 +12,7 @@ and as an override in the manifest, so the run can be repeated with ``--set trai
 wall-clock guard (``train.max_minutes``) stops a job that still overruns; its ``info.json`` then
 says ``stopped_by_clock``. A failed job stops the run before ``finalize``.
 
-    python -m models.parallel --config models/configs/NAME.yaml --device cuda --procs 4 [--out DIR]
+    python -m sonopacs.training.parallel --config models/configs/NAME.yaml --device cuda --procs 4 [--out DIR]
         [--minutes M]
 """
 
@@ -29,15 +29,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from models.finalize import finalize
-from models.training import load_config, load_data, make_jobs
+from sonopacs.training.finalize import finalize
+from sonopacs.training.train import load_config, load_data, make_jobs
 
 log = logging.getLogger(__name__)
 
 
 def run_parallel(config: str, names: list[str], out: Path, device: str, procs: int,
                  sets: list[str]) -> dict[str, tuple[int, float]]:
-    """Train ``names`` as up to ``procs`` concurrent ``models.training`` processes.
+    """Train ``names`` as up to ``procs`` concurrent ``sonopacs.training.train`` processes.
 
     Returns each job's exit code and wall-clock minutes (process start to exit)."""
     queue = job_order(names)
@@ -48,7 +48,7 @@ def run_parallel(config: str, names: list[str], out: Path, device: str, procs: i
         while queue and len(running) < procs:
             n = queue.pop(0)
             logf = (out / "logs" / f"{n}.log").open("w")
-            cmd = [sys.executable, "-m", "models.training", "--config", config, "--out", str(out),
+            cmd = [sys.executable, "-m", "sonopacs.training.train", "--config", config, "--out", str(out),
                    "--device", device, "--jobs", n, *[f"--set={x}" for x in sets]]
             running.append((n, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT), time.time()))
         time.sleep(2)

@@ -1,6 +1,6 @@
 """Fit the fringe classifier (cleaning/fringe.py) on synthetic burn-ins and write cleaning/fringe_model.json.
 
-    python -m cleaning.train_fringe --images 700 --trees 20 --depth 6 --learning-rate 0.4
+    python -m sonopacs.training.cleaning_fringe --images 700 --trees 20 --depth 6 --learning-rate 0.4
 
 Training images: BUS-BRA patients of folds 3-5. The benchmark scores fold 1; fold 2 is kept for
 choosing the acceptance threshold (`--tune` reports recall and precision per threshold there).
@@ -18,10 +18,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cleaning.annotations import detect_annotations
-from cleaning.convert import grey_and_chroma, rgb_max
-from cleaning.fringe import FEATURE_NAMES, FRINGE_MODEL_PATH, ring_features
-from cleaning.train_detector import BUSBRA, _read_index, burn_ins, fit
+from sonopacs.cleaning.annotations import detect_annotations
+from sonopacs.cleaning.convert import grey_and_chroma, rgb_max
+from sonopacs.cleaning.fringe import FEATURE_NAMES, FRINGE_MODEL_PATH, ring_features
+from sonopacs.training.cleaning_detector import BUSBRA, _read_index, burn_ins, fit
 
 _NEAR_NATIVE = np.ones((7, 7), np.uint8)
 

@@ -1,6 +1,6 @@
 """The model card's result tables, printed from a ``metrics.json`` written by ``finalize``.
 
-    python -m models.card_tables models/weights/metrics.json
+    python -m sonopacs.training.card_tables models/weights/metrics.json
 
 Copying figures into the card by hand invites slips; this prints the Markdown tables exactly as
 measured (3 decimals), so the card and ``metrics.json`` cannot disagree.

@@ -1,6 +1,6 @@
 """Fit the overlay-component classifier on synthetic burn-ins and write cleaning/detector_model.json.
 
-    python -m cleaning.train_detector --images 450 --trees 150 --depth 5
+    python -m sonopacs.training.cleaning_detector --images 450 --trees 150 --depth 5
 
 Training images: BUS-BRA patients outside fold 1 (fold5 != 1); the benchmark scores fold 1 only, so
 the reported numbers never see a training patient. Needs scikit-learn at training time only.
@@ -18,10 +18,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cleaning.convert import grey_and_chroma
-from cleaning.features import FEATURE_NAMES, find_candidates
-from cleaning.synthetic import burn_in_annotations
-from cleaning.trees import MODEL_PATH, TreeEnsemble
+from sonopacs.cleaning.convert import grey_and_chroma
+from sonopacs.cleaning.features import FEATURE_NAMES, find_candidates
+from sonopacs.cleaning.synthetic import burn_in_annotations
+from sonopacs.cleaning.trees import MODEL_PATH, TreeEnsemble
 
 BUSBRA = Path("/work/shared/datasets/bus-bra")
 
