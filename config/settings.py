@@ -113,6 +113,35 @@ class DashboardSettings(_Section):
     port: int = Field(8080, ge=1, le=65535)
     secret_key: SecretStr = SecretStr("change-me")
     session_max_age_seconds: int = Field(8 * 3600, gt=0)
+    # auto: the cookie is Secure when the request came over https (TLS, or a trusted proxy's X-Forwarded-Proto).
+    cookie_secure: Literal["auto", "always", "never"] = "auto"
+    # Addresses or networks (CIDR) whose X-Forwarded-For / -Proto are believed; empty: nobody's.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Failed logins per client address and per account before back-off; then base * 2^n seconds, capped.
+    login_free_failures: int = Field(3, ge=1, le=100)
+    login_backoff_base_seconds: float = Field(2, gt=0)
+    login_backoff_max_seconds: float = Field(300, gt=0)
+    # /readyz: how long a dependency check (and, separately, the PACS C-ECHO) is reused.
+    readyz_cache_seconds: float = Field(5, ge=0)
+    readyz_echo_cache_seconds: float = Field(30, ge=0)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            ipaddress.ip_network(item, strict=False)  # ValueError names the bad entry
+        return value
 
 
 class PipelineSettings(_Section):
