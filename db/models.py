@@ -20,14 +20,28 @@ from sqlalchemy import (
     Text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on every backend: SQLite hands back naive values (stored as UTC), so the
+    one fix lives here instead of in each reader."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None or value.tzinfo is not None:
+            return value
+        return value.replace(tzinfo=UTC)
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+    type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime()}
 
 
 class StudyState(enum.StrEnum):
@@ -76,6 +90,13 @@ class Study(Base):
     generation: Mapped[int] = mapped_column(Integer, default=1)
     enqueued_generation: Mapped[int] = mapped_column(Integer, default=0)
     run_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The reconciler re-enqueues a stuck study once per generation; this is the last one it did.
+    recovered_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The next export try, scheduled in the database so it survives a kill -9 on every broker.
+    export_next_at: Mapped[datetime | None] = mapped_column(index=True)
+    export_next_try: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    export_pending: Mapped[list[int] | None] = mapped_column(JSON)
+    export_reason: Mapped[str | None] = mapped_column(Text)
     first_received_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -145,6 +166,9 @@ class Job(Base):
     seconds: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Written every recovery.heartbeat_seconds while the task runs; "pid@host" of the process.
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
+    worker: Mapped[str | None] = mapped_column(String(128))
 
     study: Mapped[Study] = relationship(back_populates="jobs")
 

@@ -39,6 +39,51 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_durably(path: Path, data: bytes) -> None:
+    """Make ``path`` hold exactly ``data`` (temp name, fsync, rename, fsync of the folder and of every
+    folder created); raises StorageError and leaves no temp file. The one durable write of the project."""
+    tmp: Path | None = None
+    try:
+        make_dirs_durably(path.parent)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        tmp = None
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise StorageError(exc.errno or errno.EIO, f"cannot store {path.name}: {exc.strerror or exc}") from exc
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def make_dirs_durably(folder: Path) -> None:
+    """mkdir -p, then fsync the parent of each folder created so the new names are durable."""
+    missing: list[Path] = []
+    probe = folder
+    while not probe.is_dir():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for created in reversed(missing):
+        try:
+            created.mkdir()
+        except FileExistsError:
+            if not created.is_dir():
+                raise
+        fsync_dir(created.parent)
+
+
 class InstanceStore:
     """Files of received instances under ``root/received/<study>/<series>/<sop>.dcm``."""
 
@@ -55,33 +100,12 @@ class InstanceStore:
         )
 
     def write(self, path: Path, data: bytes) -> None:
-        """Make ``path`` hold exactly ``data``, durably; raises StorageError and leaves no temp file."""
-        tmp: Path | None = None
-        try:
-            self._make_dirs(path.parent)
-            tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            # The caller holds the per-instance lock and has checked that no committed row points
-            # here, so a file already at `path` is a leftover of an unacknowledged attempt.
-            os.replace(tmp, path)
-            tmp = None
-            fsync_dir(path.parent)
-        except OSError as exc:
-            raise StorageError(
-                exc.errno or errno.EIO, f"cannot store {path.name}: {exc.strerror or exc}"
-            ) from exc
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
+        """Make ``path`` hold exactly ``data``, durably; raises StorageError and leaves no temp file.
+
+        The caller holds the per-instance lock and has checked that no committed row points here,
+        so a file already at ``path`` is a leftover of an unacknowledged attempt and is replaced.
+        """
+        write_durably(path, data)
 
     def holds(self, path: Path, size: int, sha256: str) -> bool:
         """Whether ``path`` already holds the bytes with this size and hash."""
@@ -95,20 +119,3 @@ class InstanceStore:
             return digest.hexdigest() == sha256
         except OSError:
             return False
-
-    def _make_dirs(self, folder: Path) -> None:
-        """mkdir -p, then fsync the parent of each folder created so the new names are durable."""
-        missing: list[Path] = []
-        probe = folder
-        while not probe.is_dir():
-            missing.append(probe)
-            if probe.parent == probe:
-                break
-            probe = probe.parent
-        for created in reversed(missing):
-            try:
-                created.mkdir()
-            except FileExistsError:
-                if not created.is_dir():
-                    raise
-            fsync_dir(created.parent)

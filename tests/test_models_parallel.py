@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sonopacs.models import parallel
+from sonopacs.training import parallel
 from tests.test_models_training import make_synthetic_index, write_smoke_config
 
 

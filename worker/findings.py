@@ -15,10 +15,12 @@ from pydicom.dataset import Dataset
 
 from sonopacs.dicom_node.regions import UltrasoundRegion, spacing_at
 from sonopacs.dicom_node.results.types import ImageFinding, ResultIdentity
+from sonopacs.worker.records import AnalysisRecord, FieldRecord, LesionRecord
 
 if TYPE_CHECKING:
     from sonopacs.cleaning import CleanResult, Region
     from sonopacs.config import Settings
+    from sonopacs.models import AnalysisResult
 
 
 log = logging.getLogger(__name__)
@@ -87,43 +89,48 @@ def clean_frame(
     return out
 
 
-def analysis_record(result: Any, operating_points: dict[str, float] | None = None) -> dict[str, Any]:
-    """A models.AnalysisResult as JSON-able data (mask and heat map are stored separately)."""
+def analysis_record(result: AnalysisResult, operating_points: dict[str, float] | None = None) -> AnalysisRecord:
+    """A models.AnalysisResult as a record (mask and heat map are stored separately)."""
     lesion = result.lesion
-    record: dict[str, Any] = {
-        "label": result.label,
-        "probabilities": {k: float(v) for k, v in result.probabilities.items()},
-        "malignancy_probability": float(result.malignancy_probability),
-        "decisions": {k: bool(v) for k, v in result.decisions.items()},
-        "operating_points": {k: float(v) for k, v in (operating_points or {}).items()},
-        "uncertainty": float(result.uncertainty),
-        "model_name": str(result.model_name),
-        "model_version": str(result.model_version),
-        "lesion": None,
-    }
+    measured = None
     if lesion is not None and int(lesion.area_px) > 0:
-        record["lesion"] = {
-            "area_px": int(lesion.area_px),
-            "long_axis_px": float(lesion.long_axis_px),
-            "short_axis_px": float(lesion.short_axis_px),
-            "long_axis_endpoints": [[float(v) for v in p] for p in lesion.long_axis_endpoints],
-            "short_axis_endpoints": [[float(v) for v in p] for p in lesion.short_axis_endpoints],
-            "contour": [[float(r), float(c)] for r, c in lesion.contour],
-            "long_axis_mm": _opt_float(lesion.long_axis_mm),
-            "short_axis_mm": _opt_float(lesion.short_axis_mm),
-            "area_mm2": _opt_float(lesion.area_mm2),
-        }
-    return record
+        measured = LesionRecord(
+            area_px=int(lesion.area_px),
+            long_axis_px=float(lesion.long_axis_px),
+            short_axis_px=float(lesion.short_axis_px),
+            long_axis_endpoints=_point_pair(lesion.long_axis_endpoints),
+            short_axis_endpoints=_point_pair(lesion.short_axis_endpoints),
+            contour=[(float(r), float(c)) for r, c in lesion.contour],
+            long_axis_mm=_opt_float(lesion.long_axis_mm),
+            short_axis_mm=_opt_float(lesion.short_axis_mm),
+            area_mm2=_opt_float(lesion.area_mm2),
+        )
+    return AnalysisRecord(
+        label=result.label,
+        probabilities={k: float(v) for k, v in result.probabilities.items()},
+        malignancy_probability=float(result.malignancy_probability),
+        decisions={k: bool(v) for k, v in result.decisions.items()},
+        operating_points={k: float(v) for k, v in (operating_points or {}).items()},
+        uncertainty=float(result.uncertainty),
+        model_name=str(result.model_name),
+        model_version=str(result.model_version),
+        lesion=measured,
+    )
 
 
-def result_mask(result: Any) -> np.ndarray:
+def _point_pair(points: Any) -> tuple[tuple[float, float], tuple[float, float]]:
+    (a0, a1), (b0, b1) = points
+    return (float(a0), float(a1)), (float(b0), float(b1))
+
+
+def result_mask(result: AnalysisResult) -> np.ndarray:
     """The lesion mask as bool (all False when the model gives none)."""
     if result.mask is None:
         return np.zeros(np.asarray(result.heatmap).shape[:2], bool)
     return np.asarray(result.mask).astype(bool)
 
 
-def result_heatmap(result: Any) -> np.ndarray | None:
+def result_heatmap(result: AnalysisResult) -> np.ndarray | None:
     """The heat map as float16 (storage), or None when the model gives none."""
     return None if result.heatmap is None else np.asarray(result.heatmap, np.float16)
 
@@ -136,7 +143,7 @@ def finding_from_record(
     source: Dataset,
     frame_index: int,
     frame: np.ndarray,
-    record: dict[str, Any],
+    record: AnalysisRecord,
     offset: tuple[int, int],
     mask: np.ndarray | None,
     heatmap: np.ndarray | None,
@@ -156,39 +163,37 @@ def finding_from_record(
     def shift(p: Any) -> tuple[float, float]:
         return (float(p[0]) + oy, float(p[1]) + ox)
 
-    lesion = record.get("lesion")
+    lesion = record.lesion
     return ImageFinding(
         source=source,
         frame_index=frame_index,
         frame=frame,
-        label=record["label"],
-        probabilities=record["probabilities"],
-        malignancy_probability=record["malignancy_probability"],
-        decisions=record["decisions"],
-        model_name=record["model_name"],
-        model_version=record["model_version"],
+        label=record.label,
+        probabilities=record.probabilities,
+        malignancy_probability=record.malignancy_probability,
+        decisions=record.decisions,
+        model_name=record.model_name,
+        model_version=record.model_version,
         mask=place(mask.astype(bool) if mask is not None else None, bool),
         heatmap=place(heatmap.astype(np.float32) if heatmap is not None else None, np.float32),
-        contour=[shift(p) for p in lesion["contour"]] if lesion else [],
-        long_axis=(shift(lesion["long_axis_endpoints"][0]), shift(lesion["long_axis_endpoints"][1]))
+        contour=[shift(p) for p in lesion.contour] if lesion else [],
+        long_axis=(shift(lesion.long_axis_endpoints[0]), shift(lesion.long_axis_endpoints[1])) if lesion else None,
+        short_axis=(shift(lesion.short_axis_endpoints[0]), shift(lesion.short_axis_endpoints[1]))
         if lesion
         else None,
-        short_axis=(shift(lesion["short_axis_endpoints"][0]), shift(lesion["short_axis_endpoints"][1]))
-        if lesion
-        else None,
-        long_axis_mm=lesion["long_axis_mm"] if lesion else None,
-        short_axis_mm=lesion["short_axis_mm"] if lesion else None,
-        area_mm2=lesion["area_mm2"] if lesion else None,
-        uncertainty=record.get("uncertainty"),
+        long_axis_mm=lesion.long_axis_mm if lesion else None,
+        short_axis_mm=lesion.short_axis_mm if lesion else None,
+        area_mm2=lesion.area_mm2 if lesion else None,
+        uncertainty=record.uncertainty,
     )
 
 
-def pick_most_suspicious(items: list[dict[str, Any]]) -> dict[str, Any]:
+def pick_most_suspicious(items: list[FieldRecord]) -> FieldRecord:
     """The analysed field/frame reported for an instance: highest P(malignant), earliest on ties."""
-    return max(items, key=lambda it: (it["analysis"]["malignancy_probability"], -it["order"]))
+    return max(items, key=lambda it: (it.analysed().malignancy_probability, -it.order))
 
 
-def summary_of(finding: ImageFinding, item: dict[str, Any]) -> dict[str, Any]:
+def summary_of(finding: ImageFinding, item: FieldRecord) -> dict[str, Any]:
     """What the dashboard and tests read from a ResultObject row."""
     return {
         "source_sop_instance_uid": str(finding.source.SOPInstanceUID),
@@ -200,6 +205,6 @@ def summary_of(finding: ImageFinding, item: dict[str, Any]) -> dict[str, Any]:
         "long_axis_mm": finding.long_axis_mm,
         "short_axis_mm": finding.short_axis_mm,
         "area_mm2": finding.area_mm2,
-        "spacing_mm": item.get("spacing_mm"),
-        "cleaning": item.get("summary"),
+        "spacing_mm": list(item.spacing_mm) if item.spacing_mm else None,
+        "cleaning": item.summary,
     }

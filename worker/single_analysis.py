@@ -37,6 +37,7 @@ from sonopacs.worker.findings import (
     result_heatmap,
     result_mask,
 )
+from sonopacs.worker.records import FieldRecord, jsonable
 
 if TYPE_CHECKING:
     from sonopacs.config import Settings
@@ -116,35 +117,33 @@ def _pil_to_array(im: Image.Image) -> np.ndarray:
 
 def _analyze_one(settings: Settings, analyzer: Any, path: Path, out_dir: Path, name: str) -> dict[str, Any]:
     ds, indices, frames, regions = load_input(path, settings.pipeline.max_frames, settings.pipeline.uid_root)
-    items: list[dict[str, Any]] = []
+    items: list[FieldRecord] = []
     crops: list[np.ndarray] = []
     for frame_index, frame in zip(indices, frames, strict=True):
         for field_index, (result, spacing) in enumerate(clean_frame(frame, regions)):
             items.append(
-                {
-                    "order": len(items),
-                    "frame_index": frame_index,
-                    "field_index": field_index,
-                    "offset": [int(v) for v in result.offset],
-                    "spacing_mm": list(spacing) if spacing else None,
-                    "summary": result.summary,
-                }
+                FieldRecord(
+                    order=len(items),
+                    frame_index=frame_index,
+                    field_index=field_index,
+                    offset=(int(result.offset[0]), int(result.offset[1])),
+                    spacing_mm=spacing,
+                    summary=jsonable(result.summary),
+                )
             )
             crops.append(result.image)
     if not items:
         raise InputError("cleaning found no ultrasound field")
-    spacings = [tuple(it["spacing_mm"]) if it["spacing_mm"] else None for it in items]
-    analyses = analyzer.analyze_batch(crops, spacings)
+    analyses = analyzer.analyze_batch(crops, [it.spacing_mm for it in items])
     points = dict(getattr(analyzer, "operating_points", {}) or {})
+    arrays: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
     for it, res in zip(items, analyses, strict=True):
-        it["analysis"] = analysis_record(res, points)
-        it["mask"], it["heatmap"] = result_mask(res), result_heatmap(res)
+        it.analysis = analysis_record(res, points)
+        arrays[it.order] = (result_mask(res), result_heatmap(res))
     best = pick_most_suspicious(items)
-    frame = frames[indices.index(best["frame_index"])]
+    frame = frames[indices.index(best.frame_index)]
     source = ds if ds is not None else _png_header(frame)
-    finding = finding_from_record(
-        source, best["frame_index"], frame, best["analysis"], best["offset"], best["mask"], best["heatmap"]
-    )
+    finding = finding_from_record(source, best.frame_index, frame, best.analysed(), best.offset, *arrays[best.order])
     outputs = _write_images(settings, finding, out_dir, name)
     if ds is not None:
         outputs.update(_write_dicom(settings, finding, out_dir, name))
@@ -183,17 +182,17 @@ def _write_dicom(settings: Settings, finding: ImageFinding, out_dir: Path, name:
 
 
 def _json_record(
-    path: Path, finding: ImageFinding, item: dict[str, Any], n_frames: int, outputs: dict[str, str]
+    path: Path, finding: ImageFinding, item: FieldRecord, n_frames: int, outputs: dict[str, str]
 ) -> dict[str, Any]:
-    analysis = item["analysis"]
-    lesion = analysis["lesion"]
+    analysis = item.analysed()
+    lesion = analysis.lesion
     return {
         "input": str(path),
         "label": finding.label,
         "probabilities": finding.probabilities,
         "malignancy_probability": finding.malignancy_probability,
         "decisions": finding.decisions,
-        "operating_points": analysis["operating_points"],
+        "operating_points": analysis.operating_points,
         "uncertainty": finding.uncertainty,
         "lesion": None
         if lesion is None
@@ -201,16 +200,16 @@ def _json_record(
             "long_axis_mm": finding.long_axis_mm,
             "short_axis_mm": finding.short_axis_mm,
             "area_mm2": finding.area_mm2,
-            "long_axis_px": lesion["long_axis_px"],
-            "short_axis_px": lesion["short_axis_px"],
-            "area_px": lesion["area_px"],
+            "long_axis_px": lesion.long_axis_px,
+            "short_axis_px": lesion.short_axis_px,
+            "area_px": lesion.area_px,
         },
-        "spacing_mm": item["spacing_mm"],
+        "spacing_mm": list(item.spacing_mm) if item.spacing_mm else None,
         "frame_index": finding.frame_index,
         "frames_analyzed": n_frames,
-        "field_index": item["field_index"],
-        "crop_offset": item["offset"],
-        "cleaning": json.loads(json.dumps(item["summary"], default=str)),
+        "field_index": item.field_index,
+        "crop_offset": list(item.offset),
+        "cleaning": item.summary,
         "model": {"name": finding.model_name, "version": finding.model_version},
         "outputs": outputs,
         "disclaimer": DISCLAIMER,

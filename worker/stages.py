@@ -10,9 +10,8 @@ Originals are only read.
 
 from __future__ import annotations
 
-import json
+import io
 import logging
-import os
 import shutil
 import time
 from collections import defaultdict
@@ -38,7 +37,7 @@ from sonopacs.dicom_node.results.secondary_capture import build_secondary_captur
 from sonopacs.dicom_node.results.segmentation import build_segmentation
 from sonopacs.dicom_node.results.structured_report import build_structured_report, most_suspicious
 from sonopacs.dicom_node.results.types import ImageFinding, ResultIdentity
-from sonopacs.dicom_node.storage import fsync_dir
+from sonopacs.dicom_node.storage import write_durably
 from sonopacs.worker.findings import (
     SERIES_NUMBER_BASE,
     analysis_record,
@@ -52,6 +51,7 @@ from sonopacs.worker.findings import (
     summary_of,
 )
 from sonopacs.worker.pools import apply_torch_threads
+from sonopacs.worker.records import FieldRecord, StageManifest, jsonable, read_manifest, write_manifest
 
 if TYPE_CHECKING:
     from sonopacs.config import Settings
@@ -68,18 +68,6 @@ ACTOR = "worker"
 
 def _work_dir(settings: Settings, study_uid: str, generation: int) -> Path:
     return settings.storage.root / "pipeline" / study_uid / f"g{generation}"
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise RuntimeError(f"{path.name} is missing: the previous stage did not complete for this generation")
-    return dict(json.loads(path.read_text()))
 
 
 def _add_job_detail(db: Database, study_id: int, stage: str, generation: int, detail: dict[str, Any]) -> None:
@@ -143,12 +131,12 @@ def clean_study(settings: Settings, db: Database, study_id: int, generation: int
         ).all()
     kept = _only_our_results_arrived(settings, db, study_id, rows)
     if kept is not None:
-        _write_json(work / "clean.json", {"generation": generation, "items": [], "kept_generation": kept})
+        write_manifest(work / "clean.json", StageManifest(generation=generation, kept_generation=kept))
         detail = {"kept_generation": kept, "reason": "only sonopacs results arrived since the last run"}
         _add_job_detail(db, study_id, "clean", generation, detail)
         log.info("study %s g%s: %s", study_uid, generation, detail["reason"])
         return
-    items: list[dict[str, Any]] = []
+    items: list[FieldRecord] = []
     counts = {"instances": len(rows), "eligible": 0, "skipped": 0, "failed": 0, "frames": 0, "fields": 0}
     failures: list[str] = []
     timings = {"read_s": 0.0, "clean_s": 0.0}
@@ -181,30 +169,30 @@ def clean_study(settings: Settings, db: Database, study_id: int, generation: int
                         work / "clean" / name, image=result.image, annotation_mask=result.annotation_mask
                     )
                     items.append(
-                        {
-                            "order": len(items),
-                            "instance_id": instance_id,
-                            "sop_instance_uid": sop_uid,
-                            "frame_index": frame_index,
-                            "field_index": field_index,
-                            "offset": [int(v) for v in result.offset],
-                            "spacing_mm": list(spacing) if spacing else None,
-                            "summary": _jsonable(result.summary),
-                            "file": name,
-                        }
+                        FieldRecord(
+                            order=len(items),
+                            instance_id=instance_id,
+                            sop_instance_uid=sop_uid,
+                            frame_index=frame_index,
+                            field_index=field_index,
+                            offset=(int(result.offset[0]), int(result.offset[1])),
+                            spacing_mm=spacing,
+                            summary=jsonable(result.summary),
+                            file=name,
+                        )
                     )
                     counts["fields"] += 1
                 counts["frames"] += 1
         except ValueError as exc:
             _fail_instance(db, instance_id, f"cleaning refused the image: {exc}", counts, failures)
-            items = [it for it in items if it["instance_id"] != instance_id]
+            items = [it for it in items if it.instance_id != instance_id]
             continue
         finally:
             timings["clean_s"] += time.perf_counter() - t_clean
         counts["eligible"] += 1
     if not items and failures:
         raise RuntimeError(f"no instance could be analysed: {'; '.join(failures[:5])}")
-    _write_json(work / "clean.json", {"generation": generation, "items": items, "counts": counts})
+    write_manifest(work / "clean.json", StageManifest(generation=generation, items=items, counts=counts))
     detail = {**counts, **{k: round(v, 3) for k, v in timings.items()}}
     detail["seconds"] = round(time.perf_counter() - t0, 3)
     _add_job_detail(db, study_id, "clean", generation, detail)
@@ -255,17 +243,13 @@ def _fail_instance(
     _set_state(db, instance_id, InstanceState.FAILED, reason[:2000])
 
 
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
-
-
 def analyze_study(settings: Settings, db: Database, study_id: int, generation: int) -> None:
     """One Analyzer batch over every cleaned field of the study."""
     t0 = time.perf_counter()
     study_uid = _study_uid(db, study_id)
     work = _work_dir(settings, study_uid, generation)
-    manifest = _read_json(work / "clean.json")
-    items = manifest["items"]
+    manifest = read_manifest(work / "clean.json")
+    items = manifest.items
     out_dir = work / "analysis"
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
@@ -275,23 +259,23 @@ def analyze_study(settings: Settings, db: Database, study_id: int, generation: i
         apply_torch_threads(settings)  # the runner's choice (worker.pools), set before the pool forked
         analyzer = get_analyzer(settings)
         detail["model_load_s"] = round(time.perf_counter() - t_load, 3)
-        images = [np.load(work / "clean" / it["file"])["image"] for it in items]
-        spacings = [tuple(it["spacing_mm"]) if it["spacing_mm"] else None for it in items]
+        images = [np.load(work / "clean" / str(it.file))["image"] for it in items]
+        spacings = [it.spacing_mm for it in items]
         t_inf = time.perf_counter()
         results = analyzer.analyze_batch(images, spacings)
         detail["inference_s"] = round(time.perf_counter() - t_inf, 3)
         detail["model"] = f"{analyzer.name} {analyzer.version}"
         points = dict(getattr(analyzer, "operating_points", {}) or {})
         for it, result in zip(items, results, strict=True):
-            it["analysis"] = analysis_record(result, points)
+            it.analysis = analysis_record(result, points)
             heat = result_heatmap(result)
             if heat is None:
-                np.savez_compressed(out_dir / it["file"], mask=result_mask(result))
+                np.savez_compressed(out_dir / str(it.file), mask=result_mask(result))
             else:
-                np.savez_compressed(out_dir / it["file"], mask=result_mask(result), heatmap=heat)
-    _write_json(
+                np.savez_compressed(out_dir / str(it.file), mask=result_mask(result), heatmap=heat)
+    write_manifest(
         work / "analysis.json",
-        {"generation": generation, "items": items, "kept_generation": manifest.get("kept_generation")},
+        StageManifest(generation=generation, items=items, kept_generation=manifest.kept_generation),
     )
     detail["seconds"] = round(time.perf_counter() - t0, 3)
     _add_job_detail(db, study_id, "analyze", generation, detail)
@@ -314,15 +298,16 @@ def publish_study(settings: Settings, db: Database, study_id: int, generation: i
         _add_job_detail(db, study_id, "publish", generation, {"skipped": "already published"})
         return
     work = _work_dir(settings, study_uid, generation)
-    analysis = _read_json(work / "analysis.json")
-    if analysis.get("kept_generation") is not None:
-        kept = {"kept_generation": analysis["kept_generation"], "objects": {}}
+    analysis = read_manifest(work / "analysis.json")
+    if analysis.kept_generation is not None:
+        kept = {"kept_generation": analysis.kept_generation, "objects": {}}
         _add_job_detail(db, study_id, "publish", generation, kept)
         return
-    items = analysis["items"]
-    by_instance: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for it in items:
-        by_instance[int(it["instance_id"])].append(it)
+    by_instance: dict[int, list[FieldRecord]] = defaultdict(list)
+    for it in analysis.items:
+        if it.instance_id is None:
+            raise RuntimeError(f"field {it.order} of analysis.json names no instance")
+        by_instance[it.instance_id].append(it)
     ident = identity(settings)
     built = _build_objects(settings, db, work, by_instance, ident, generation)
     t_write = time.perf_counter()
@@ -392,7 +377,7 @@ def _build_objects(
     settings: Settings,
     db: Database,
     work: Path,
-    by_instance: dict[int, list[dict[str, Any]]],
+    by_instance: dict[int, list[FieldRecord]],
     ident: ResultIdentity,
     generation: int,
 ) -> list[Built]:
@@ -410,14 +395,14 @@ def _build_objects(
     for number, (instance_id, its) in enumerate(by_instance.items(), start=1):
         best = pick_most_suspicious(its)
         ds = pydicom.dcmread(_instance_path(settings, paths[instance_id]))
-        frame = read_frame(ds, int(best["frame_index"]))
-        arrays = np.load(work / "analysis" / best["file"])
+        frame = read_frame(ds, best.frame_index)
+        arrays = np.load(work / "analysis" / str(best.file))
         finding = finding_from_record(
             ds,
-            int(best["frame_index"]),
+            best.frame_index,
             frame,
-            best["analysis"],
-            best["offset"],
+            best.analysed(),
+            best.offset,
             arrays["mask"],
             arrays.get("heatmap"),
         )
@@ -471,14 +456,10 @@ def _write_objects(settings: Settings, study_uid: str, built: list[Built]) -> li
     for obj in built:
         ds = obj.ds
         rel = Path("results") / study_uid / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
-        path = settings.storage.root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        ds.save_as(tmp, enforce_file_format=True)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)  # the rename itself must survive a power cut before the row is committed
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        # durable (rename and folder fsync'ed) before the row that points at it is committed
+        write_durably(settings.storage.root / rel, buffer.getvalue())
         rows.append(
             {
                 "kind": obj.kind,
@@ -489,7 +470,7 @@ def _write_objects(settings: Settings, study_uid: str, built: list[Built]) -> li
                 "source_instance_id": obj.source_instance_id,
                 "model_name": obj.model_name[:64],
                 "model_version": obj.model_version[:64],
-                "summary": _jsonable(obj.summary),
+                "summary": jsonable(obj.summary),
             }
         )
     return rows

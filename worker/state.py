@@ -9,7 +9,6 @@ same transaction.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -177,14 +176,7 @@ def finish_job(
         if detail is not None:
             job.detail = {**(job.detail or {}), **detail}
         if job.started_at is not None:
-            job.seconds = (_aware(now) - _aware(job.started_at)).total_seconds()
-
-
-def _aware(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes (stored as UTC)."""
-    from datetime import UTC
-
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+            job.seconds = (now - job.started_at).total_seconds()
 
 
 def describe(exc: BaseException) -> str:
