@@ -45,6 +45,13 @@ class ImageFinding:
     short_axis_mm: float | None = None
     area_mm2: float | None = None
     uncertainty: float | None = None
+    # Scope gate: an image we cannot vouch for (not 2D B-mode breast ultrasound, colour Doppler, ...)
+    # is not assessed: no contour, no label shown, the reason instead.
+    assessed: bool = True
+    not_assessed_reason: str | None = None
+    # AI likelihood category from P(malignant): "1" (no lesion found), "3", "4A", "4B", "4C", "5";
+    # None where not assessed. Labelled "AI likelihood category, not a BI-RADS assessment" wherever shown.
+    likelihood_category: str | None = None
 
     @property
     def is_multiframe(self) -> bool:
