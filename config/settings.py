@@ -48,6 +48,15 @@ class DicomSettings(_Section):
     max_pdu_size: int = Field(65536, ge=0)
     # Rows x Columns x frames x samples per pixel above which an instance is refused (decompression bombs).
     max_pixel_samples: int = Field(1024**3, gt=0)
+    # Rows x Columns x samples per pixel of ONE frame (checked before any decode, at the door, in the
+    # worker and in /api/v1/analyze): the largest real ultrasound frame, 4096 x 4096 RGB.
+    max_frame_samples: int = Field(4096 * 4096 * 3, gt=0)
+    # Seconds a peer may take to send one whole PDU once its first bytes arrived (trickling peers).
+    pdu_timeout: float = Field(30, gt=0)
+    # TCP connections that have not sent their A-ASSOCIATE-RQ yet; beyond this the oldest is closed.
+    max_half_open: int = Field(32, ge=1, le=10000)
+    # Open TCP connections from one remote address (half-open and associated together).
+    max_connections_per_address: int = Field(16, ge=1, le=10000)
     acse_timeout: float = Field(30, gt=0)
     dimse_timeout: float = Field(60, gt=0)
     network_timeout: float = Field(60, gt=0)
@@ -73,6 +82,8 @@ class DicomSettings(_Section):
 class StorageSettings(_Section):
     root: Path = Path("./var/storage")
     max_instance_bytes: int = Field(512 * 1024 * 1024, gt=0)
+    # Free space (MiB) under which C-STOREs get Out of Resources (0xA700) before the disk fills.
+    min_free_mb: int = Field(512, ge=0)
 
 
 class DatabaseSettings(_Section):
@@ -106,6 +117,24 @@ class ExportSettings(_Section):
 class StudySettings(_Section):
     stable_seconds: float = Field(10, ge=0)
     poll_seconds: float = Field(1.0, gt=0)
+
+
+class RecoverySettings(_Section):
+    """No study left behind: the reconciler's bound, task heartbeats, poison and transient limits."""
+
+    # A study in queued/processing/exporting this long without a live task is re-enqueued once.
+    stuck_seconds: float = Field(300, gt=0)
+    # How often a running task proves it is alive (Job.heartbeat_at); keep well under stuck_seconds.
+    heartbeat_seconds: float = Field(10, gt=0)
+    # How often the monitor looks for stuck studies and due export retries.
+    check_seconds: float = Field(5, gt=0)
+    # A stage whose worker process died this many times (crash, OOM kill) fails its study.
+    max_worker_deaths: int = Field(3, ge=1, le=100)
+    # Disk full / database down inside a stage: retries with backoff before the study fails.
+    transient_retries: int = Field(20, ge=0, le=1000)
+    transient_backoff_max_seconds: float = Field(120, gt=0)
+    # Redis (and SQS): an unacknowledged message of a vanished worker comes back after this long.
+    visibility_timeout_seconds: int = Field(600, ge=1)
 
 
 class DashboardSettings(_Section):
@@ -213,6 +242,7 @@ class Settings(BaseSettings):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    recovery: RecoverySettings = Field(default_factory=RecoverySettings)
 
     @classmethod
     def settings_customise_sources(
