@@ -2,6 +2,9 @@
 
 The bytes are parsed with ``stop_before_pixels``; the Pixel Data element is then only located and its
 extent checked against the bytes received, which is how a truncated transfer is caught without decoding.
+What cannot be decoded later is refused here, cheaply: native pixel data whose length does not match
+Rows x Columns x samples x bits x frames, and pixel counts over the limits (``limits``), including the
+frame size a compressed codestream declares, which is what a decoder would allocate.
 """
 
 from __future__ import annotations
@@ -15,15 +18,19 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID
 
 from sonopacs.dicom_node import status
+from sonopacs.dicom_node.limits import PixelLimitError, PixelLimits
 
 _PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
 _ITEM = (0xFFFE, 0xE000)
 _SEQUENCE_DELIMITER = (0xFFFE, 0xE0DD)
 _UNDEFINED = 0xFFFFFFFF
 _VALID_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_PIXEL_DATA = (0x7FE0, 0x0010)
+_CODESTREAM_PEEK = 1 << 16  # bytes of each fragment handed to the frame-header parser
 
 
 class HeaderError(ValueError):
@@ -59,8 +66,22 @@ class InstanceHeader:
     pixel_samples: int
 
 
-def parse_header(data: bytes, max_pixel_samples: int) -> InstanceHeader:
-    """Parse a Part 10 byte string (preamble, file meta, data set); raise HeaderError when unusable."""
+@dataclass(frozen=True)
+class _PixelExtent:
+    """Where the pixel data lies in the received bytes: one native value, or fragments."""
+
+    tag: tuple[int, int]
+    length: int | None  # native: the defined length; encapsulated: None
+    fragments: list[tuple[int, int]]  # encapsulated: (start, length) of each fragment after the offset table
+
+
+def parse_header(data: bytes, limits: PixelLimits | int) -> InstanceHeader:
+    """Parse a Part 10 byte string (preamble, file meta, data set); raise HeaderError when unusable.
+
+    ``limits``: the pixel limits (an int is taken as the total-samples cap, per-frame default).
+    """
+    if isinstance(limits, int):
+        limits = PixelLimits(max_total_samples=limits)
     fp = BytesIO(data)
     try:
         ds = dcmread(fp, stop_before_pixels=True)
@@ -76,7 +97,7 @@ def parse_header(data: bytes, max_pixel_samples: int) -> InstanceHeader:
     for keyword in ("SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
         _uid(ds, keyword, sop_instance_uid)
 
-    _check_pixel_data(data, pixel_offset, implicit, little, sop_instance_uid)
+    extent = _check_pixel_data(data, pixel_offset, implicit, little, sop_instance_uid)
     rows, cols = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
     frames = _int(ds, "NumberOfFrames")
     samples = _int(ds, "SamplesPerPixel") or 1
@@ -85,12 +106,16 @@ def parse_header(data: bytes, max_pixel_samples: int) -> InstanceHeader:
         raise HeaderError(
             status.CANNOT_UNDERSTAND_MISSING_ATTRIBUTE, "Rows/Columns missing or zero", sop_instance_uid
         )
-    if pixel_samples > max_pixel_samples:
-        raise HeaderError(
-            status.CANNOT_UNDERSTAND_TOO_LARGE,
-            f"pixel matrix {rows}x{cols}x{frames or 1}x{samples} over limit {max_pixel_samples}",
-            sop_instance_uid,
-        )
+    try:
+        limits.check(rows, cols, samples, frames or 1)
+        if extent.length is None:
+            peeks = (data[start : start + min(length, _CODESTREAM_PEEK)] for start, length in extent.fragments)
+            for fragment in peeks:
+                limits.check_codestream(fragment, rows, cols)
+    except PixelLimitError as exc:
+        raise HeaderError(status.CANNOT_UNDERSTAND_TOO_LARGE, str(exc), sop_instance_uid) from exc
+    if extent.length is not None and extent.tag == _PIXEL_DATA:
+        _check_native_length(ds, extent.length, sop_instance_uid)
 
     return InstanceHeader(
         sop_class_uid=str(ds.SOPClassUID),
@@ -147,7 +172,26 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
-def _check_pixel_data(data: bytes, offset: int, implicit: bool, little: bool, sop_uid: str) -> None:
+def _check_native_length(ds: Dataset, length: int, sop_uid: str) -> None:
+    """Native pixel data must hold exactly what the image attributes describe (plus one pad byte)."""
+    for keyword in ("BitsAllocated", "SamplesPerPixel", "PhotometricInterpretation"):
+        if keyword not in ds:
+            raise HeaderError(status.CANNOT_UNDERSTAND_MISSING_ATTRIBUTE, f"{keyword} missing", sop_uid)
+    try:
+        expected = get_expected_length(ds, unit="bytes")
+    except Exception as exc:  # noqa: BLE001 - malformed image attributes of any kind
+        raise HeaderError(
+            status.CANNOT_UNDERSTAND_MISSING_ATTRIBUTE, f"image attributes unusable: {exc}", sop_uid
+        ) from exc
+    if length not in (expected, expected + expected % 2):
+        raise HeaderError(
+            status.CANNOT_UNDERSTAND_PIXEL_LENGTH,
+            f"Pixel Data is {length} bytes, the image attributes need {expected}",
+            sop_uid,
+        )
+
+
+def _check_pixel_data(data: bytes, offset: int, implicit: bool, little: bool, sop_uid: str) -> _PixelExtent:
     """Pixel Data must be present and complete: a defined length must fit, fragments must be terminated."""
     end = len(data)
     if offset + 8 > end:
@@ -155,7 +199,7 @@ def _check_pixel_data(data: bytes, offset: int, implicit: bool, little: bool, so
             status.CANNOT_UNDERSTAND_NO_PIXEL_DATA, "no Pixel Data (or data set truncated)", sop_uid
         )
     order = "<" if little else ">"
-    tag = struct.unpack_from(f"{order}HH", data, offset)
+    tag: tuple[int, int] = struct.unpack_from(f"{order}HH", data, offset)
     if tag not in _PIXEL_TAGS:
         raise HeaderError(
             status.CANNOT_UNDERSTAND_UNPARSEABLE, f"unexpected element {tag} before Pixel Data", sop_uid
@@ -177,20 +221,23 @@ def _check_pixel_data(data: bytes, offset: int, implicit: bool, little: bool, so
                 f"Pixel Data truncated: {end - value_start} of {length} bytes",
                 sop_uid,
             )
-        return
+        return _PixelExtent(tag, length, [])
     # Encapsulated: items (offset table, fragments) up to a sequence delimiter.
-    pos, fragments = value_start, -1
+    pos, fragments = value_start, list[tuple[int, int]]()
+    first = True
     while pos + 8 <= end:
         item_tag = struct.unpack_from(f"{order}HH", data, pos)
         (item_len,) = struct.unpack_from(f"{order}I", data, pos + 4)
         if item_tag == _SEQUENCE_DELIMITER:
-            if fragments < 1:
+            if not fragments:
                 raise HeaderError(status.CANNOT_UNDERSTAND_NO_PIXEL_DATA, "no compressed fragments", sop_uid)
-            return
+            return _PixelExtent(tag, None, fragments)
         if item_tag != _ITEM or item_len == _UNDEFINED:
             raise HeaderError(
                 status.CANNOT_UNDERSTAND_UNPARSEABLE, "malformed encapsulated Pixel Data", sop_uid
             )
+        if not first:  # the first item is the Basic Offset Table
+            fragments.append((pos + 8, item_len))
+        first = False
         pos += 8 + item_len
-        fragments += 1
     raise HeaderError(status.CANNOT_UNDERSTAND_UNPARSEABLE, "encapsulated Pixel Data truncated", sop_uid)

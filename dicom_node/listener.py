@@ -1,7 +1,9 @@
 """The DICOM listener: Verification SCP and Storage SCP for ultrasound and secondary-capture images.
 
 Each C-STORE is answered only after its bytes are durably on disk and its rows are committed
-(see ``ingest``); failures are answered with statuses a PACS understands (``status``).
+(see ``ingest``); failures are answered with statuses a PACS understands (``status``). What could not
+be processed later is refused at the door (``header``, ``limits``), the disk is kept above a free-space
+watermark (``watermark``), and hostile or broken peers cannot hold connections (``connection_guard``).
 """
 
 from __future__ import annotations
@@ -11,17 +13,17 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
-from pynetdicom.transport import ThreadedAssociationServer
 
 from sonopacs.config.settings import Settings
 from sonopacs.db.session import Database
@@ -34,18 +36,22 @@ from sonopacs.dicom_node.associations import (
     rejected_context_names,
     rejection_reasons,
 )
+from sonopacs.dicom_node.connection_guard import ConnectionGuard, GuardedAE, GuardedServer, max_pdu_bytes
 from sonopacs.dicom_node.header import HeaderError, parse_header
 from sonopacs.dicom_node.ingest import Ingestor, Received
+from sonopacs.dicom_node.limits import PixelLimits
 from sonopacs.dicom_node.sop_classes import (
     STORAGE_SOP_CLASSES,
     STORAGE_TRANSFER_SYNTAXES,
     UNCOMPRESSED_TRANSFER_SYNTAXES,
     VERIFICATION,
     describe,
+    register_storage_classes,
 )
 from sonopacs.dicom_node.status import StoreOutcome
 from sonopacs.dicom_node.storage import InstanceStore
 from sonopacs.dicom_node.tls import server_context
+from sonopacs.dicom_node.watermark import below_watermark
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +71,15 @@ class Listener:
             uid_root=settings.pipeline.uid_root,
         )
         self.port: int = settings.dicom.port
-        self._server: ThreadedAssociationServer | None = None
-        self._ae: AE | None = None
+        self.limits = PixelLimits(
+            max_frame_samples=settings.dicom.max_frame_samples,
+            max_total_samples=settings.dicom.max_pixel_samples,
+        )
+        self.guard: ConnectionGuard | None = None
+        self._server: GuardedServer | None = None
+        self._ae: GuardedAE | None = None
+        # Guard audit rows are written off the accept loop: a slow database must not stall accepting.
+        self._reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sonopacs-guard-audit")
         self._draining = False
         self._in_flight = 0
         self._idle = threading.Condition()
@@ -77,7 +90,8 @@ class Listener:
     def start(self) -> None:
         dicom = self.settings.dicom
         ssl_context = server_context(dicom)
-        ae = AE(ae_title=dicom.ae_title)
+        register_storage_classes()
+        ae = GuardedAE(ae_title=dicom.ae_title)
         ae.maximum_associations = dicom.max_associations
         ae.maximum_pdu_size = dicom.max_pdu_size
         ae.require_called_aet = dicom.require_called_ae
@@ -100,10 +114,17 @@ class Listener:
             (evt.EVT_CONN_CLOSE, self._on_conn_close),
         ]
         self._store_ready()
-        server = ae.start_server(
-            (dicom.host, dicom.port), block=False, evt_handlers=handlers, ssl_context=ssl_context
+        self.guard = ConnectionGuard(
+            max_half_open=dicom.max_half_open,
+            max_per_address=dicom.max_connections_per_address,
+            pdu_timeout=dicom.pdu_timeout,
+            request_timeout=dicom.acse_timeout,
+            max_pdu_bytes=max_pdu_bytes(dicom.max_pdu_size),
+            notify=self._guard_event,
         )
-        assert server is not None  # block=False always returns the server
+        server = ae.start_guarded_server(
+            (dicom.host, dicom.port), self.guard, evt_handlers=handlers, ssl_context=ssl_context
+        )
         self._server, self._ae = server, ae
         self.port = int(server.server_address[1])
         log.info(
@@ -138,6 +159,9 @@ class Listener:
             assoc.join(timeout=max(0.0, join_until - time.monotonic()))
         if self._ae is not None:
             self._ae.shutdown()
+        if self.guard is not None:
+            self.guard.flush()
+        self._reporter.shutdown(wait=True)
         self.ingestor.close()
         if self._owns_database:
             self.database.dispose()
@@ -216,7 +240,7 @@ class Listener:
                 sop_instance_uid=command_instance,
             )
         try:
-            header = parse_header(received.data, self.settings.dicom.max_pixel_samples)
+            header = parse_header(received.data, self.limits)
         except HeaderError as exc:
             return self.ingestor.refuse(
                 exc.code,
@@ -239,6 +263,10 @@ class Listener:
                 header,
                 received,
             )
+        low = below_watermark(self.store.root, limits.min_free_mb, len(received.data))
+        if low is not None:
+            log.warning("C-STORE refused with 0xA700: %s", low)
+            return self.ingestor.refuse(status.OUT_OF_RESOURCES_STORAGE, low, header, received)
         return self.ingestor.ingest(header, received)
 
     def _on_accepted(self, event: Event) -> None:
@@ -260,10 +288,13 @@ class Listener:
                 detail=f"calling_ae={tally.calling_ae} abstract syntax not supported: {', '.join(rejected)}",
             )
 
+    def _guard_event(self, event: str, peer: str, count: int, detail: str) -> None:
+        self._reporter.submit(self.ingestor.audit, event, detail=f"peer={peer} count={count} {detail}")
+
     def _on_rejected(self, event: Event) -> None:
         assoc = event.assoc
-        server = self._server
-        active = len([a for a in server.active_associations if a.is_acceptor]) if server else 0
+        ae = self._ae
+        active = len([a for a in ae.active_associations if a.is_acceptor]) if ae else 0
         reason = rejection_reasons(assoc, self.settings.dicom, active)
         log.warning("association from %s (%s) rejected: %s", calling_ae_of(assoc), peer_of(assoc), reason)
         self.ingestor.audit(

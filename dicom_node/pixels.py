@@ -3,6 +3,10 @@
 Why uint8 grey or RGB: cleaning, the models and the overlay all work on what the sonographer saw
 on screen, so MONOCHROME1 is inverted, YBR and palette colour become RGB and 16-bit data is windowed
 (VOI LUT when present, else a robust percentile window) once, here.
+
+Nothing is decoded before the header says it fits the pixel limits (``limits``): Rows x Columns x
+samples per frame and in all, and for compressed frames the size their own codestream declares
+(what the decoder would allocate). Cine is decoded one chosen frame at a time.
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from pydicom.pixels import apply_color_lut, apply_voi_lut, pixel_array
+
+from sonopacs.dicom_node.limits import PixelLimitError, PixelLimits
 
 SUPPORTED_PHOTOMETRIC = {
     "MONOCHROME1",
@@ -55,24 +62,58 @@ def select_frames(n_frames: int, max_frames: int) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(0, n_frames - 1, max_frames)})
 
 
-def read_frames(ds: Dataset, max_frames: int = 8) -> Frames:
+def read_frames(ds: Dataset, max_frames: int = 8, limits: PixelLimits | None = None) -> Frames:
     """Decode up to max_frames evenly spaced frames of ds (which must include the pixel data)."""
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         raise PixelReadError("no pixel data")
     photometric = str(getattr(ds, "PhotometricInterpretation", "")).strip().upper()
     if photometric not in SUPPORTED_PHOTOMETRIC:
         raise PixelReadError(f"unsupported photometric interpretation {photometric or 'missing'}")
+    check_limits(ds, limits)
     n = frame_count(ds)
     indices = select_frames(n, max_frames)
-    images = [read_frame(ds, index) for index in indices]
+    images = [read_frame(ds, index, limits) for index in indices]
     return Frames(images=images, indices=indices, number_of_frames=n, photometric=photometric)
 
 
-def read_frame(ds: Dataset, index: int) -> np.ndarray:
+def check_limits(ds: Dataset, limits: PixelLimits | None = None) -> None:
+    """Refuse (PixelReadError) what the header says is over the pixel limits, before any decode."""
+    limits = limits or PixelLimits()
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise PixelReadError(f"Rows/Columns/SamplesPerPixel unusable: {exc}") from exc
+    try:
+        limits.check(rows, cols, samples, frame_count(ds))
+    except PixelLimitError as exc:
+        raise PixelReadError(f"not decoded: {exc}") from exc
+
+
+def _check_codestream(ds: Dataset, index: int, limits: PixelLimits) -> None:
+    """A compressed frame's own header must fit the limits and match Rows/Columns before decoding."""
+    if "PixelData" not in ds or not ds.file_meta.get("TransferSyntaxUID", None):
+        return
+    if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        return
+    try:
+        frame = get_frame(ds.PixelData, index, number_of_frames=frame_count(ds))
+    except Exception as exc:  # noqa: BLE001 - a broken fragment structure is a reason, not a crash
+        raise PixelReadError(f"cannot find frame {index}: {exc}") from exc
+    try:
+        limits.check_codestream(bytes(frame[: 1 << 16]), int(ds.Rows), int(ds.Columns))
+    except PixelLimitError as exc:
+        raise PixelReadError(f"frame {index} not decoded: {exc}") from exc
+
+
+def read_frame(ds: Dataset, index: int, limits: PixelLimits | None = None) -> np.ndarray:
     """One frame (0-based) as display uint8, e.g. to draw the overlay on the frame that was analysed."""
     photometric = str(getattr(ds, "PhotometricInterpretation", "")).strip().upper()
     if photometric not in SUPPORTED_PHOTOMETRIC:
         raise PixelReadError(f"unsupported photometric interpretation {photometric or 'missing'}")
+    limits = limits or PixelLimits()
+    check_limits(ds, limits)
+    _check_codestream(ds, index, limits)
     try:
         raw = pixel_array(ds, index=index if frame_count(ds) > 1 else None)
     except Exception as exc:  # noqa: BLE001 - decoder errors of any type become one reason

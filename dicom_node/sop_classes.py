@@ -2,6 +2,9 @@
 
 Anything else (CT, MR, SR, ...) is rejected at the presentation-context level, so a PACS learns at
 association time that sonopacs does not take it, instead of sending it and getting an error per image.
+The retired ultrasound classes are not in pynetdicom's storage registry: without
+``register_storage_classes`` it accepts their presentation context and then aborts the C-STORE
+("No supported service class"), so every class we list is registered there first.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
+from pynetdicom import sop_class as _pynetdicom_sop_class
+from pynetdicom.service_class import StorageServiceClass
 
 VERIFICATION = UID("1.2.840.10008.1.1")
 
@@ -57,6 +62,22 @@ COMPRESSED_TRANSFER_SYNTAXES: list[UID] = [
 ]
 
 STORAGE_TRANSFER_SYNTAXES: list[UID] = UNCOMPRESSED_TRANSFER_SYNTAXES + COMPRESSED_TRANSFER_SYNTAXES
+
+
+# Keywords for the classes pynetdicom does not know (PS3.6 names, retired ones included).
+_RETIRED_KEYWORDS = {
+    "1.2.840.10008.5.1.4.1.1.6": "UltrasoundImageStorageRetired",
+    "1.2.840.10008.5.1.4.1.1.3": "UltrasoundMultiFrameImageStorageRetired",
+}
+
+
+def register_storage_classes() -> None:
+    """Make pynetdicom route C-STOREs of every class we accept to its Storage service (idempotent)."""
+    for uid in STORAGE_SOP_CLASSES:
+        if _pynetdicom_sop_class.uid_to_service_class(uid) is StorageServiceClass:
+            continue
+        keyword = _RETIRED_KEYWORDS.get(uid) or "Sonopacs" + uid.replace(".", "_")
+        _pynetdicom_sop_class.register_uid(uid, keyword, StorageServiceClass)
 
 
 def is_accepted_storage_class(uid: str) -> bool:

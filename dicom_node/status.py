@@ -20,6 +20,7 @@ CANNOT_UNDERSTAND_MISSING_ATTRIBUTE = 0xC101  # a required UID is missing or inv
 CANNOT_UNDERSTAND_NO_PIXEL_DATA = 0xC102
 CANNOT_UNDERSTAND_TOO_LARGE = 0xC103  # pixel matrix or instance over the configured limit
 CANNOT_UNDERSTAND_UID_MISMATCH = 0xC104  # command and data set disagree on the SOP Instance UID
+CANNOT_UNDERSTAND_PIXEL_LENGTH = 0xC105  # native Pixel Data length differs from Rows x Columns x ...
 PROCESSING_FAILURE = 0x0110  # a bug of ours; logged with a traceback
 
 _COMMENT_MAX = 64  # (0000,0902) Error Comment is LO: 64 characters
