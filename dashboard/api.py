@@ -19,6 +19,7 @@ from sonopacs.dashboard import queries, service
 from sonopacs.dashboard.analysis import MAX_UPLOAD_BYTES, analyze_upload
 from sonopacs.dashboard.auth import Admin, LoggedIn, attempt_login, csrf_token, end_session
 from sonopacs.dashboard.model_info import model_info
+from sonopacs.dashboard.params import MAX_ROW_ID, MAX_TEXT, Offset, ResultId, StudyId
 
 router = APIRouter(prefix="/api/v1")
 
@@ -70,12 +71,14 @@ def get_queue(request: Request, _: LoggedIn) -> dict[str, Any]:
 def list_studies(
     request: Request,
     _: LoggedIn,
-    state: str | None = Query(None, description="one of " + ", ".join(queries.STATES)),
-    received_from: str | None = Query(None, description="first image received on or after (YYYY-MM-DD, UTC)"),
-    received_to: str | None = Query(None, description="first image received on or before (YYYY-MM-DD, UTC)"),
-    q: str | None = Query(None, max_length=64, description="start of accession number or patient ID"),
+    state: str | None = Query(None, max_length=MAX_TEXT, description="one of " + ", ".join(queries.STATES)),
+    received_from: str | None = Query(None, max_length=10,
+                                      description="first image received on or after (YYYY-MM-DD, UTC)"),
+    received_to: str | None = Query(None, max_length=10,
+                                    description="first image received on or before (YYYY-MM-DD, UTC)"),
+    q: str | None = Query(None, max_length=MAX_TEXT, description="start of accession number or patient ID"),
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     return service.studies(
         request, state=state, received_from=received_from, received_to=received_to, q=q, limit=limit, offset=offset
@@ -83,17 +86,17 @@ def list_studies(
 
 
 @router.get("/studies/{study_id}", tags=["studies"])
-def get_study(request: Request, study_id: int, _: LoggedIn) -> dict[str, Any]:
+def get_study(request: Request, study_id: StudyId, _: LoggedIn) -> dict[str, Any]:
     return service.study(request, study_id)
 
 
 @router.post("/studies/{study_id}/resend", tags=["studies"], summary="Send the current results again (admin)")
-def resend(request: Request, study_id: int, user: Admin) -> dict[str, Any]:
+def resend(request: Request, study_id: StudyId, user: Admin) -> dict[str, Any]:
     return service.act(request, study_id, "resend", user)
 
 
 @router.post("/studies/{study_id}/reprocess", tags=["studies"], summary="Run the pipeline again (admin)")
-def reprocess(request: Request, study_id: int, user: Admin) -> dict[str, Any]:
+def reprocess(request: Request, study_id: StudyId, user: Admin) -> dict[str, Any]:
     return service.act(request, study_id, "reprocess", user)
 
 
@@ -103,7 +106,7 @@ def reprocess(request: Request, study_id: int, user: Admin) -> dict[str, Any]:
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}},
 )
-def result_thumbnail(request: Request, result_id: int, _: LoggedIn) -> Response:
+def result_thumbnail(request: Request, result_id: ResultId, _: LoggedIn) -> Response:
     return service.thumbnail(request, result_id)
 
 
@@ -111,11 +114,11 @@ def result_thumbnail(request: Request, result_id: int, _: LoggedIn) -> Response:
 def audit(
     request: Request,
     _: LoggedIn,
-    event: str | None = None,
-    actor: str | None = None,
-    study_id: int | None = None,
+    event: str | None = Query(None, max_length=MAX_TEXT),
+    actor: str | None = Query(None, max_length=MAX_TEXT),
+    study_id: int | None = Query(None, ge=1, le=MAX_ROW_ID),
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     with request.app.state.db.session() as session:
         return queries.audit_log(session, event=event, actor=actor, study_id=study_id, limit=limit, offset=offset)

@@ -13,11 +13,13 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.sessions import SessionMiddleware
 
 from sonopacs.dashboard.auth import LoginRateLimiter, NotAuthenticated, csrf_guard
 from sonopacs.dashboard.broker import BrokerProbe
+from sonopacs.dashboard.health import Readiness
 from sonopacs.dashboard.middleware import AccessLogMiddleware, BodyLimitMiddleware, SecurityHeadersMiddleware
+from sonopacs.dashboard.proxy import TrustedProxyMiddleware
+from sonopacs.dashboard.sessions import SessionCookieMiddleware
 
 if TYPE_CHECKING:
     from sonopacs.config import Settings
@@ -65,7 +67,7 @@ def create_app(settings: Settings, *, login_limiter: LoginRateLimiter | None = N
         ),
         docs_url=None,
         redoc_url=None,
-        openapi_url="/openapi.json",
+        openapi_url=None,  # served by pages.openapi, behind the login
         dependencies=[Depends(csrf_guard)],
         lifespan=_lifespan,
     )
@@ -74,19 +76,23 @@ def create_app(settings: Settings, *, login_limiter: LoginRateLimiter | None = N
     app.state.db = Database(settings.database_url, hide_parameters=True)
     app.state.broker = BrokerProbe(settings)
     app.state.registry = make_registry(app.state.db, app.state.broker)
-    app.state.login_limiter = login_limiter or LoginRateLimiter()
+    app.state.login_limiter = login_limiter or LoginRateLimiter.from_settings(settings)
+    app.state.readiness = Readiness(settings, app.state.db)
     app.state.templates = make_templates(HERE / "templates")
 
-    # Outermost last: access log sees the final status; the body limit runs before any parsing.
+    # Outermost last: access log sees the final status; security headers go on every response; the
+    # proxy headers are applied (when trusted) before the session decides on `Secure` and before the
+    # login limits read the client address; the body limit runs before any parsing.
     app.add_middleware(
-        SessionMiddleware,
+        SessionCookieMiddleware,
+        secure=settings.dashboard.cookie_secure,
         secret_key=_secret_key(settings),
         session_cookie=SESSION_COOKIE,
         max_age=settings.dashboard.session_max_age_seconds,
         same_site="lax",
-        https_only=False,
     )
     app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(TrustedProxyMiddleware, trusted=settings.dashboard.trusted_proxies)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(AccessLogMiddleware)
 
@@ -141,7 +147,7 @@ def run_dashboard(settings: Settings) -> int:
         port=settings.dashboard.port,
         access_log=False,  # uvicorn's would log query strings, which can carry patient IDs
         log_config=None,
-        proxy_headers=True,
+        proxy_headers=False,  # forwarding headers count only from dashboard.trusted_proxies (TrustedProxyMiddleware)
         server_header=False,
     )
     log.info("dashboard on http://%s:%s", settings.dashboard.host, settings.dashboard.port)

@@ -1,4 +1,5 @@
-"""Unauthenticated operations endpoints: `/healthz`, `/readyz`, `/metrics` (counts only, no PHI)."""
+"""Unauthenticated operations endpoints: `/healthz`, `/readyz` (details only when logged in), `/metrics`
+(counts only, no PHI)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from sonopacs.dashboard.health import readiness
+from sonopacs.dashboard.auth import current_user_or_none
 from sonopacs.dashboard.metrics import render
 
 router = APIRouter(tags=["operations"])
@@ -17,9 +18,13 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: database, broker, storage and destination C-ECHO")
+@router.get(
+    "/readyz",
+    summary="Readiness: ready or not; logged in, also the checks (database, broker, storage, destination C-ECHO)",
+)
 def readyz(request: Request) -> JSONResponse:
-    code, body = readiness(request.app.state.settings, request.app.state.db)
+    probe = request.app.state.readiness
+    code, body = probe.detailed() if current_user_or_none(request) else probe.public()
     return JSONResponse(body, status_code=code)
 
 

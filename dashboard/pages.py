@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from sonopacs.config import masked_dump
 from sonopacs.dashboard import queries, service
@@ -23,6 +23,7 @@ from sonopacs.dashboard.auth import (
     end_session,
 )
 from sonopacs.dashboard.model_info import model_info
+from sonopacs.dashboard.params import MAX_TEXT, Offset, ResultId, StudyId
 
 router = APIRouter(include_in_schema=False)
 
@@ -55,7 +56,7 @@ def _safe_next(target: str | None) -> str:
 
 
 @router.get("/login")
-def login_form(request: Request, next: str | None = None) -> Response:
+def login_form(request: Request, next: str | None = Query(None, max_length=2048)) -> Response:
     if current_user_or_none(request) is not None:
         return RedirectResponse(_safe_next(next), status_code=303)
     return render(request, "login.html", {"next": _safe_next(next), "error": None})
@@ -66,7 +67,7 @@ def login_submit(
     request: Request,
     username: str = Form(..., max_length=64),
     password: str = Form(..., max_length=1024),
-    next: str = Form("/"),
+    next: str = Form("/", max_length=2048),
 ) -> Response:
     try:
         attempt_login(request, username, password)
@@ -100,11 +101,11 @@ def overview_fragment(request: Request, _: LoggedIn) -> Response:
 class StudyFilters:
     """The studies list's query parameters, declared once for the page and its live fragment."""
 
-    state: str | None = None
-    received_from: str | None = None
-    received_to: str | None = None
-    q: str | None = Query(None, max_length=64)
-    offset: int = Query(0, ge=0)
+    state: str | None = Query(None, max_length=MAX_TEXT)
+    received_from: str | None = Query(None, max_length=10)
+    received_to: str | None = Query(None, max_length=10)
+    q: str | None = Query(None, max_length=MAX_TEXT)
+    offset: Offset = 0
 
     def form(self) -> dict[str, Any]:
         """The filters as the form shows them."""
@@ -145,14 +146,16 @@ def _study_live(request: Request, study: dict[str, Any]) -> tuple[str, str]:
 
 
 @router.get("/studies/{study_id}")
-def study_page(request: Request, study_id: int, _: LoggedIn) -> Response:
+def study_page(request: Request, study_id: StudyId, _: LoggedIn) -> Response:
     study = service.study(request, study_id)
     live, digest = _study_live(request, study)
     return render(request, "study.html", {"s": study, "live": live, "digest": digest, "poll": DETAIL_POLL})
 
 
 @router.get("/fragments/studies/{study_id}")
-def study_fragment(request: Request, study_id: int, _: LoggedIn, v: str | None = None) -> Response:
+def study_fragment(
+    request: Request, study_id: StudyId, _: LoggedIn, v: str | None = Query(None, max_length=MAX_TEXT)
+) -> Response:
     study = service.study(request, study_id)
     live, digest = _study_live(request, study)
     if v == digest:
@@ -163,7 +166,7 @@ def study_fragment(request: Request, study_id: int, _: LoggedIn, v: str | None =
 
 @router.post("/studies/{study_id}/{action}")
 def study_action(
-    request: Request, study_id: int, action: str, user: Admin
+    request: Request, study_id: StudyId, action: str, user: Admin
 ) -> Response:
     if action not in ("resend", "reprocess"):
         raise HTTPException(404, "unknown action")
@@ -180,7 +183,7 @@ def study_action(
 
 
 @router.get("/results/{result_id}/thumbnail.png")
-def thumbnail(request: Request, result_id: int, _: LoggedIn) -> Response:
+def thumbnail(request: Request, result_id: ResultId, _: LoggedIn) -> Response:
     return service.thumbnail(request, result_id)
 
 
@@ -198,9 +201,9 @@ def config_page(request: Request, _: Admin) -> Response:
 def audit_page(
     request: Request,
     _: LoggedIn,
-    event: str | None = None,
-    actor: str | None = None,
-    offset: int = Query(0, ge=0),
+    event: str | None = Query(None, max_length=MAX_TEXT),
+    actor: str | None = Query(None, max_length=MAX_TEXT),
+    offset: Offset = 0,
 ) -> Response:
     with request.app.state.db.session() as session:
         data = queries.audit_log(session, event=event or None, actor=actor or None, limit=100, offset=offset)
@@ -215,9 +218,9 @@ def audit_page(
 def audit_fragment(
     request: Request,
     _: LoggedIn,
-    event: str | None = None,
-    actor: str | None = None,
-    offset: int = Query(0, ge=0),
+    event: str | None = Query(None, max_length=MAX_TEXT),
+    actor: str | None = Query(None, max_length=MAX_TEXT),
+    offset: Offset = 0,
 ) -> Response:
     with request.app.state.db.session() as session:
         data = queries.audit_log(session, event=event or None, actor=actor or None, limit=100, offset=offset)
@@ -230,5 +233,11 @@ def analyze_page(request: Request, _: LoggedIn) -> Response:
 
 
 @router.get("/docs")
-def docs(request: Request) -> Response:
+def docs(request: Request, _: LoggedIn) -> Response:
     return render(request, "docs.html")
+
+
+@router.get("/openapi.json")
+def openapi(request: Request, _: LoggedIn) -> JSONResponse:
+    """The API description, for logged-in users only (it maps every route an attacker could try)."""
+    return JSONResponse(request.app.openapi())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from fastapi import HTTPException, Request
@@ -23,13 +23,21 @@ def overview(request: Request) -> dict[str, Any]:
     return data
 
 
+FIRST_DAY = date(1900, 1, 1)
+LAST_DAY = date.max - timedelta(days=1)  # the query's end is the day after: it must exist
+
+
 def parse_day(text: str | None, name: str) -> date | None:
+    """A YYYY-MM-DD filter day, or 422 for anything else (including days the query cannot handle)."""
     if not text:
         return None
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError as exc:
         raise HTTPException(422, f"{name} must be a date like 2026-01-31") from exc
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise HTTPException(422, f"{name} must be between {FIRST_DAY} and {LAST_DAY}")
+    return day
 
 
 def studies(

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from sonopacs.db.models import User, utcnow
+from sonopacs.db.models import DashboardSession, User, utcnow
 
 if TYPE_CHECKING:
     from sonopacs.config import Settings
@@ -47,12 +47,16 @@ def validate_new_user(username: str, role: str, password: str) -> None:
 
 
 def upsert_user(session: Session, username: str, role: str, password: str, active: bool = True) -> User:
-    """Create the user or replace its role and password (`user add` is also how a password is reset)."""
+    """Create the user or replace its role and password (`user add` is also how a password is reset);
+    replacing ends the user's sessions."""
     validate_new_user(username, role, password)
     user = session.scalar(select(User).where(User.username == username))
     if user is None:
         user = User(username=username)
         session.add(user)
+    else:
+        # A new password or role: whoever holds an old session logs in again.
+        session.execute(delete(DashboardSession).where(DashboardSession.user_id == user.id))
     user.password_hash = hash_password(password)
     user.role = role
     user.active = active

@@ -138,15 +138,19 @@ def test_readiness_reports_unreachable_destination_and_database(make_settings: C
     from tests.support.net import free_port
 
     settings = make_settings(export={"host": "127.0.0.1", "port": free_port(), "ae_title": "NOPACS"})
-    prepare(Database(settings.database_url))
+    prepare(Database(settings.database_url), USERS)
     with TestClient(create_app(settings)) as client:
+        public = client.get("/readyz")
+        login(client)
         r = client.get("/readyz")
+    # Anyone learns "ready" (the PACS being down does not stop receiving); only a user learns why.
+    assert public.status_code == 200 and public.json() == {"status": "ready"}
     assert r.status_code == 200 and r.json()["status"] == "degraded"
     assert r.json()["checks"]["destination"]["status"] == "fail"
     bad = make_settings(database={"url": "postgresql+psycopg2://nobody@127.0.0.1:1/none"})
     with TestClient(create_app(bad)) as client:
         r = client.get("/readyz")
-    assert r.status_code == 503 and r.json()["checks"]["database"]["status"] == "fail"
+    assert r.status_code == 503 and r.json() == {"status": "not ready"}
 
 
 def _png_bytes() -> bytes:

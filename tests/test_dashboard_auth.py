@@ -1,4 +1,4 @@
-"""Dashboard auth: login, roles, CSRF, rate limiting, session cookie flags, no PHI before login."""
+"""Dashboard auth: login, roles, CSRF, login back-off, server-side sessions, cookie flags, no PHI before login."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from fastapi.testclient import TestClient
 
 from sonopacs import cli
 from sonopacs.config import Settings
-from sonopacs.dashboard import auth as dashboard_auth
 from sonopacs.dashboard.app import create_app
 from sonopacs.dashboard.auth import LoginRateLimiter
 from sonopacs.db.session import Database
@@ -22,15 +21,30 @@ PHI_PATIENT_ID = "PHI-PID-739184"
 PHI_ACCESSION = "PHI-ACC-55120"
 
 
+class FakeClock:
+    """The login limiter's clock, moved by hand: back-off is tested without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
 def env(make_settings: Callable[..., Settings]) -> Iterator[dict[str, Any]]:
     settings = make_settings()
     db = Database(settings.database_url)
     prepare(db, USERS)
     study = seed_processed_study(db, settings.storage.root, patient_id=PHI_PATIENT_ID, accession=PHI_ACCESSION)
-    app = create_app(settings, login_limiter=LoginRateLimiter(max_failures=3, window_seconds=60))
+    clock = FakeClock()
+    limiter = LoginRateLimiter(free_failures=3, base_seconds=2, max_seconds=60, clock=clock)
+    app = create_app(settings, login_limiter=limiter)
     with TestClient(app) as client:
-        yield {"client": client, "settings": settings, "study": study, "db": db}
+        yield {"client": client, "settings": settings, "study": study, "db": db, "clock": clock, "app": app}
     db.dispose()
 
 
@@ -129,33 +143,68 @@ def test_admin_sees_masked_configuration(make_settings: Callable[..., Settings])
         assert "s3cret-pw" not in text and "a-long-enough-secret-key-value" not in text
 
 
-def test_login_rate_limit_blocks_even_the_right_password(env: dict[str, Any]) -> None:
+def _bad_login_checked(client: TestClient, clock: FakeClock, user: str) -> int | None:
+    """One wrong password that is really checked (401): wait out any back-off first; returns the wait."""
+    r = api_login(client, user, "wrong-password")
+    wait = None
+    if r.status_code == 429:
+        wait = int(r.headers["retry-after"])
+        clock.advance(wait)
+        r = api_login(client, user, "wrong-password")
+    assert r.status_code == 401, r.text
+    return wait
+
+
+def test_five_bad_logins_back_off_then_the_right_password_works(env: dict[str, Any]) -> None:
+    """Back-off, not a lock: three free failures, then 2, 4, 8 s; the right password works after the wait."""
     client: TestClient = env["client"]
-    for _ in range(3):
-        assert api_login(client, "alice", "wrong-password").status_code == 401
-    r = api_login(client, "alice")
-    assert r.status_code == 429
-    assert int(r.headers["retry-after"]) > 0
-    # The form shows the same refusal.
+    clock: FakeClock = env["clock"]
+    waits = [_bad_login_checked(client, clock, "alice") for _ in range(5)]
+    assert waits == [None, None, None, 2, 4]
+    r = api_login(client, "alice")  # the right password, but too early
+    assert r.status_code == 429 and int(r.headers["retry-after"]) == 8
+    assert "too many failed logins" in r.json()["detail"]
     token = csrf(client)
     r = client.post("/login", data={"username": "alice", "password": "alice-password", "csrf_token": token},
                     headers={"Accept": "text/html"})
     assert r.status_code == 429 and "too many failed logins" in r.text
-    # Another user from another address is not affected.
-    assert api_login(client, "victor").status_code == 429  # same client address: locked too
+    # Refused attempts are not counted: hammering during the wait does not make it longer.
+    for _ in range(20):
+        assert api_login(client, "alice", "wrong-password").status_code == 429
+    clock.advance(7)
+    assert api_login(client, "alice").status_code == 429
+    clock.advance(1)
+    r = api_login(client, "alice")
+    assert r.status_code == 200, r.text
+    # A success forgets the failures: the next typo is free again.
+    clock.advance(1)
+    assert api_login(client, "alice", "typo-typo").status_code == 401
+    assert api_login(client, "alice").status_code == 200
 
 
-def test_rate_limiter_window_and_reset() -> None:
-    limiter = LoginRateLimiter(max_failures=2, window_seconds=60)
-    keys = ["ip:1.2.3.4", "user:bob"]
-    limiter.failed(keys)
-    assert limiter.retry_after(keys) is None
-    limiter.failed(keys)
-    wait = limiter.retry_after(keys)
-    assert wait is not None and 0 < wait <= 61
-    assert limiter.retry_after(["ip:5.6.7.8", "user:carol"]) is None
-    limiter.succeeded(keys)
-    assert limiter.retry_after(keys) is None
+def test_backoff_is_capped_and_the_account_owner_is_not_locked_out() -> None:
+    clock = FakeClock()
+    limiter = LoginRateLimiter(free_failures=3, base_seconds=2, max_seconds=60, clock=clock)
+    owner_keys = limiter.keys("192.0.2.10", "admin")
+    limiter.succeeded(owner_keys, "192.0.2.10", "admin")  # the admin's usual workstation, yesterday
+    attacker = limiter.keys("203.0.113.9", "admin")
+    waits = []
+    for _ in range(12):
+        wait = limiter.retry_after(attacker)
+        if wait:
+            waits.append(wait)
+            clock.advance(wait)
+        limiter.failed(attacker)
+    assert waits == [2, 4, 8, 16, 32, 60, 60, 60, 60]  # doubling, then the cap: never for good
+    assert limiter.retry_after(limiter.keys("198.51.100.7", "admin")) == 60  # the account waits...
+    # ...except from an address that has logged into it before: there only its own failures count.
+    assert limiter.retry_after(limiter.keys("192.0.2.10", "ADMIN")) is None
+    # Other accounts from the attacking address wait as well (per-address limit).
+    assert limiter.retry_after(limiter.keys("203.0.113.9", "victor")) == 60
+    # After a long quiet spell the failures are forgotten.
+    clock.advance(60 * 4)
+    assert limiter.retry_after(limiter.keys("203.0.113.9", "admin")) is None
+    assert limiter.delay(1000) == 60
 
 
 def _all_get_paths(study: DemoStudy, result_id: int) -> list[str]:
@@ -166,6 +215,7 @@ def _all_get_paths(study: DemoStudy, result_id: int) -> list[str]:
         "/analyze", f"/results/{result_id}/thumbnail.png", "/api/v1/overview", "/api/v1/queue",
         "/api/v1/studies", f"/api/v1/studies?q={PHI_ACCESSION}", f"/api/v1/studies/{sid}", "/api/v1/audit",
         "/api/v1/model", "/api/v1/config", f"/api/v1/results/{result_id}/thumbnail.png", "/api/v1/auth/me",
+        "/docs", "/openapi.json",
     ]
 
 
@@ -179,7 +229,7 @@ def test_no_phi_anywhere_before_login(env: dict[str, Any], caplog: pytest.LogCap
             r = client.get(path, headers={"Accept": accept}, follow_redirects=False)
             assert r.status_code in (401, 303), (path, r.status_code)
             assert not any(p in r.text for p in phi), path
-    for path in ("/login", "/docs", "/openapi.json", "/metrics", "/healthz", "/readyz"):
+    for path in ("/login", "/metrics", "/healthz", "/readyz"):
         r = client.get(path, headers={"Accept": "text/html"})
         assert r.status_code in (200, 503), path
         assert not any(p in r.text for p in phi), path
@@ -213,6 +263,71 @@ def test_logout_ends_the_session(env: dict[str, Any]) -> None:
     assert client.get("/api/v1/studies").status_code == 401
 
 
+def test_logout_revokes_a_copied_cookie(env: dict[str, Any]) -> None:
+    """The session lives on the server: a cookie copied before logout is worthless after it."""
+    client: TestClient = env["client"]
+    token = api_login(client, "victor").json()["csrf_token"]
+    stolen = client.cookies.get("sonopacs_session")
+    assert stolen
+    with TestClient(env["app"]) as thief:
+        thief.cookies.set("sonopacs_session", stolen)
+        assert thief.get("/api/v1/studies").status_code == 200  # the copy works while the session lives
+        assert client.post("/logout", data={"csrf_token": token}, follow_redirects=False).status_code == 303
+        assert thief.get("/api/v1/studies").status_code == 401
+        assert thief.get("/studies", headers={"Accept": "text/html"}, follow_redirects=False).status_code == 303
+    # The session row is gone, not only the browser's cookie.
+    from sqlalchemy import func, select
+
+    from sonopacs.db.models import DashboardSession
+
+    with env["db"].session() as session:
+        assert session.scalar(select(func.count(DashboardSession.id))) == 0
+
+
+def test_password_reset_ends_existing_sessions(env: dict[str, Any]) -> None:
+    from sonopacs.dashboard.users import upsert_user
+
+    client: TestClient = env["client"]
+    assert api_login(client, "victor").status_code == 200
+    assert client.get("/api/v1/studies").status_code == 200
+    with env["db"].session() as session:
+        upsert_user(session, "victor", "viewer", "a-new-password")
+    assert client.get("/api/v1/studies").status_code == 401
+
+
+def test_session_cookie_carries_no_identity(env: dict[str, Any]) -> None:
+    """The cookie names a random server-side session, not the user: no uid to tamper with."""
+    import base64
+    import json
+
+    client: TestClient = env["client"]
+    assert api_login(client, "alice").status_code == 200
+    cookie = client.cookies.get("sonopacs_session")
+    assert cookie
+    payload = json.loads(base64.b64decode(cookie.split(".")[0]))
+    assert set(payload) == {"sid", "csrf"}
+    assert "alice" not in json.dumps(payload)
+
+
+@pytest.mark.parametrize(
+    ("mode", "base_url", "secure"),
+    [("auto", "http://testserver", False), ("auto", "https://testserver", True),
+     ("always", "http://testserver", True), ("never", "https://testserver", False)],
+)
+def test_secure_cookie_follows_the_setting_and_the_scheme(
+    make_settings: Callable[..., Settings], mode: str, base_url: str, secure: bool
+) -> None:
+    settings = make_settings(dashboard={"cookie_secure": mode})
+    db = Database(settings.database_url)
+    prepare(db, USERS)
+    with TestClient(create_app(settings), base_url=base_url) as client:
+        r = client.get("/login", headers={"Accept": "text/html"})
+    db.dispose()
+    cookie = r.headers["set-cookie"].lower()
+    assert "sonopacs_session=" in cookie and "httponly" in cookie
+    assert ("; secure" in cookie) is secure, cookie
+
+
 def test_user_add_cli_hashes_password(make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
     from sqlalchemy import select
 
@@ -237,22 +352,17 @@ def test_user_add_cli_hashes_password(make_settings: Callable[..., Settings], mo
 
 
 def test_session_has_an_absolute_lifetime(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    import time as real_time
+    from datetime import timedelta
+
+    from sonopacs.dashboard import sessions
 
     client: TestClient = env["client"]
     assert api_login(client, "victor").status_code == 200
     assert client.get("/api/v1/studies").status_code == 200
-
-    class Later:
-        """Only sonopacs.dashboard.auth's clock moves on; the cookie signature (itsdangerous) stays fresh."""
-
-        monotonic = staticmethod(real_time.monotonic)
-
-        @staticmethod
-        def time() -> float:
-            return real_time.time() + env["settings"].dashboard.session_max_age_seconds + 5
-
-    monkeypatch.setattr(dashboard_auth, "time", Later)
+    real_now = sessions._now
+    # The server's clock moves past the session's end; the cookie itself (itsdangerous) stays fresh.
+    later = env["settings"].dashboard.session_max_age_seconds + 5
+    monkeypatch.setattr(sessions, "_now", lambda: real_now() + timedelta(seconds=later))
     assert client.get("/api/v1/studies").status_code == 401
 
 
@@ -292,11 +402,15 @@ def test_placeholder_secret_key_is_never_used_for_signing(
 
     import itsdangerous
 
+    from sonopacs.dashboard import sessions
+
     settings = make_settings(dashboard={"secret_key": placeholder})
     db = Database(settings.database_url)
     prepare(db, USERS)
+    # A live server-side session: only the signature of the cookie that names it differs.
+    sid = sessions.create(db, user_id=1, max_age_seconds=3600)
     forged = itsdangerous.TimestampSigner(placeholder).sign(
-        base64.b64encode(json.dumps({"uid": 1, "auth_at": 2_000_000_000}).encode())
+        base64.b64encode(json.dumps({"sid": sid}).encode())
     ).decode()
     with TestClient(create_app(settings)) as client:
         client.cookies.set("sonopacs_session", forged)

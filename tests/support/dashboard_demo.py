@@ -145,8 +145,14 @@ def seed_processed_study(
     accession: str = "ACC-DEMO-1",
     state: StudyState = StudyState.EXPORTED,
     now: datetime | None = None,
+    patient_name: str = "DEMO^PATIENT",
+    study_description: str = "US BREAST",
 ) -> DemoStudy:
-    """One study that went receiving -> ... -> `state`, with jobs, SC + SR results and an export."""
+    """One study that went receiving -> ... -> `state`, with jobs, SC + SR results and an export.
+
+    The identifying fields are free text, so tests can seed hostile values (markup, quotes); the DICOM
+    files keep them as long as the VR allows (only the database rows matter to the dashboard).
+    """
     now = now or datetime.now(UTC)
     # Three minutes ago, but never yesterday: "studies today" must count a study seeded just after midnight.
     t0 = max(now - timedelta(minutes=3), now.replace(hour=0, minute=0, second=0, microsecond=0))
@@ -163,10 +169,10 @@ def seed_processed_study(
         study = Study(
             study_instance_uid=study_uid,
             patient_id=patient_id,
-            patient_name="DEMO^PATIENT",
+            patient_name=patient_name,
             accession_number=accession,
             study_date=t0.strftime("%Y%m%d"),
-            study_description="US BREAST",
+            study_description=study_description,
             state=StudyState.RECEIVING,
             generation=1,
             enqueued_generation=1,
