@@ -21,41 +21,10 @@ import cv2
 import numpy as np
 
 from sonopacs.cleaning import trees
-from sonopacs.cleaning.features import COLOUR_CHROMA, FEATURE_NAMES, Candidates, find_candidates
+from sonopacs.cleaning.features import COLOUR_CHROMA, FEATURE, Candidates, find_candidates
 from sonopacs.cleaning.fringe import box_sums, fringe
 from sonopacs.cleaning.trees import TreeEnsemble
 
-ACCEPT = 0.3  # classifier probability above which a candidate component is an overlay (was 0.4; see docs)
-LINE_DOUBT = 0.15  # below this a component is not rescued by text-line neighbours (0.05 took tissue next to text)
-GROW_ROUNDS = 0  # top-hat fringe growth, replaced by the halo test (1 round at 12: recall +3.4 pt, precision -7 pt)
-MAX_SCORED = 20_000  # candidate components scored per field; a real frame has a few thousand at most
-STRONG_GROW_ROUNDS = 0  # measured: 2 rounds at 30 give +2.7 pt recall, -7 pt precision
-STRONG_GROW_TOPHAT = 30
-FRINGE_TOPHAT = 12  # grow accepted strokes into neighbours at least this far above the local opening
-FRINGE_CLASSIFIER = True  # learned fringe (cleaning/fringe.py); False restores the halo margin rule for comparison
-FRINGE_ROUNDS = 1  # a second ring at p >= 0.2: recall +0.6 pt, precision -3 pt (docs/cleaning.md)
-HALO_ROUNDS = 1  # pixel rings around accepted strokes tested against the local tissue level
-HALO_MARGIN = 10  # a halo pixel is kept when this many grey levels above the tissue mean around it
-HALO_EXCLUDE_RING = True  # leave the ring itself out of that mean: the bright fringe raised it (+0.9 pt recall)
-HALO_WINDOW = 7  # box (px) over which the tissue mean around a halo pixel is taken
-CHROMA_GROW_ROUNDS = 2  # rings of faintly coloured pixels added around accepted strokes
-CHROMA_GROW = 10  # chroma of such a pixel (grey tissue has none; a blend with a colour stroke has)
-LEVEL_GROW_ROUNDS = 12  # rings of pixels at the stroke's own grey level added around accepted strokes
-LEVEL_TOL = 2  # grey levels: overlays are drawn flat; 3-4 let speckle in (docs/cleaning.md)
-TOUCH_DOUBT = 0.1  # doubtful components (p >= this) within TOUCH_GAP px of an accepted stroke are accepted too
-TOUCH_GAP = 2  # px
-RULER_MIN_TICKS = 4  # accepted short ticks at one column, evenly spaced, that make a depth ruler
-RULER_TOPHAT = 20  # pixels at a ruler's predicted tick positions kept at this top-hat
-MATCH_RADIUS = 20  # px around accepted strokes searched for pieces at their level
-MATCH_TOPHAT = 20
-MATCH_MIN_AREA = 4  # connected pixels at that level
-MATCH = True  # level matching (below): fold 2 recall +0.8 pt, precision -0.8 pt
-DOPPLER_MIN_CORE = 30  # = 0.1 x the smallest map area (300 px) below
-STREAKS = True  # tissue-streak rule (below)
-STREAK_MIN_WIDTH = 20  # px: tissue-streak rule (long thin horizontal grey components that are not flat)
-STREAK_ASPECT = 3.0
-STREAK_MAX_HEIGHT = 8
-STREAK_PLATEAU = 0.4  # share of pixels within 12 levels of the component's max; overlay lines are flat
 _SQUARE3 = np.ones((3, 3), np.uint8)
 _ELLIPSE7 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
 
@@ -70,12 +39,49 @@ class Detection:
     flat_fill: np.ndarray | None = None  # part of mask better filled flat than inpainted (scale bars)
 
 
+@dataclass(frozen=True)
+class DetectorParams:
+    """Every tuning value of the annotation detector, named once. Why each has its value (the
+    measurements on synthetic burn-ins and BUS-BRA folds) is in docs/cleaning.md, "Tuning history"."""
+
+    accept: float = 0.3  # classifier probability above which a candidate component is an overlay
+    line_doubt: float = 0.15  # below this a component is not rescued by text-line neighbours
+    max_scored: int = 20_000  # candidate components scored per field (a real frame has a few thousand)
+    strong_grow_tophat: int = 30  # top-hat of a stroke pixel that level growth and matching may take
+    fringe_classifier: bool = True  # learned fringe (cleaning/fringe.py); False: the halo margin rule
+    fringe_rounds: int = 1  # rings of the learned fringe around accepted strokes
+    halo_rounds: int = 1  # halo rule: pixel rings tested against the local tissue level
+    halo_margin: int = 10  # halo rule: grey levels above the tissue mean around a pixel
+    halo_exclude_ring: bool = True  # halo rule: leave the ring itself out of that mean
+    halo_window: int = 7  # halo rule: box (px) of that mean
+    chroma_grow_rounds: int = 2  # rings of faintly coloured pixels added around accepted strokes
+    chroma_grow: int = 10  # chroma of such a pixel (grey tissue has none; a colour stroke's blend has)
+    level_grow_rounds: int = 12  # rings of pixels at the stroke's own grey level added around it
+    level_tol: int = 2  # grey levels within which a pixel is "at the stroke's level" (overlays are flat)
+    touch_doubt: float = 0.1  # doubtful components (p >= this) touching an accepted stroke are taken
+    touch_gap: int = 2  # px: what "touching" means
+    ruler_min_ticks: int = 4  # accepted short ticks at one column, evenly spaced, that make a depth ruler
+    ruler_tophat: int = 20  # pixels at a ruler's predicted tick positions kept at this top-hat
+    match: bool = True  # level matching: pieces at an accepted stroke's exact level nearby
+    match_radius: int = 20  # px around accepted strokes searched by level matching
+    match_tophat: int = 20  # top-hat of such a piece
+    match_min_area: int = 4  # connected pixels of such a piece
+    doppler_min_core: int = 30  # px: 0.1 x the smallest colour-map area
+    streaks: bool = True  # tissue-streak rule: long thin horizontal grey components that are not flat
+    streak_min_width: int = 20  # px
+    streak_aspect: float = 3.0  # width / height
+    streak_max_height: int = 8  # px
+    streak_plateau: float = 0.4  # share of pixels within 12 levels of the component's max (lines are flat)
+
+PARAMS = DetectorParams()
+
+
 @lru_cache(maxsize=1)
 def _model() -> TreeEnsemble:
     return TreeEnsemble.from_json(trees.MODEL_PATH)
 
 
-def doppler_areas(chroma: np.ndarray, rgb_max: np.ndarray) -> np.ndarray:
+def doppler_areas(chroma: np.ndarray, rgb_max: np.ndarray, *, p: DetectorParams = PARAMS) -> np.ndarray:
     """Coloured areas that are maps, not graphics: Doppler or elastography.
 
     Why erosion: overlay graphics, even big coloured text or a coloured box, are strokes a few
@@ -84,7 +90,7 @@ def doppler_areas(chroma: np.ndarray, rgb_max: np.ndarray) -> np.ndarray:
     """
     coloured = (chroma >= COLOUR_CHROMA).astype(np.uint8)
     core_img = cv2.erode(coloured, _ELLIPSE7)
-    if cv2.countNonZero(core_img) < DOPPLER_MIN_CORE:
+    if cv2.countNonZero(core_img) < p.doppler_min_core:
         # no blob could pass the tests below (a map needs >= 10 % of >= 300 px in its core):
         # coloured text and lines vanish under the erosion, so skip the labelling (2-3 ms)
         return np.zeros(chroma.shape, bool)
@@ -108,7 +114,7 @@ def doppler_areas(chroma: np.ndarray, rgb_max: np.ndarray) -> np.ndarray:
     return doppler[labels] & (coloured > 0)
 
 
-def tissue_streaks(cand: Candidates) -> np.ndarray:
+def tissue_streaks(cand: Candidates, *, p: DetectorParams = PARAMS) -> np.ndarray:
     """Candidates that are skin lines or fascia, whatever the classifier says: long, thin, horizontal,
     grey, and not flat.
 
@@ -120,23 +126,23 @@ def tissue_streaks(cand: Candidates) -> np.ndarray:
     """
     w, h = cand.boxes[:, 2], cand.boxes[:, 3]
     f = cand.features
-    return ((w >= STREAK_MIN_WIDTH) & (w >= STREAK_ASPECT * h) & (h <= STREAK_MAX_HEIGHT)
-            & (f[:, FEATURE_NAMES.index("plateau")] < STREAK_PLATEAU)
-            & (f[:, FEATURE_NAMES.index("mean_chroma")] < COLOUR_CHROMA / 2))
+    return ((w >= p.streak_min_width) & (w >= p.streak_aspect * h) & (h <= p.streak_max_height)
+            & (f[:, FEATURE["plateau"]] < p.streak_plateau)
+            & (f[:, FEATURE["mean_chroma"]] < COLOUR_CHROMA / 2))
 
 
-def complete_text_lines(cand: Candidates, prob: np.ndarray, rounds: int = 3) -> np.ndarray:
+def complete_text_lines(cand: Candidates, prob: np.ndarray, rounds: int = 3, *, p: DetectorParams = PARAMS) -> np.ndarray:
     """Accept doubtful components that sit in a text line with accepted ones.
 
     Why: a blurred or thin glyph alone looks like speckle, but letters come in rows of similar
     height and brightness; a neighbour on the same line, one glyph-height away, settles it.
     """
-    accept = prob >= ACCEPT
-    doubtful = np.flatnonzero((prob >= LINE_DOUBT) & ~accept)
+    accept = prob >= p.accept
+    doubtful = np.flatnonzero((prob >= p.line_doubt) & ~accept)
     if doubtful.size == 0 or not accept.any():
         return accept
     x, y, w, h = (cand.boxes[:, i].astype(np.float64) for i in range(4))
-    bright = cand.features[:, 9].astype(np.float64)  # max grey
+    bright = cand.features[:, FEATURE["max_grey"]].astype(np.float64)
     for _ in range(rounds):
         acc = np.flatnonzero(accept)
         d = doubtful[~accept[doubtful]]
@@ -195,7 +201,7 @@ def grey_bars(grey: np.ndarray) -> np.ndarray:
     return out
 
 
-def ruler_completion(cand: Candidates, prob: np.ndarray) -> np.ndarray:
+def ruler_completion(cand: Candidates, prob: np.ndarray, *, p: DetectorParams = PARAMS) -> np.ndarray:
     """Depth rulers: from accepted ticks at one column, the ruler's step; every predicted tick position
     down the frame is then cleared where it stands out (ticks merge with edge speckle)."""
     h_img, w_img = cand.labels.shape
@@ -203,8 +209,8 @@ def ruler_completion(cand: Candidates, prob: np.ndarray) -> np.ndarray:
     if cand.n <= 1:
         return out
     x, y, w, h = (cand.boxes[:, i] for i in range(4))
-    tick = np.flatnonzero((h <= 4) & (w >= 3) & (w <= 12) & (prob >= ACCEPT))
-    if tick.size < RULER_MIN_TICKS:
+    tick = np.flatnonzero((h <= 4) & (w >= 3) & (w <= 12) & (prob >= p.accept))
+    if tick.size < p.ruler_min_ticks:
         return out
     order = tick[np.argsort(x[tick], kind="stable")]
     xs = x[order]
@@ -215,7 +221,7 @@ def ruler_completion(cand: Candidates, prob: np.ndarray) -> np.ndarray:
             end += 1
         group = order[start:end + 1]
         start = end + 1
-        if group.size < RULER_MIN_TICKS:
+        if group.size < p.ruler_min_ticks:
             continue
         cy = np.sort(y[group] + h[group] // 2)
         gaps = np.diff(cy).astype(np.float64)
@@ -230,36 +236,36 @@ def ruler_completion(cand: Candidates, prob: np.ndarray) -> np.ndarray:
         rows = np.round(np.arange(phase, h_img, step)).astype(int)
         for r in rows[(rows >= 1) & (rows < h_img - 1)]:
             win = (slice(r - 1, r + 2), slice(max(0, x0), min(w_img, x1)))
-            out[win] |= cand.tophat[win] >= RULER_TOPHAT
+            out[win] |= cand.tophat[win] >= p.ruler_tophat
     return out
 
 
-def touching(cand: Candidates, prob: np.ndarray, keep: np.ndarray) -> np.ndarray:
+def touching(cand: Candidates, prob: np.ndarray, keep: np.ndarray, *, p: DetectorParams = PARAMS) -> np.ndarray:
     """Accept doubtful components next to accepted ones (a stroke broken by bright tissue, a glyph in pieces)."""
     out = keep.copy()
-    k = 2 * TOUCH_GAP + 1
+    k = 2 * p.touch_gap + 1
     near = cv2.dilate(keep[cand.labels].astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
     hit = np.zeros(cand.n, bool)
     hit[cand.labels[near]] = True  # fancy assignment, no sort (np.unique cost about 1 ms)
-    doubt = np.concatenate([[False], prob >= TOUCH_DOUBT])
+    doubt = np.concatenate([[False], prob >= p.touch_doubt])
     out |= hit & doubt
     out[0] = False
     return out
 
 
-def level_growth(grey: np.ndarray, accepted: np.ndarray, tophat: np.ndarray) -> np.ndarray:
+def level_growth(grey: np.ndarray, accepted: np.ndarray, tophat: np.ndarray, *, p: DetectorParams = PARAMS) -> np.ndarray:
     """Grow accepted strokes into neighbours drawn at the stroke's own level.
 
     Why: an overlay is one flat colour; where it crosses bright tissue the seed test drops part of
     the stroke (and the 9x9 top-hat misses the inside of bold glyphs), but those pixels sit at the
-    level of the stroke next to them, within LEVEL_TOL; speckle rarely keeps one level for long.
+    level of the stroke next to them, within p.level_tol; speckle rarely keeps one level for long.
     """
-    core = accepted & (tophat >= STRONG_GROW_TOPHAT)  # stroke pixels, not their fringe
+    core = accepted & (tophat >= p.strong_grow_tophat)  # stroke pixels, not their fringe
     level: np.ndarray = np.where(core, grey, 0).astype(np.uint8)
     free: np.ndarray = np.where(accepted, 0, 255).astype(np.uint8)
-    for _ in range(LEVEL_GROW_ROUNDS):  # uint8 OpenCV operations: 12 rounds cost about 1 ms on 800x600
+    for _ in range(p.level_grow_rounds):  # uint8 OpenCV operations: 12 rounds cost about 1 ms on 800x600
         lv = cv2.dilate(level, _SQUARE3)
-        same = cv2.threshold(cv2.absdiff(grey, lv), LEVEL_TOL, 255, cv2.THRESH_BINARY_INV)[1]  # |diff| <= tol
+        same = cv2.threshold(cv2.absdiff(grey, lv), p.level_tol, 255, cv2.THRESH_BINARY_INV)[1]  # |diff| <= tol
         new = cv2.bitwise_and(cv2.bitwise_and(same, free), cv2.threshold(lv, 0, 255, cv2.THRESH_BINARY)[1])
         if cv2.countNonZero(new) == 0:
             break
@@ -268,7 +274,7 @@ def level_growth(grey: np.ndarray, accepted: np.ndarray, tophat: np.ndarray) -> 
     return free == 0
 
 
-def level_match(grey: np.ndarray, accepted: np.ndarray, tophat: np.ndarray) -> np.ndarray:
+def level_match(grey: np.ndarray, accepted: np.ndarray, tophat: np.ndarray, *, p: DetectorParams = PARAMS) -> np.ndarray:
     """Pieces of an overlay near accepted strokes, drawn at exactly their grey level but not touching them.
 
     Why: a scanner draws a whole label or a dotted line in one flat colour; glyphs or dots that
@@ -283,16 +289,16 @@ def level_match(grey: np.ndarray, accepted: np.ndarray, tophat: np.ndarray) -> n
         return np.asarray(cv2.threshold(a, 0, 255, cv2.THRESH_BINARY_INV)[1])
 
     acc8 = accepted.view(np.uint8)
-    core = cv2.bitwise_and(acc8, at_least(tophat, STRONG_GROW_TOPHAT))
+    core = cv2.bitwise_and(acc8, at_least(tophat, p.strong_grow_tophat))
     if cv2.countNonZero(core) == 0:
         return np.zeros(grey.shape, bool)
-    box = np.ones((2 * MATCH_RADIUS + 1,) * 2, np.uint8)
+    box = np.ones((2 * p.match_radius + 1,) * 2, np.uint8)
     core_grey = cv2.bitwise_and(grey, grey, mask=core)  # stroke level, 0 elsewhere
     highest = cv2.dilate(core_grey, box)  # the brightest and the darkest stroke level within the radius
     lowest = cv2.erode(cv2.bitwise_or(core_grey, zero(core)), box)
     same = cv2.bitwise_or(cv2.compare(grey, highest, cv2.CMP_EQ), cv2.compare(grey, lowest, cv2.CMP_EQ))
     same = cv2.bitwise_and(same, at_least(highest, 1))
-    same = cv2.bitwise_and(same, at_least(tophat, MATCH_TOPHAT))
+    same = cv2.bitwise_and(same, at_least(tophat, p.match_tophat))
     hit = cv2.bitwise_and(same, zero(acc8))
     out = np.zeros(grey.shape, bool)
     x, y, w, h = cv2.boundingRect(hit)
@@ -303,12 +309,12 @@ def level_match(grey: np.ndarray, accepted: np.ndarray, tophat: np.ndarray) -> n
     idx = np.flatnonzero(sub > 0)  # sparse from here on (bool: flatnonzero on uint8 is ten times slower)
     lab = labels.ravel()[idx]
     keep = np.zeros(sub.size, bool)
-    keep[idx[np.bincount(lab, minlength=n)[lab] >= MATCH_MIN_AREA]] = True
+    keep[idx[np.bincount(lab, minlength=n)[lab] >= p.match_min_area]] = True
     out[y:y + h, x:x + w] = keep.reshape(sub.shape)
     return out
 
 
-def halo(grey: np.ndarray, accepted: np.ndarray) -> np.ndarray:
+def halo(grey: np.ndarray, accepted: np.ndarray, *, p: DetectorParams = PARAMS) -> np.ndarray:
     """Antialiased fringe around accepted strokes: ring pixels brighter than the tissue around them.
 
     Why: a stroke drawn with antialiasing raises its neighbours by a fraction of its contrast; the
@@ -322,19 +328,20 @@ def halo(grey: np.ndarray, accepted: np.ndarray) -> np.ndarray:
         return ring
     # box sums at the ring pixels only, from integral images (a full-frame float blur cost 7 ms)
     h, w = grey.shape
-    free = 1 - (ring | accepted).astype(np.uint8) if HALO_EXCLUDE_RING else 1 - acc8
+    free = 1 - (ring | accepted).astype(np.uint8) if p.halo_exclude_ring else 1 - acc8
     s_grey = cv2.integral(grey * free)
     s_free = cv2.integral(free)
     y, x = np.divmod(idx, w)
-    grey_sum, free_sum = box_sums([s_grey, s_free], y, x, grey.shape, HALO_WINDOW)
+    grey_sum, free_sum = box_sums([s_grey, s_free], y, x, grey.shape, p.halo_window)
     bg = grey_sum / np.maximum(free_sum, 1)
     out = np.zeros(h * w, bool)
-    out[idx] = grey.ravel()[idx] - bg >= HALO_MARGIN
+    out[idx] = grey.ravel()[idx] - bg >= p.halo_margin
     return out.reshape(h, w)
 
 
 def detect_annotations(grey: np.ndarray, chroma: np.ndarray | None, rgb_max: np.ndarray | None = None, *,
-                       fringe_step: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None) -> Detection:
+                       fringe_step: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
+                       p: DetectorParams = PARAMS) -> Detection:
     """Annotation mask for one field crop (grey uint8; chroma and max over RGB uint8, or None).
 
     `fringe_step(grey, strokes, tophat)` replaces the fringe classifier (cleaning/train_fringe.py records
@@ -344,7 +351,7 @@ def detect_annotations(grey: np.ndarray, chroma: np.ndarray | None, rgb_max: np.
     doppler = None
     dop_frac = 0.0
     if chroma is not None:
-        doppler = doppler_areas(chroma, grey if rgb_max is None else rgb_max)
+        doppler = doppler_areas(chroma, grey if rgb_max is None else rgb_max, p=p)
         dop_frac = float(doppler.mean())
         if dop_frac >= 0.005:
             flags.append("doppler")
@@ -353,51 +360,46 @@ def detect_annotations(grey: np.ndarray, chroma: np.ndarray | None, rgb_max: np.
     cand = find_candidates(grey, chroma, exclude=doppler)
     # one- and two-pixel specks are speckle (the smallest drawn dot covers 5 px): not worth scoring
     prob = np.zeros(cand.n - 1)
-    scored = cand.features[:, 0] >= np.log1p(3)
-    if scored.sum() > MAX_SCORED:
+    scored = cand.features[:, FEATURE["log_area"]] >= np.log1p(3)
+    if scored.sum() > p.max_scored:
         # pathological input (pure noise, a corrupt frame): bound the work; keep the strongest
-        strength = np.where(scored, cand.features[:, 6] * cand.features[:, 0], -1.0)  # mean top-hat x log area
+        strength = np.where(scored, cand.features[:, FEATURE["mean_tophat"]] * cand.features[:, FEATURE["log_area"]], -1.0)
         scored = np.zeros_like(scored)
-        scored[np.argpartition(-strength, MAX_SCORED)[:MAX_SCORED]] = True
+        scored[np.argpartition(-strength, p.max_scored)[:p.max_scored]] = True
         flags.append("noisy")
     prob[scored] = _model().probability(cand.features[scored].astype(np.float64))
-    if STREAKS and cand.n > 1:
-        prob[tissue_streaks(cand)] = 0.0
-    keep = np.concatenate([[False], complete_text_lines(cand, prob)])
-    if TOUCH_DOUBT < ACCEPT:
-        keep = touching(cand, prob, keep)
+    if p.streaks and cand.n > 1:
+        prob[tissue_streaks(cand, p=p)] = 0.0
+    keep = np.concatenate([[False], complete_text_lines(cand, prob, p=p)])
+    if p.touch_doubt < p.accept:
+        keep = touching(cand, prob, keep, p=p)
     accepted = keep[cand.labels]
     kinds: list[str] = []
     if accepted.any():
-        coloured = cand.features[:, 16] >= COLOUR_CHROMA / 2
+        coloured = cand.features[:, FEATURE["mean_chroma"]] >= COLOUR_CHROMA / 2
         if (keep[1:] & ~coloured).any():
             kinds.append("bright_graphics")
         if (keep[1:] & coloured).any():
             kinds.append("colour_graphics")
-        strong = cand.tophat >= STRONG_GROW_TOPHAT
-        for _ in range(STRONG_GROW_ROUNDS):  # stroke pixels the seed test dropped next to busy texture
-            accepted |= cv2.dilate(accepted.astype(np.uint8), _SQUARE3).astype(bool) & strong
-        for _ in range(GROW_ROUNDS):  # antialiased / JPEG-softened edges, one pixel ring per round
-            accepted |= cv2.dilate(accepted.astype(np.uint8), _SQUARE3).astype(bool) & (cand.tophat >= FRINGE_TOPHAT)
-        if MATCH:
-            accepted |= level_match(grey, accepted, cand.tophat)
-        if LEVEL_GROW_ROUNDS:
-            accepted = level_growth(grey, accepted, cand.tophat)
-        if CHROMA_GROW_ROUNDS and chroma is not None:
-            c_ok = chroma >= CHROMA_GROW
+        if p.match:
+            accepted |= level_match(grey, accepted, cand.tophat, p=p)
+        if p.level_grow_rounds:
+            accepted = level_growth(grey, accepted, cand.tophat, p=p)
+        if p.chroma_grow_rounds and chroma is not None:
+            c_ok = chroma >= p.chroma_grow
             if doppler is not None:
                 c_ok &= ~doppler
-            for _ in range(CHROMA_GROW_ROUNDS):
+            for _ in range(p.chroma_grow_rounds):
                 accepted |= cv2.dilate(accepted.astype(np.uint8), _SQUARE3).astype(bool) & c_ok
         if fringe_step is not None:
             accepted |= fringe_step(grey, accepted, cand.tophat)
-        elif FRINGE_CLASSIFIER:
-            for _ in range(FRINGE_ROUNDS):
+        elif p.fringe_classifier:
+            for _ in range(p.fringe_rounds):
                 accepted |= fringe(grey, accepted, cand.tophat)
         else:
-            for _ in range(HALO_ROUNDS):
-                accepted |= halo(grey, accepted)
-    accepted |= ruler_completion(cand, prob)
+            for _ in range(p.halo_rounds):
+                accepted |= halo(grey, accepted, p=p)
+    accepted |= ruler_completion(cand, prob, p=p)
     bars = grey_bars(grey)
     if bars.any():
         kinds.append("scale_bar")

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sonopacs.cleaning.annotations import detect_annotations
+from sonopacs.cleaning.annotations import PARAMS, DetectorParams, detect_annotations
 from sonopacs.cleaning.convert import grey_and_chroma, rgb_max, to_uint8, validate
 from sonopacs.cleaning.field import Field, find_fields
 from sonopacs.cleaning.inpaint import flat_fill, inpaint
@@ -20,6 +20,7 @@ def clean_image(
     regions: Sequence[Region] | None = None,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    params: DetectorParams = PARAMS,
 ) -> list[CleanResult]:
     """Crop each 2D tissue field and remove burned-in annotations; one CleanResult per field.
 
@@ -32,7 +33,7 @@ def clean_image(
     grey, chroma = grey_and_chroma(img8)
     fields = find_fields(grey, regions, chroma)
     value = rgb_max(img8) if chroma is not None else None
-    results = [_clean_field(grey, chroma, value, f) for f in fields]
+    results = [_clean_field(grey, chroma, value, f, params) for f in fields]
     if len(results) > 1:
         for r in results:
             _flags(r).append("dual_view")
@@ -45,10 +46,14 @@ def _flags(result: CleanResult) -> list[str]:
     return flags
 
 
-def _clean_field(grey: np.ndarray, chroma: np.ndarray | None, value: np.ndarray | None, f: Field) -> CleanResult:
+def _clean_field(
+    grey: np.ndarray, chroma: np.ndarray | None, value: np.ndarray | None, f: Field, params: DetectorParams
+) -> CleanResult:
     box = (slice(f.y0, f.y1 + 1), slice(f.x0, f.x1 + 1))
     crop = grey[box]
-    det = detect_annotations(crop, None if chroma is None else chroma[box], None if value is None else value[box])
+    det = detect_annotations(
+        crop, None if chroma is None else chroma[box], None if value is None else value[box], p=params
+    )
     # Only what the detector found is removed. Blanking everything outside a detected sector was
     # tried and cut dim sector edges (SonoSite), so the field mask is reported, not applied.
     removed = det.mask

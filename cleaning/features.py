@@ -22,6 +22,7 @@ FEATURE_NAMES = [
     "mean_grad_over_tophat", "thin_ratio", "ring_contrast", "ring_std",
     "mean_chroma", "seed_density", "frame_p99", "frame_tophat_p90", "background",
 ]
+FEATURE = {name: column for column, name in enumerate(FEATURE_NAMES)}  # column of a feature by its name
 
 _E5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
 _E9 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from sonopacs.cleaning.annotations import MATCH_RADIUS, detect_annotations, level_match, tissue_streaks
+from sonopacs.cleaning.annotations import PARAMS, detect_annotations, level_match, tissue_streaks
 from sonopacs.cleaning.features import find_candidates
 from sonopacs.cleaning.fringe import FEATURE_NAMES, FRINGE_MODEL_PATH, fringe, fringe_model, ring_features
 from sonopacs.cleaning.trees import MODEL_PATH, TreeEnsemble
@@ -62,7 +63,7 @@ def test_level_match_takes_only_exact_level_pieces_near_strokes() -> None:
     near_exact = (slice(30, 32), slice(40, 43))  # 6 px at the stroke's level, 9 px below it
     near_off = (slice(30, 32), slice(50, 53))  # same, one grey level off
     lone = (slice(35, 36), slice(30, 31))  # a single pixel at the level
-    far = (slice(20 + MATCH_RADIUS + 15, 22 + MATCH_RADIUS + 15), slice(40, 43))
+    far = (slice(20 + PARAMS.match_radius + 15, 22 + PARAMS.match_radius + 15), slice(40, 43))
     grey[near_exact] = 231
     grey[near_off] = 230
     grey[lone] = 231
@@ -123,17 +124,15 @@ def test_tissue_streak_rule_spares_flat_lines() -> None:
     assert flagged[lab_streak - 1] and not flagged[lab_line - 1]
 
 
-def test_halo_rule_still_runs_for_comparison(monkeypatch: pytest.MonkeyPatch) -> None:
-    """FRINGE_CLASSIFIER=False brings back the margin rule the classifier replaced (docs compare them)."""
-    import sonopacs.cleaning.annotations as annotations
+def test_halo_rule_still_runs_for_comparison() -> None:
+    """fringe_classifier=False brings back the margin rule the classifier replaced (docs compare them)."""
 
     img = _tissue()
     dirty = img.copy()
     cv2.putText(dirty, "LESION 2 CM FN", (15, 120), cv2.FONT_HERSHEY_SIMPLEX, 0.6, 215, 1, cv2.LINE_AA)
     truth = np.abs(dirty.astype(int) - img.astype(int)) >= 10
     learned = detect_annotations(dirty, None).mask
-    monkeypatch.setattr(annotations, "FRINGE_CLASSIFIER", False)
-    margin = detect_annotations(dirty, None).mask
+    margin = detect_annotations(dirty, None, p=replace(PARAMS, fringe_classifier=False)).mask
     bare = detect_annotations(dirty, None, fringe_step=_no_fringe).mask
     assert (margin & truth).sum() > (bare & truth).sum()
     assert not np.array_equal(margin, learned)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from sonopacs.cleaning import annotations, clean_image
+from sonopacs.cleaning import clean_image
+from sonopacs.cleaning.annotations import PARAMS
 
 
 @pytest.mark.parametrize("value", [0, 255])
@@ -80,12 +83,12 @@ def test_float_nan_input_does_not_crash() -> None:
     assert r.image.dtype == np.uint8
 
 
-def test_pure_noise_is_bounded_and_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pure_noise_is_bounded_and_flagged() -> None:
     """Noise has thousands of candidate components; past the cap they are not all scored."""
 
-    monkeypatch.setattr(annotations, "MAX_SCORED", 300)  # a 600x800 noise frame has ~1,500
+    capped = replace(PARAMS, max_scored=300)  # a 600x800 noise frame has ~1,500
     noise = np.random.default_rng(2).integers(0, 256, (600, 800), dtype=np.uint8)
-    (r,) = clean_image(noise)
+    (r,) = clean_image(noise, params=capped)
     assert "noisy" in r.summary["flags"]  # type: ignore[operator]
     assert float(r.summary["confidence"]) <= 0.5  # type: ignore[arg-type]
 
