@@ -192,6 +192,13 @@ class WorkerSettings(_Section):
 class ModelSettings(_Section):
     weights_dir: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Expected share of images without a lesion where the model runs (prior-shift correction of the
+    # calibration, fitted where 4 % were normal). 0.4: diagnostic breast ultrasound (docs/models.md).
+    expected_normal_fraction: float = Field(0.4, gt=0, lt=1)
+    # A site calibration file from `sonopacs calibrate` (None: the shipped calibration).
+    site_calibration: Path | None = None
+    # Scope gate: images the model cannot vouch for are "not assessed" with a reason.
+    scope_gate: bool = True
 
 
 class _YamlSource(PydanticBaseSettingsSource):
