@@ -14,7 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sonopacs.worker.celery_app import QUEUES, get_app
+from kombu import Connection
+
+from sonopacs.worker.celery_app import EMBEDDED_TRANSPORT_OPTIONS, QUEUES, get_app, is_embedded_broker
 
 if TYPE_CHECKING:
     from sonopacs.config import Settings
@@ -28,10 +30,6 @@ PING_TIMEOUT = 0.7
 
 def queue_names() -> tuple[str, ...]:
     return tuple(dict.fromkeys([*QUEUES, *DEFAULT_QUEUES]))
-
-
-def is_embedded(url: str) -> bool:
-    return url.startswith(("sqla+", "sqlalchemy+"))
 
 
 @dataclass
@@ -55,49 +53,20 @@ class BrokerStatus:
         }
 
 
-def _redis_depths(url: str, names: tuple[str, ...]) -> dict[str, int | None]:
-    import redis
-
-    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
-    try:
-        pipe = client.pipeline()
-        for name in names:
-            pipe.llen(name)
-        return {name: int(n) for name, n in zip(names, pipe.execute(), strict=True)}
-    finally:
-        client.close()
-
-
-def _sqla_depths(url: str, names: tuple[str, ...]) -> dict[str, int | None]:
-    from sqlalchemy import create_engine, inspect, text
-
-    engine = create_engine(url.split("+", 1)[1], connect_args={"timeout": 2} if "sqlite" in url else {})
-    try:
-        with engine.connect() as conn:
-            if not inspect(conn).has_table("kombu_queue"):
-                return dict.fromkeys(names, 0)  # nothing was ever sent
-            rows = conn.execute(
-                text(
-                    "SELECT q.name, COUNT(m.id) FROM kombu_queue q "
-                    "LEFT JOIN kombu_message m ON m.queue_id = q.id AND m.visible = :visible "
-                    "GROUP BY q.name"
-                ),
-                {"visible": True},
-            )
-            found = {str(name): int(n) for name, n in rows}
-        return {name: found.get(name, 0) for name in names}
-    finally:
-        engine.dispose()
-
-
-def queue_depths(settings: Settings) -> dict[str, int | None]:
+def queue_depths(settings: Settings) -> dict[str, int]:
+    """Messages waiting per queue, by kombu's passive queue_declare: one probe for every broker."""
     names = queue_names()
     url = settings.broker_url
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        return _redis_depths(url, names)
-    if is_embedded(url):
-        return _sqla_depths(url, names)
-    return dict.fromkeys(names, None)
+    options = EMBEDDED_TRANSPORT_OPTIONS if is_embedded_broker(url) else {}
+    depths: dict[str, int] = {}
+    with Connection(url, connect_timeout=2, transport_options=options) as conn:
+        for name in names:
+            try:
+                with conn.channel() as channel:  # AMQP closes a channel whose passive declare failed
+                    depths[name] = int(channel.queue_declare(queue=name, passive=True).message_count)
+            except conn.channel_errors:  # never declared: nothing was ever sent to it
+                depths[name] = 0
+    return depths
 
 
 def celery_app(settings: Settings) -> Any:
@@ -107,7 +76,7 @@ def celery_app(settings: Settings) -> Any:
 
 def workers_online(settings: Settings) -> tuple[list[str] | None, str | None]:
     """Names of workers that answered a ping, or None and why we cannot tell."""
-    if is_embedded(settings.broker_url):
+    if is_embedded_broker(settings.broker_url):
         return None, "Celery ping needs Redis: the embedded broker cannot broadcast. Jobs running are counted from the database."
     replies = celery_app(settings).control.ping(timeout=PING_TIMEOUT) or []
     return sorted(name for reply in replies for name in reply), None
@@ -129,7 +98,7 @@ class BrokerProbe:
                 return self._value
             value = BrokerStatus()
             try:
-                value.queues = queue_depths(self.settings)
+                value.queues = dict(queue_depths(self.settings))
             except Exception as exc:  # any broker failure is shown, not raised
                 value.queues = dict.fromkeys(queue_names())
                 value.error = f"broker unreachable: {type(exc).__name__}"
