@@ -1,84 +1,48 @@
-"""A small, safe Markdown subset for the model card: headings, paragraphs, lists, tables, code.
+"""The model card as HTML for the model page: markdown-it-py (CommonMark + tables) with raw HTML off.
 
-Everything is HTML-escaped first, so a card cannot inject markup; no extra dependency needed.
+Raw HTML in the card is shown as text, never rendered; links are kept only when they point to an
+http(s) address (relative links and images name files that the dashboard does not serve).
 """
 
 from __future__ import annotations
 
-import html
-import re
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
 
-_INLINE = [
-    (re.compile(r"`([^`]+)`"), r"<code>\1</code>"),
-    (re.compile(r"\*\*([^*]+)\*\*"), r"<strong>\1</strong>"),
-    (re.compile(r"(?<![*\w])\*([^*]+)\*(?![*\w])"), r"<em>\1</em>"),
-    (re.compile(r"\[([^\]]+)\]\((https?://[^)\s]+)\)"), r'<a href="\2" rel="noopener">\1</a>'),
-]
+_MD = MarkdownIt("commonmark", {"html": False}).enable("table")
+_WEB = ("http://", "https://")
 
 
-def _inline(text: str) -> str:
-    out = html.escape(text, quote=True)
-    for pattern, repl in _INLINE:
-        out = pattern.sub(repl, out)
+def _web_link(token: Token) -> bool:
+    return str(token.attrGet("href") or "").startswith(_WEB)
+
+
+def _inline(children: list[Token]) -> list[Token]:
+    """Drop links that do not go to the web (their text stays) and images (their alt text stays)."""
+    out: list[Token] = []
+    dropped_opens: list[bool] = []
+    for tok in children:
+        if tok.type == "link_open":
+            keep = _web_link(tok)
+            dropped_opens.append(not keep)
+            if keep:
+                tok.attrSet("rel", "noopener")
+                out.append(tok)
+        elif tok.type == "link_close":
+            if not dropped_opens.pop():
+                out.append(tok)
+        elif tok.type == "image":
+            out.append(Token("text", "", 0, content=tok.content))
+        else:
+            out.append(tok)
     return out
 
 
-def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
-
-
 def render_markdown(text: str) -> str:
-    lines = text.splitlines()
-    out: list[str] = []
-    para: list[str] = []
-    i = 0
-
-    def flush() -> None:
-        if para:
-            out.append(f"<p>{_inline(' '.join(para))}</p>")
-            para.clear()
-
-    while i < len(lines):
-        line = lines[i]
-        stripped = line.strip()
-        if stripped.startswith("```"):
-            flush()
-            block = []
-            i += 1
-            while i < len(lines) and not lines[i].strip().startswith("```"):
-                block.append(lines[i])
-                i += 1
-            out.append(f"<pre><code>{html.escape(chr(10).join(block))}</code></pre>")
-        elif m := re.match(r"^(#{1,6})\s+(.*)$", stripped):
-            flush()
-            level = min(len(m.group(1)) + 1, 6)  # the page already has its h1
-            out.append(f"<h{level}>{_inline(m.group(2))}</h{level}>")
-        elif stripped.startswith("|") and i + 1 < len(lines) and re.match(r"^\|?\s*:?-+", lines[i + 1].strip()):
-            flush()
-            head = _cells(stripped)
-            rows = []
-            i += 2
-            while i < len(lines) and lines[i].strip().startswith("|"):
-                rows.append(_cells(lines[i]))
-                i += 1
-            i -= 1
-            thead = "".join(f"<th scope='col'>{_inline(c)}</th>" for c in head)
-            body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows)
-            out.append(f"<table><thead><tr>{thead}</tr></thead><tbody>{body}</tbody></table>")
-        elif re.match(r"^([-*+]|\d+\.)\s+", stripped):
-            flush()
-            ordered = bool(re.match(r"^\d+\.", stripped))
-            items = []
-            while i < len(lines) and re.match(r"^\s*([-*+]|\d+\.)\s+", lines[i]):
-                items.append(re.sub(r"^\s*([-*+]|\d+\.)\s+", "", lines[i]))
-                i += 1
-            i -= 1
-            tag = "ol" if ordered else "ul"
-            out.append(f"<{tag}>" + "".join(f"<li>{_inline(t)}</li>" for t in items) + f"</{tag}>")
-        elif not stripped:
-            flush()
-        else:
-            para.append(stripped)
-        i += 1
-    flush()
-    return "\n".join(out)
+    tokens = _MD.parse(text)
+    for tok in tokens:
+        if tok.type in ("heading_open", "heading_close"):
+            tok.tag = f"h{min(int(tok.tag[1]) + 1, 6)}"  # the page already has its h1
+        elif tok.type == "inline" and tok.children:
+            tok.children = _inline(tok.children)
+    return str(_MD.renderer.render(tokens, _MD.options, {}))
