@@ -232,6 +232,9 @@ class GuardedRequestHandler(RequestHandler):
 class GuardedServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with the guard at accept, and TLS handshakes off the accept loop."""
 
+    # socketserver's listen backlog is 5: a burst of hostile SYNs would make the PACS's connect wait.
+    request_queue_size = 128
+
     def __init__(self, *args: Any, guard: ConnectionGuard, **kwargs: Any) -> None:
         self.guard = guard
         kwargs["request_handler"] = GuardedRequestHandler
