@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -14,14 +15,33 @@ from pydantic_settings import (
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    YamlConfigSettingsSource,
 )
 
 DEFAULT_YAML = Path(__file__).with_name("default.yaml")
 CONFIG_FILE_ENV = "SONOPACS_CONFIG"
 
 
+# The site file of the `load_settings` call in progress (the sources hook is a classmethod, so the
+# file reaches it here rather than through the process environment).
+_config_file: ContextVar[Path | None] = ContextVar("sonopacs_config_file", default=None)
+
+
 class ConfigError(RuntimeError):
     """Raised at start-up when the configuration is invalid; the message names the key."""
+
+
+def _checked_yaml(path: Path) -> Path:
+    """pydantic-settings skips a missing or odd file silently; a site file given by name must be loud."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    return path
 
 
 def _ae_title(value: str) -> str:
@@ -201,39 +221,6 @@ class ModelSettings(_Section):
     scope_gate: bool = True
 
 
-class _YamlSource(PydanticBaseSettingsSource):
-    """Merged YAML: the packaged defaults, then an optional site file."""
-
-    def __init__(self, settings_cls: type[BaseSettings], files: list[Path]) -> None:
-        super().__init__(settings_cls)
-        self._files = files
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        merged: dict[str, Any] = {}
-        for path in self._files:
-            try:
-                data = yaml.safe_load(path.read_text()) or {}
-            except OSError as exc:
-                raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-            if not isinstance(data, dict):
-                raise ConfigError(f"config file {path} must hold a mapping of sections")
-            _deep_merge(merged, data)
-        return merged
-
-
-def _deep_merge(into: dict[str, Any], new: dict[str, Any]) -> None:
-    for key, value in new.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _deep_merge(into[key], value)
-        else:
-            into[key] = value
-
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SONOPACS_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
@@ -261,10 +248,10 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         files = [DEFAULT_YAML]
-        extra = os.environ.get(CONFIG_FILE_ENV)
+        extra = _config_file.get() or os.environ.get(CONFIG_FILE_ENV)
         if extra:
-            files.append(Path(extra))
-        return (init_settings, env_settings, _YamlSource(settings_cls, files))
+            files.append(_checked_yaml(Path(extra)))
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=files, deep_merge=True))
 
     # Derived values, kept here so every service computes them the same way.
     @property
@@ -291,20 +278,14 @@ class Settings(BaseSettings):
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Build the settings, turning validation errors into a ConfigError that names each bad key."""
-    previous = os.environ.get(CONFIG_FILE_ENV)
-    if config_file is not None:
-        os.environ[CONFIG_FILE_ENV] = str(config_file)
+    token = _config_file.set(Path(config_file) if config_file is not None else None)
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"invalid configuration: {problems}") from exc
     finally:
-        if config_file is not None:
-            if previous is None:
-                os.environ.pop(CONFIG_FILE_ENV, None)
-            else:
-                os.environ[CONFIG_FILE_ENV] = previous
+        _config_file.reset(token)
 
 
 _SECRET_WORDS = ("password", "secret", "token", "key")
