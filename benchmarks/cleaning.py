@@ -3,7 +3,7 @@ per-frame time, and before/mask/after contact sheets of real scanner images.
 
     taskset -c 0 python benchmarks/cleaning.py --n 300 --sheets docs/
 
-Numbers go to stdout (and --json FILE); docs/cleaning.md quotes them with this command line.
+Numbers go to stdout (and --json FILE); docs/measurements.md quotes them with this command line.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ colour) are scored by a small boosted-tree classifier trained on synthetic burn-
 are: flat (grow along the stroke's own grey level, and take pieces nearby at exactly that level),
 coloured (grow into faintly coloured pixels, which grey tissue never is), and antialiased (the ring
 of pixels around the strokes, decided pixel by pixel by a second small classifier, cleaning/fringe.py).
-Lowering thresholds instead always cost more precision than it gained recall (docs/cleaning.md).
+Lowering thresholds instead always cost more precision than it gained recall (docs/measurements.md).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class Detection:
 @dataclass(frozen=True)
 class DetectorParams:
     """Every tuning value of the annotation detector, named once. Why each has its value (the
-    measurements on synthetic burn-ins and BUS-BRA folds) is in docs/cleaning.md, "Tuning history"."""
+    measurements on synthetic burn-ins and BUS-BRA folds) is in docs/measurements.md (Cleaning, tuning values)."""
 
     accept: float = 0.3  # classifier probability above which a candidate component is an overlay
     line_doubt: float = 0.15  # below this a component is not rescued by text-line neighbours
@@ -280,7 +280,7 @@ def level_match(grey: np.ndarray, accepted: np.ndarray, tophat: np.ndarray, *, p
     Why: a scanner draws a whole label or a dotted line in one flat colour; glyphs or dots that
     busy tissue kept from seeding (the seed test wants 2x the local top-hat) still sit at the level
     of the accepted strokes a few pixels away, which speckle matches only by chance, and rarely in
-    several connected pixels. Exact level only: +-1 doubled the false positives (docs/cleaning.md).
+    several connected pixels. Exact level only: +-1 doubled the false positives (docs/measurements.md).
     """
     def at_least(a: np.ndarray, level: int) -> np.ndarray:  # 255 where a >= level (uint8)
         return np.asarray(cv2.threshold(a, level - 1, 255, cv2.THRESH_BINARY)[1])

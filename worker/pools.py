@@ -50,7 +50,7 @@ def torch_threads_for(settings: Settings, queues: Iterable[str], concurrency: in
 
     A worker that also consumes the light queues shares the cores among its own processes; an
     inference-only worker leaves `light_concurrency` cores to the light pool beside it. Measured on
-    the 2-core box (docs/pipeline.md): one thread per process beats two under load.
+    the 2-core box (docs/measurements.md, "Pipeline latency"): one thread per process beats two under load.
     """
     if settings.worker.torch_threads > 0:
         return settings.worker.torch_threads
