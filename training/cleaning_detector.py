@@ -23,7 +23,8 @@ from sonopacs.cleaning.features import FEATURE_NAMES, find_candidates
 from sonopacs.cleaning.synthetic import burn_in_annotations
 from sonopacs.cleaning.trees import MODEL_PATH, TreeEnsemble
 
-BUSBRA = Path("/work/shared/datasets/bus-bra")
+# BUS-BRA (index.csv + images) where the training configs find it: beside the checkout, run from its root.
+BUSBRA = Path("../shared/datasets/bus-bra")
 
 
 def _read_index(root: Path) -> list[dict[str, str]]:
