@@ -40,7 +40,10 @@ def called_ae_of(assoc: Association) -> str:
 
 
 def rejection_reasons(assoc: Association, dicom: DicomSettings, active_acceptors: int) -> str:
-    """Why pynetdicom refused the association, reconstructed from the same rules it applied."""
+    """Why pynetdicom refused the association, reconstructed from the same rules it applied.
+
+    Not read from pynetdicom: its EVT_REJECTED is triggered with no data (acse.py), so the reason is lost.
+    """
     reasons = []
     calling, called = calling_ae_of(assoc), called_ae_of(assoc)
     if dicom.allowed_calling_aes and calling not in dicom.allowed_calling_aes:
