@@ -2,8 +2,8 @@
 Celery worker and a real Orthanc as the PACS. Log in, find the failed study, open it, see the AI
 overlay thumbnail, click "Resend", and watch the state turn to exported without reloading.
 
-Screenshots go to test-artifacts/dashboard/; SONOPACS_UPDATE_SCREENSHOTS=1 also refreshes the README's
-docs/dashboard-study.png and docs/dashboard-overview.png.
+Screenshots go to the test's tmp_path (never into the checkout); SONOPACS_UPDATE_SCREENSHOTS=1 refreshes
+the README's docs/dashboard-study.png and docs/dashboard-overview.png from them.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from tests.support.net import free_port, wait_for_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "test-artifacts" / "dashboard"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -94,17 +93,18 @@ def served(make_settings: Callable[..., Settings], orthanc_factory: Callable[...
     db.dispose()
 
 
-def _shot(page: Any, name: str) -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / name
+def _shot(page: Any, name: str, artifacts: Path) -> Path:
+    artifacts.mkdir(parents=True, exist_ok=True)
+    path = artifacts / name
     page.screenshot(path=str(path), full_page=True)
     return path
 
 
-def test_login_see_study_resend_and_watch_it_export(served: dict[str, Any]) -> None:
+def test_login_see_study_resend_and_watch_it_export(served: dict[str, Any], tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     url, study = served["url"], served["study"]
+    artifacts = tmp_path / "screenshots"
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
@@ -112,17 +112,17 @@ def test_login_see_study_resend_and_watch_it_export(served: dict[str, Any]) -> N
             page.goto(f"{url}/studies")
             expect(page).to_have_url(f"{url}/login?next=/studies")
             assert "ACC-2026" not in page.content()  # nothing about patients before login
-            _shot(page, "01-login.png")
+            _shot(page, "01-login.png", artifacts)
             page.get_by_label("User name").fill("admin")
             page.get_by_label("Password").fill("admin-password")
             page.get_by_role("button", name="Log in").click()
             expect(page).to_have_url(f"{url}/studies")
             expect(page.get_by_role("link", name=study.accession_number)).to_be_visible()
-            _shot(page, "02-studies.png")
+            _shot(page, "02-studies.png", artifacts)
 
             page.get_by_role("link", name="Overview").click()
             expect(page.get_by_role("heading", name="Recent failures")).to_be_visible()
-            _shot(page, "03-overview.png")
+            _shot(page, "03-overview.png", artifacts)
 
             page.goto(f"{url}/studies/{study.id}")
             state = page.locator("#study-state")
@@ -133,7 +133,7 @@ def test_login_see_study_resend_and_watch_it_export(served: dict[str, Any]) -> N
                 "() => [...document.querySelectorAll('figure.result img')].every(i => i.complete && i.naturalWidth > 0)"
             )
             expect(page.get_by_text("AI result, for assistance only, not for diagnosis").first).to_be_visible()
-            _shot(page, "04-study-export-failed.png")
+            _shot(page, "04-study-export-failed.png", artifacts)
 
             page.get_by_role("button", name="Resend results to PACS").click()
             expect(page.locator("#action-result")).to_contain_text("queued for export again")
@@ -141,27 +141,28 @@ def test_login_see_study_resend_and_watch_it_export(served: dict[str, Any]) -> N
             expect(state).to_have_attribute("data-state", "exported", timeout=60_000)
             expect(page.locator("#h-exports + table tbody tr").first).to_contain_text("Sent 2")
             time.sleep(0.3)  # let the badge transition paint before the screenshot
-            final = _shot(page, "05-study-exported.png")
+            final = _shot(page, "05-study-exported.png", artifacts)
 
             # The other pages render for an admin; the upload page explains a bad file.
             for link, heading, name in (("Audit log", "Audit log", "06-audit.png"), ("Model", "Model", "07-model.png"),
                                         ("Configuration", "Configuration", "08-config.png")):
                 page.get_by_role("link", name=link, exact=True).click()
                 expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
-                _shot(page, name)
+                _shot(page, name, artifacts)
             page.get_by_role("link", name="Analyze image").click()
             page.get_by_label("Image file").set_input_files(
                 files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image"}])
             page.get_by_role("button", name="Analyze").click()
             expect(page.get_by_role("alert")).to_contain_text("not a PNG, JPEG or DICOM")
-            _shot(page, "09-analyze-bad-file.png")
+            _shot(page, "09-analyze-bad-file.png", artifacts)
         finally:
             browser.close()
 
     assert set(study.result_sop_uids) <= served["pacs"].sop_instance_uids()
     # The README screenshots: refreshed on request, so a test run leaves tracked files alone.
     docs = REPO / "docs"
-    for source, name in ((final, "dashboard-study.png"), (ARTIFACTS / "03-overview.png", "dashboard-overview.png")):
-        if os.environ.get("SONOPACS_UPDATE_SCREENSHOTS") or not (docs / name).exists():
+    assert final.stat().st_size > 0 and (artifacts / "03-overview.png").exists()
+    if os.environ.get("SONOPACS_UPDATE_SCREENSHOTS"):
+        for source, name in ((final, "dashboard-study.png"), (artifacts / "03-overview.png", "dashboard-overview.png")):
             docs.mkdir(exist_ok=True)
             shutil.copyfile(source, docs / name)
