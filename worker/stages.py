@@ -10,13 +10,14 @@ Originals are only read.
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import shutil
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from sonopacs.db import Instance, InstanceState, Job, JobState, ResultObject, Series, Study
 from sonopacs.db.audit import set_instance_state
@@ -35,6 +37,7 @@ from sonopacs.dicom_node.results.overlay_render import render_overlay
 from sonopacs.dicom_node.results.presentation_state import build_presentation_state
 from sonopacs.dicom_node.results.secondary_capture import build_secondary_capture
 from sonopacs.dicom_node.results.segmentation import build_segmentation
+from sonopacs.dicom_node.results.source_header import make_conformant
 from sonopacs.dicom_node.results.structured_report import build_structured_report, most_suspicious
 from sonopacs.dicom_node.results.types import ImageFinding, ResultIdentity
 from sonopacs.dicom_node.storage import write_durably
@@ -52,6 +55,7 @@ from sonopacs.worker.findings import (
 )
 from sonopacs.worker.pools import apply_torch_threads
 from sonopacs.worker.records import FieldRecord, StageManifest, jsonable, read_manifest, write_manifest
+from sonopacs.worker.state import describe
 
 if TYPE_CHECKING:
     from sonopacs.config import Settings
@@ -309,10 +313,10 @@ def publish_study(settings: Settings, db: Database, study_id: int, generation: i
             raise RuntimeError(f"field {it.order} of analysis.json names no instance")
         by_instance[it.instance_id].append(it)
     ident = identity(settings)
-    built = _build_objects(settings, db, work, by_instance, ident, generation)
+    run = _build_objects(settings, db, work, by_instance, ident, generation)
     t_write = time.perf_counter()
-    rows = _write_objects(settings, study_uid, built)
-    if not _swap_results(db, study_id, generation, rows, list(by_instance)):
+    rows = _write_objects(settings, study_uid, run.built)
+    if not _swap_results(db, study_id, generation, rows, run.outcomes):
         for row in rows:  # overtaken: these files belong to no current result
             (settings.storage.root / row["path"]).unlink(missing_ok=True)
         _add_job_detail(db, study_id, "publish", generation, {"skipped": "a newer generation exists"})
@@ -320,8 +324,9 @@ def publish_study(settings: Settings, db: Database, study_id: int, generation: i
             "study %s g%s: overtaken by a newer generation, results not swapped in", study_uid, generation
         )
         return
-    detail = {
+    detail: dict[str, Any] = {
         "objects": {kind: sum(1 for r in rows if r["kind"] == kind) for kind in ("sc", "sr", "pr", "seg")},
+        **run.detail(),
         "write_s": round(time.perf_counter() - t_write, 3),
         "seconds": round(time.perf_counter() - t0, 3),
     }
@@ -330,7 +335,11 @@ def publish_study(settings: Settings, db: Database, study_id: int, generation: i
 
 
 def _swap_results(
-    db: Database, study_id: int, generation: int, rows: list[dict[str, Any]], instance_ids: list[int]
+    db: Database,
+    study_id: int,
+    generation: int,
+    rows: list[dict[str, Any]],
+    outcomes: dict[int, tuple[InstanceState, str | None]],
 ) -> bool:
     """Make this generation's objects the current results in one transaction; False when overtaken.
 
@@ -354,10 +363,10 @@ def _swap_results(
         )
         for row in rows:
             session.add(ResultObject(study_id=study_id, generation=generation, **row))
-        for instance_id in instance_ids:
+        for instance_id, (to, reason) in outcomes.items():
             instance = session.get(Instance, instance_id)
             if instance is not None:
-                set_instance_state(session, instance, InstanceState.PROCESSED, ACTOR)
+                set_instance_state(session, instance, to, ACTOR, reason[:2000] if reason else None)
     return True
 
 
@@ -373,6 +382,45 @@ class Built:
     model_version: str
 
 
+@dataclass
+class PublishRun:
+    """What one publish built, and how each analysed instance ended (state, reason)."""
+
+    built: list[Built] = field(default_factory=list)
+    outcomes: dict[int, tuple[InstanceState, str | None]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # source SOP Instance UID -> reason
+    optional_failures: list[dict[str, str]] = field(default_factory=list)
+    header_repairs: dict[str, list[str]] = field(default_factory=dict)
+
+    def detail(self) -> dict[str, Any]:
+        """Job detail: only what went wrong or was repaired (the dashboard shows it)."""
+        out: dict[str, Any] = {}
+        if self.failed:
+            out["failed_instances"] = dict(list(self.failed.items())[:50])
+        if self.optional_failures:
+            out["optional_failures"] = self.optional_failures[:50]
+        if self.header_repairs:
+            out["header_repairs"] = dict(list(self.header_repairs.items())[:50])
+        return out
+
+    def note(self, instance_id: int, text: str) -> None:
+        """Add a reason to an instance that still got its SC (a missing PR/SEG, left out of the SR)."""
+        state, reason = self.outcomes.get(instance_id, (InstanceState.PROCESSED, None))
+        self.outcomes[instance_id] = (state, f"{reason}; {text}" if reason else text)
+
+
+_NOT_ASSESSED = getattr(InstanceState, "NOT_ASSESSED", InstanceState.PROCESSED)
+_MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _reraise_if_machine(exc: BaseException) -> None:
+    """Trouble of the machine (disk full, memory, database) is the task's to retry, not the image's fault."""
+    if isinstance(exc, MemoryError | SQLAlchemyError) or (
+        isinstance(exc, OSError) and exc.errno in _MACHINE_ERRNOS
+    ):
+        raise exc
+
+
 def _build_objects(
     settings: Settings,
     db: Database,
@@ -380,74 +428,173 @@ def _build_objects(
     by_instance: dict[int, list[FieldRecord]],
     ident: ResultIdentity,
     generation: int,
-) -> list[Built]:
-    """Every object of this run, all in memory."""
+) -> PublishRun:
+    """Every object of this run, all in memory.
+
+    Each instance is built on its own: one whose SC cannot be made fails alone with the reason, an
+    optional PR or SEG that cannot be made is left out and noted, and the SR is made from every
+    instance that got its SC (one that breaks the SR is left out of it, with the reason).
+    """
     with db.session() as session:
-        paths = dict(
-            session.execute(
-                select(Instance.id, Instance.path).where(Instance.id.in_(list(by_instance)))
-            ).all()
-        )
+        rows = session.execute(
+            select(Instance.id, Instance.path, Instance.sop_instance_uid).where(
+                Instance.id.in_(list(by_instance))
+            )
+        ).all()
+    paths = {row[0]: row[1] for row in rows}
+    uids = {row[0]: str(row[2]) for row in rows}
     series = {kind: ident.new_uid() for kind in SERIES_NUMBER_BASE}
     numbers = {kind: base + generation % 100 for kind, base in SERIES_NUMBER_BASE.items()}
-    built: list[Built] = []
-    findings: list[ImageFinding] = []
+    run = PublishRun()
+    findings: dict[int, ImageFinding] = {}
     for number, (instance_id, its) in enumerate(by_instance.items(), start=1):
-        best = pick_most_suspicious(its)
-        ds = pydicom.dcmread(_instance_path(settings, paths[instance_id]))
-        frame = read_frame(ds, best.frame_index)
-        arrays = np.load(work / "analysis" / str(best.file))
-        finding = finding_from_record(
-            ds,
-            best.frame_index,
-            frame,
-            best.analysed(),
-            best.offset,
-            arrays["mask"],
-            arrays.get("heatmap"),
-        )
-        findings.append(finding)
-        summary = summary_of(finding, best)
-        rgb = render_overlay(finding, heatmap=settings.pipeline.heatmap)
-        sc = build_secondary_capture(finding, rgb, ident, series["sc"], numbers["sc"], number)
+        uid = uids.get(instance_id, str(instance_id))
+        try:
+            ds, finding, sc, summary = _build_sc(
+                settings, work, paths[instance_id], its, ident, series, numbers, number, run, uid
+            )
+        except Exception as exc:  # noqa: BLE001 - one bad instance never costs the others their results
+            _reraise_if_machine(exc)
+            reason = f"result not built: {describe(exc)}"
+            log.warning("instance %s: %s", uid, reason)
+            run.failed[uid] = reason
+            run.outcomes[instance_id] = (InstanceState.FAILED, reason)
+            continue
         model = (finding.model_name, finding.model_version)
-        built.append(Built("sc", sc, instance_id, summary, *model))
-        if settings.pipeline.presentation_state:
-            pr = build_presentation_state(finding, ident, series["pr"], numbers["pr"], number)
-            built.append(Built("pr", pr, instance_id, summary, *model))
-        if settings.pipeline.segmentation:
-            seg = build_segmentation(finding, ds, ident, series["seg"], numbers["seg"], number)
-            if seg is not None:
-                built.append(Built("seg", seg, instance_id, summary, *model))
+        run.built.append(Built("sc", sc, instance_id, summary, *model))
+        findings[instance_id] = finding
+        if finding.assessed:
+            run.outcomes[instance_id] = (InstanceState.PROCESSED, None)
+        else:
+            run.outcomes[instance_id] = (
+                _NOT_ASSESSED,
+                f"not assessed: {finding.not_assessed_reason or 'no reason given'}",
+            )
+        optional = [
+            kind
+            for kind, on in (
+                ("pr", settings.pipeline.presentation_state),
+                ("seg", settings.pipeline.segmentation),
+            )
+            if on
+        ]
+        for kind in optional:
+            try:
+                if kind == "pr":
+                    obj = build_presentation_state(finding, ident, series["pr"], numbers["pr"], number)
+                else:
+                    obj = build_segmentation(finding, ds, ident, series["seg"], numbers["seg"], number)
+            except Exception as exc:  # noqa: BLE001 - an optional output never costs the SC and SR
+                _reraise_if_machine(exc)
+                reason = f"{kind.upper()} not built: {describe(exc)}"
+                log.warning("instance %s: %s", uid, reason)
+                run.optional_failures.append({"sop_instance_uid": uid, "kind": kind, "reason": reason[:500]})
+                run.note(instance_id, reason)
+                continue
+            if obj is not None:
+                run.built.append(Built(kind, obj, instance_id, summary, *model))
     if findings:
-        for f in findings:  # the SR only needs headers; drop pixel data held by the sources
+        for f in findings.values():  # the SR only needs headers; drop pixel data held by the sources
             if "PixelData" in f.source:
                 del f.source.PixelData
-        sr = build_structured_report(findings, ident, series["sr"], numbers["sr"])
-        top = most_suspicious(findings)
-        built.append(
-            Built(
-                "sr",
-                sr,
-                None,
-                {
-                    "most_suspicious_sop_instance_uid": str(top.source.SOPInstanceUID),
-                    "label": top.label,
-                    "malignancy_probability": top.malignancy_probability,
-                    "n_images": len(findings),
-                    "images": {
-                        str(f.source.SOPInstanceUID): {
-                            "label": f.label,
-                            "malignancy_probability": f.malignancy_probability,
-                        }
-                        for f in findings
-                    },
-                },
-                top.model_name,
-                top.model_version,
-            )
-        )
-    return built
+        report = _build_report(findings, ident, series["sr"], numbers["sr"], run)
+        if report is not None:
+            run.built.append(report)
+    return run
+
+
+def _build_sc(
+    settings: Settings,
+    work: Path,
+    raw_path: str,
+    its: list[FieldRecord],
+    ident: ResultIdentity,
+    series: dict[str, str],
+    numbers: dict[str, int],
+    number: int,
+    run: PublishRun,
+    uid: str,
+) -> tuple[Dataset, ImageFinding, Dataset, dict[str, Any]]:
+    """(source with pixels, finding, SC, summary) of one instance; raises when its SC cannot be made."""
+    best = pick_most_suspicious(its)
+    ds = pydicom.dcmread(_instance_path(settings, raw_path))
+    repairs = make_conformant(ds)  # in memory only: the received file is never rewritten
+    if repairs:
+        run.header_repairs[uid] = repairs[:20]
+    frame = read_frame(ds, best.frame_index)
+    arrays = np.load(work / "analysis" / str(best.file))
+    finding = finding_from_record(
+        ds,
+        best.frame_index,
+        frame,
+        best.analysed(),
+        best.offset,
+        arrays["mask"],
+        arrays.get("heatmap"),
+    )
+    summary = summary_of(finding, best)
+    rgb = render_overlay(finding, heatmap=settings.pipeline.heatmap)
+    sc = build_secondary_capture(finding, rgb, ident, series["sc"], numbers["sc"], number)
+    return ds, finding, sc, summary
+
+
+def _build_report(
+    findings: dict[int, ImageFinding],
+    ident: ResultIdentity,
+    series_uid: str,
+    series_number: int,
+    run: PublishRun,
+) -> Built | None:
+    """The study's SR over every finding; a finding that breaks it is left out, with the reason."""
+    kept = dict(findings)
+    try:
+        sr = build_structured_report(list(kept.values()), ident, series_uid, series_number)
+    except Exception as exc:  # noqa: BLE001 - find the instance(s) that break it, keep the others
+        _reraise_if_machine(exc)
+        log.warning("study report failed (%s); finding the image that breaks it", describe(exc))
+        for instance_id, finding in findings.items():
+            try:
+                build_structured_report([finding], ident, series_uid, series_number)
+            except Exception as alone:  # noqa: BLE001
+                _reraise_if_machine(alone)
+                reason = f"left out of the study report: {describe(alone)}"
+                run.note(instance_id, reason)
+                uid = str(finding.source.SOPInstanceUID)
+                run.optional_failures.append({"sop_instance_uid": uid, "kind": "sr", "reason": reason[:500]})
+                del kept[instance_id]
+        if not kept or len(kept) == len(findings):
+            for instance_id in kept:
+                run.note(instance_id, f"no study report: {describe(exc)}")
+            return None
+        try:
+            sr = build_structured_report(list(kept.values()), ident, series_uid, series_number)
+        except Exception as again:  # noqa: BLE001
+            _reraise_if_machine(again)
+            for instance_id in kept:
+                run.note(instance_id, f"no study report: {describe(again)}")
+            return None
+    included = list(kept.values())
+    top = most_suspicious(included)
+    return Built(
+        "sr",
+        sr,
+        None,
+        {
+            "most_suspicious_sop_instance_uid": str(top.source.SOPInstanceUID),
+            "label": top.label,
+            "malignancy_probability": top.malignancy_probability,
+            "n_images": len(included),
+            "images": {
+                str(f.source.SOPInstanceUID): {
+                    "label": f.label,
+                    "malignancy_probability": f.malignancy_probability,
+                }
+                for f in included
+            },
+        },
+        top.model_name,
+        top.model_version,
+    )
 
 
 def _write_objects(settings: Settings, study_uid: str, built: list[Built]) -> list[dict[str, Any]]:

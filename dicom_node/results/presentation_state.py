@@ -9,9 +9,11 @@ so the radiologist can toggle them.
 
 from __future__ import annotations
 
+import logging
 from importlib import resources
 from typing import Any
 
+from highdicom import ModalityLUTTransformation, RescaleTypeValues
 from highdicom.pr import (
     AnnotationUnitsValues,
     ColorSoftcopyPresentationState,
@@ -20,12 +22,15 @@ from highdicom.pr import (
     GraphicObject,
     GraphicTypeValues,
     GrayscaleSoftcopyPresentationState,
+    SoftcopyVOILUTTransformation,
     TextObject,
 )
 from pydicom.dataset import Dataset
 
 from sonopacs.dicom_node.results.geometry import polyline_xy
 from sonopacs.dicom_node.results.types import DISCLAIMER, PR_SERIES_DESCRIPTION, ImageFinding, ResultIdentity
+
+log = logging.getLogger(__name__)
 
 
 def build_presentation_state(
@@ -73,12 +78,36 @@ def build_presentation_state(
     if int(getattr(finding.source, "SamplesPerPixel", 1) or 1) == 3:
         pr = ColorSoftcopyPresentationState(icc_profile=_icc_profile(finding.source), **common)
     else:
-        pr = GrayscaleSoftcopyPresentationState(**common)
+        pr = _grayscale(finding.source, common)
     if "Laterality" not in pr:
         # Type 2C (breast is paired): the source's, else empty for unknown
         pr.Laterality = str(getattr(finding.source, "Laterality", "") or "")
     pr.SeriesDescription = PR_SERIES_DESCRIPTION
     return pr
+
+
+def _grayscale(source: Dataset, common: dict[str, Any]) -> Dataset:
+    """A Grayscale PS with the source's own LUTs, else identity LUTs over the stored bit range.
+
+    highdicom copies the Modality and VOI LUTs from the source; it reads a multi-frame source's
+    from functional groups that a classic US cine (a palette-colour Philips loop) does not have,
+    and it cannot read some LUT encodings. The annotation layer is what matters here, so such a
+    source gets an identity rescale and a window over its full stored range instead.
+    """
+    try:
+        return GrayscaleSoftcopyPresentationState(**common)
+    except (AttributeError, TypeError, ValueError, KeyError) as exc:
+        log.info("presentation state: source LUTs not usable (%s); identity LUTs used", exc)
+    bits = int(getattr(source, "BitsStored", 8) or 8)
+    return GrayscaleSoftcopyPresentationState(
+        modality_lut_transformation=ModalityLUTTransformation(
+            rescale_intercept=0.0, rescale_slope=1.0, rescale_type=RescaleTypeValues.US
+        ),
+        voi_lut_transformations=[
+            SoftcopyVOILUTTransformation(window_center=float(2 ** (bits - 1)), window_width=float(2**bits))
+        ],
+        **common,
+    )
 
 
 def _icc_profile(source: Dataset) -> bytes:

@@ -22,7 +22,12 @@ def build_segmentation(
     sop_instance_uid: str | None = None,
 ) -> Dataset | None:
     """A one-segment binary SEG, or None when the source is multi-frame or there is no lesion."""
-    if finding.is_multiframe or finding.mask is None or not finding.mask.any():
+    if (
+        finding.is_multiframe
+        or finding.frame_number is not None
+        or finding.mask is None
+        or not finding.mask.any()
+    ):
         return None
     mask = finding.mask.astype(bool)
     if mask.shape != (int(source_with_pixels.Rows), int(source_with_pixels.Columns)):

@@ -55,16 +55,57 @@ class ImageFinding:
 
     @property
     def is_multiframe(self) -> bool:
+        """The source holds more than one frame (whatever its SOP class says)."""
         return int(getattr(self.source, "NumberOfFrames", 1) or 1) > 1
 
     @property
     def frame_number(self) -> int | None:
-        """1-based Referenced Frame Number for multi-frame sources, None for single-frame ones."""
-        return self.frame_index + 1 if self.is_multiframe else None
+        """1-based Referenced Frame Number where the source's SOP class is a multi-frame one, else None.
+
+        Decided by SOP class, not Number of Frames: references to an instance of a single-frame class
+        (US Image, SC Image) carry no frame number even when a scanner put several frames in it.
+        """
+        return self.frame_index + 1 if is_multiframe_class(self.source) else None
 
     @property
     def has_lesion(self) -> bool:
         return len(self.contour) >= 3
+
+
+# Multi-frame storage classes whose references take a Referenced Frame Number (PS3.3 C.7.6.6).
+MULTIFRAME_SOP_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.3.1",  # Ultrasound Multi-frame Image
+        "1.2.840.10008.5.1.4.1.1.3",  # Ultrasound Multi-frame Image (Retired)
+        "1.2.840.10008.5.1.4.1.1.7.1",  # Multi-frame Single Bit SC
+        "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte SC
+        "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word SC
+        "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color SC
+        "1.2.840.10008.5.1.4.1.1.6.2",  # Enhanced US Volume
+    }
+)
+SINGLE_FRAME_SOP_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.6.1",  # Ultrasound Image
+        "1.2.840.10008.5.1.4.1.1.6",  # Ultrasound Image (Retired)
+        "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image
+    }
+)
+
+
+def is_multiframe_class(source: Dataset) -> bool:
+    """Whether the source's SOP class is a multi-frame IOD (highdicom's answer for classes not listed)."""
+    sop_class = str(getattr(source, "SOPClassUID", "") or "")
+    if sop_class in MULTIFRAME_SOP_CLASSES:
+        return True
+    if sop_class in SINGLE_FRAME_SOP_CLASSES or not sop_class:
+        return False
+    from highdicom._standard_utils import is_multiframe_image
+
+    try:
+        return bool(is_multiframe_image(source))
+    except (KeyError, AttributeError):
+        return int(getattr(source, "NumberOfFrames", 1) or 1) > 1
 
 
 @dataclass(frozen=True)
