@@ -53,7 +53,10 @@ class PixelLimits:
         if size is None:
             return
         c_rows, c_cols, components = size
-        self.check(c_rows, c_cols, components)
+        try:
+            self.check(c_rows, c_cols, components)
+        except PixelLimitError as exc:
+            raise PixelLimitError(f"compressed frame header: {exc}") from exc
         if (c_rows, c_cols) != (rows, columns) and c_rows != 0:
             raise PixelLimitError(
                 f"compressed frame is {c_rows}x{c_cols}, data set says {rows}x{columns}"
