@@ -5,8 +5,10 @@ the model and a light pool for control/clean/publish/export, `sonopacs.worker.po
 Children are `sonopacs <command>` processes reading the same config file and environment. SIGTERM
 (or SIGINT) is passed on to every child: the listener stops accepting, the Celery worker does a
 warm shutdown (running tasks finish; unacknowledged messages go back to the broker), and serve
-exits 0. If a child dies on its own, the others are stopped and serve exits 1, so a service manager
-can restart the whole tree.
+exits 0. A child that dies on its own is started again (logged as an error, and an audit row
+`service_restarted` the dashboard shows); one that dies more than `MAX_RESTARTS` times within
+`RESTART_WINDOW_SECONDS` is given up on: the others are stopped and serve exits 1, so a service
+manager can restart the whole tree. Work the dead child held is recovered by the reconciler.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sonopacs.config import Settings
@@ -29,6 +32,8 @@ from sonopacs.worker.pools import serve_pools
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 120.0
+MAX_RESTARTS = 5
+RESTART_WINDOW_SECONDS = 600.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -37,6 +42,22 @@ class Child:
     name: str
     argv: list[str]
     process: subprocess.Popen[bytes] | None = None
+    restarts: deque[float] = field(default_factory=deque)  # monotonic times of recent restarts
+
+    def start(self) -> None:
+        # Own process group: a terminal's Ctrl-C reaches serve only, which then stops the
+        # children in order, instead of every process getting SIGINT at once.
+        self.process = subprocess.Popen(self.argv, preexec_fn=_die_with_parent, process_group=0)
+        log.info("started %s (pid %s)", self.name, self.process.pid)
+
+    def may_restart(self, now: float, limit: int = MAX_RESTARTS, window: float = RESTART_WINDOW_SECONDS) -> bool:
+        """At most `limit` restarts within `window` seconds; records this one when allowed."""
+        while self.restarts and now - self.restarts[0] > window:
+            self.restarts.popleft()
+        if len(self.restarts) >= limit:
+            return False
+        self.restarts.append(now)
+        return True
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -74,20 +95,24 @@ def serve(settings: Settings, config_file: str | Path | None = None) -> int:
     code = 0
     try:
         for child in procs:
-            # Own process group: a terminal's Ctrl-C reaches serve only, which then stops the
-            # children in order, instead of every process getting SIGINT at once.
-            child.process = subprocess.Popen(child.argv, preexec_fn=_die_with_parent, process_group=0)
-            log.info("started %s (pid %s)", child.name, child.process.pid)
+            child.start()
         monitor.start()
-        while not stop.wait(0.5):
-            dead = [c for c in procs if c.process is not None and c.process.poll() is not None]
-            if dead:
-                for c in dead:
+        while not stop.wait(0.5) and code == 0:
+            for c in procs:
+                if c.process is None or c.process.poll() is None or stop.is_set():
+                    continue
+                returncode = c.process.returncode
+                if not c.may_restart(time.monotonic()):
                     log.error(
-                        "%s exited unexpectedly with %s; stopping", c.name, c.process and c.process.returncode
+                        "%s exited with %s, its %s restarts in %.0fs are used up; stopping serve",
+                        c.name, returncode, MAX_RESTARTS, RESTART_WINDOW_SECONDS,
                     )
-                code = 1
-                break
+                    code = 1
+                    break
+                log.error("%s exited unexpectedly with %s; restarting it (%s of %s in %.0fs)",
+                          c.name, returncode, len(c.restarts), MAX_RESTARTS, RESTART_WINDOW_SECONDS)
+                _audit_restart(settings, c.name, returncode, len(c.restarts))
+                c.start()
     finally:
         stop.set()
         _shutdown(procs)
@@ -114,3 +139,21 @@ def _shutdown(procs: list[Child], grace: float = SHUTDOWN_GRACE_SECONDS) -> None
             log.error("%s did not stop within %.0fs; killing it", child.name, grace)
             child.process.kill()
             child.process.wait()
+
+
+def _audit_restart(settings: Settings, name: str, returncode: int | None, n: int) -> None:
+    """An audit row for the dashboard; a database that is down only costs the row, not the restart."""
+    try:
+        from sonopacs.db.audit import record
+        from sonopacs.worker.context import database_for
+
+        with database_for(settings).session() as session:
+            record(
+                session,
+                "service_restarted",
+                "serve",
+                detail=f"{name} exited with {returncode}; restarted ({n} of {MAX_RESTARTS} in "
+                f"{RESTART_WINDOW_SECONDS:.0f}s)",
+            )
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        log.warning("could not record the restart of %s: %s", name, type(exc).__name__)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from kombu.utils.uuid import uuid
 from sqlalchemy import func, select, update
@@ -36,12 +37,24 @@ def _study(db: Database, study_uid: str) -> tuple[int, int, StudyState]:
     return int(row[0]), int(row[1]), row[2]
 
 
-def send_export(settings: Settings, db: Database, study_id: int, generation: int, reason: str) -> str:
-    """Publish a fresh export_study message (retry budget starts at zero) with its queued Job."""
+def send_export(
+    settings: Settings,
+    db: Database,
+    study_id: int,
+    generation: int,
+    reason: str,
+    *,
+    pinned: bool = False,
+    **options: Any,
+) -> str:
+    """Publish an export_study message with its queued Job: a fresh one (retry budget at zero), or
+    with `options` (attempt, pending, claimed) a try the reconciler sends again. `pinned`: export
+    only while the study is still at `generation` (else whatever generation is current)."""
     task_id = uuid()
-    sig = get_app(settings).signature(
-        "sonopacs.export_study", args=(study_id,), kwargs={"reason": reason}, task_id=task_id
-    )
+    kwargs: dict[str, Any] = {"reason": reason, **options}
+    if pinned:
+        kwargs["generation"] = generation
+    sig = get_app(settings).signature("sonopacs.export_study", args=(study_id,), kwargs=kwargs, task_id=task_id)
     try:
         state.publish_with_job(db, study_id, "export", generation, task_id, sig)
     except Exception as exc:  # noqa: BLE001 - kombu's errors are not RuntimeErrors: say it plainly

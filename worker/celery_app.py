@@ -125,9 +125,11 @@ def make_celery(settings: Settings) -> Celery:
         conf["broker_transport"] = TRANSPORT_PATH
         conf["broker_transport_options"] = dict(EMBEDDED_TRANSPORT_OPTIONS)
     else:
-        # Redis: an unacked message comes back after this long if its worker vanished; it must
-        # exceed the longest export backoff so a countdown task is not delivered twice.
-        visibility = max(3600, int(settings.export.backoff_max_seconds) * 2 + 60)
+        # Redis: an unacked message comes back after this long if its worker vanished (minutes, not
+        # Kombu's hour). A countdown message held longer may be delivered twice; the export's schedule
+        # claim (`worker.export.take_retry`) and the running-Job check (`worker.liveness`) make the
+        # second copy stop. RabbitMQ hands a dead consumer's messages back at once and ignores it.
+        visibility = int(settings.recovery.visibility_timeout_seconds)
         conf["broker_transport_options"] = {"visibility_timeout": visibility}
     app.conf.update(conf)
     return app
@@ -171,3 +173,25 @@ def purge_delivered_messages(settings: Settings, older_than_seconds: float = 360
         return 0
     finally:
         conn.close()
+
+
+def embedded_waiting(settings: Settings, task_ids: set[str]) -> set[str]:
+    """Embedded broker only: which of these task ids still wait, undelivered, in the broker file.
+
+    A message handed to a worker is invisible from then on, and one whose worker was killed -9 is
+    never handed back; the reconciler uses this to tell a queued-but-waiting task from a lost one.
+    """
+    url = settings.broker_url
+    if not task_ids or not is_embedded_broker(url):
+        return set()
+    path = url.split("///", 1)[-1]
+    if not path or not Path(path).exists():
+        return set()
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        payloads = [row[0] for row in conn.execute("SELECT payload FROM kombu_message WHERE visible = 1")]
+    except sqlite3.OperationalError:  # no table yet
+        return set()
+    finally:
+        conn.close()
+    return {tid for tid in task_ids if any(tid in str(payload) for payload in payloads)}

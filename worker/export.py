@@ -1,27 +1,37 @@
-"""Export: C-STORE a study's current results to the configured PACS, with Celery retries.
+"""Export: C-STORE a study's current results to the configured PACS, retried with backoff.
 
-One ExportAttempt row per try. A failed try re-queues the same task through `Task.retry` with an
-exponential countdown (base * 2**n, capped) and only the files that failed; after
+One ExportAttempt row per try. A failed try schedules the next one in the database (the study's
+`export_next_at`, `export_next_try`, `export_pending`: only the files that failed) and also asks
+Celery for it with a countdown. Whichever comes first takes the schedule with one conditional
+UPDATE and the other stops, so a try runs once: normally Celery's countdown message, and when that
+message died with a killed worker (the embedded broker loses held countdown messages on kill -9)
+the stability monitor sends the try once it is overdue (`worker.reconciler`). After
 `export.max_retries` retries the study is `export_failed` with the reason and stays visible until
 someone resends it (a fresh message, so a fresh budget).
+
+Only current generations reach the PACS: right before sending, the try checks that the study is
+still at the generation it exports and not reopened or reprocessed; a superseded generation is
+skipped (never sent, nothing to replace), and the newer generation's own run exports the complete
+study. The send itself is one function, `send`, so other destination kinds plug in there.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Ignore
-from sqlalchemy import select
+from celery.exceptions import Ignore, Retry
+from sqlalchemy import select, update
 
 from sonopacs.config import Settings
-from sonopacs.db import Database, ExportAttempt, JobState, ResultObject, StudyState
+from sonopacs.db import Database, ExportAttempt, JobState, ResultObject, Study, StudyState
 from sonopacs.db.audit import record
 from sonopacs.db.models import utcnow
 from sonopacs.dicom_node.scu import Peer, SendReport, echo, send_files
-from sonopacs.worker import state
+from sonopacs.worker import liveness, state
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +82,8 @@ def _audit(db: Database, study_id: int, event: str, detail: str) -> None:
         record(session, event, ACTOR, study_id=study_id, detail=detail)
 
 
-def _send(files: dict[int, Path], peer: Peer, settings: Settings) -> tuple[list[int], dict[int, str]]:
-    """Send and map the per-file outcome back to result ids."""
+def send(files: dict[int, Path], peer: Peer, settings: Settings) -> tuple[list[int], dict[int, str]]:
+    """Send to the destination and map the per-file outcome back to result ids."""
     by_path = {path: rid for rid, path in files.items()}
     try:
         report = send_files(
@@ -87,27 +97,70 @@ def _send(files: dict[int, Path], peer: Peer, settings: Settings) -> tuple[list[
     return sent, failed
 
 
+def schedule_retry(
+    db: Database, study_id: int, next_try: int, due: datetime, pending: list[int], reason: str | None
+) -> None:
+    """Write the next try into the study row, where a restarted monitor finds it."""
+    with db.session() as session:
+        session.execute(
+            update(Study)
+            .where(Study.id == study_id)
+            .values(export_next_at=due, export_next_try=next_try, export_pending=pending, export_reason=reason)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def take_retry(db: Database, study_id: int, attempt: int) -> bool:
+    """Claim scheduled try `attempt` (True once, for whoever asks first: Celery's message or the monitor)."""
+    with db.session() as session:
+        result = session.execute(
+            update(Study)
+            .where(Study.id == study_id, Study.export_next_try == attempt, Study.export_next_at.is_not(None))
+            .values(export_next_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        return getattr(result, "rowcount", 0) == 1
+
+
+def clear_schedule(db: Database, study_id: int) -> None:
+    """A fresh export (try 1) replaces whatever retry an earlier export had scheduled."""
+    with db.session() as session:
+        session.execute(
+            update(Study)
+            .where(Study.id == study_id, Study.export_next_at.is_not(None))
+            .values(export_next_at=None, export_pending=None)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def still_current(db: Database, study_id: int, generation: int) -> bool:
+    """The study still holds this generation's results and is not being received or processed again."""
+    with db.session() as session:
+        row = session.execute(select(Study.generation, Study.state).where(Study.id == study_id)).one_or_none()
+    return row is not None and row[0] == generation and row[1] in EXPORT_STATES
+
+
+def _skip(db: Database, job_id: int, note: str) -> None:
+    state.finish_job(db, job_id, JobState.SUCCEEDED, detail={"skipped": note})
+    raise Ignore()
+
+
 def run_export(
     task: Task,
     settings: Settings,
     db: Database,
     study_id: int,
     *,
-    generation: int | None,
+    job_id: int,
+    generation: int,
     pending: list[int] | None,
     reason: str | None,
+    attempt: int,
+    claimed: bool,
 ) -> dict[str, Any]:
-    """One try of export_study; raises Retry while the budget lasts."""
-    retries = int(task.request.retries)
-    attempt = retries + 1
-    gen = generation if generation is not None else state.study_generation(db, study_id) or 0
-    job_id = state.start_job(db, study_id, "export", gen, task.request.id, attempt)
-    if generation is not None:
-        current = state.study_generation(db, study_id)
-        if current != generation:
-            note = f"superseded by generation {current}" if current is not None else "study gone"
-            state.finish_job(db, job_id, JobState.SUCCEEDED, detail={"skipped": note})
-            raise Ignore()
+    """One try of export_study for `generation`; schedules the next try while the budget lasts."""
+    if attempt > 1 and not claimed and not take_retry(db, study_id, attempt):
+        _skip(db, job_id, f"try {attempt} was already taken (sent again by the monitor)")
 
     peer = destination(settings)
     if peer is None:
@@ -124,11 +177,18 @@ def run_export(
         return {"sent": 0, "skipped": "no result objects"}
 
     if attempt == 1:
+        clear_schedule(db, study_id)
         detail = f"to {peer}" + (f" ({reason})" if reason else "")
         state.transition(db, study_id, StudyState.EXPORTING, ACTOR, detail=detail, allowed_from=EXPORT_STATES)
 
     started = utcnow()
-    sent, failed = _send(files, peer, settings)
+    with liveness.heartbeat(db, job_id, settings.recovery.heartbeat_seconds):
+        # The last moment before anything leaves: a generation superseded while this try waited
+        # (an outage, a backoff, a backlog) is never sent.
+        if not still_current(db, study_id, generation):
+            _audit(db, study_id, "export_skipped", f"generation {generation} was superseded; not sent")
+            _skip(db, job_id, f"generation {generation} superseded before sending")
+        sent, failed = send(files, peer, settings)
     first_error = next(iter(failed.values()), None)
     error = f"{len(failed)} of {len(files)} not delivered: {first_error}" if failed else None
     with db.session() as session:
@@ -160,8 +220,8 @@ def run_export(
         return outcome
 
     max_retries = settings.export.max_retries
-    if retries < max_retries:
-        countdown = backoff_seconds(settings, retries)
+    if attempt <= max_retries:
+        countdown = backoff_seconds(settings, attempt - 1)
         log.warning(
             "export of study %s to %s, try %s of %s failed (%s); retrying in %.0fs",
             study_id,
@@ -171,14 +231,20 @@ def run_export(
             error,
             countdown,
         )
+        schedule_retry(
+            db, study_id, attempt + 1, utcnow() + timedelta(seconds=countdown), sorted(failed), reason
+        )
         state.finish_job(db, job_id, JobState.RETRYING, error=error, detail=outcome)
         _audit(db, study_id, "export_retry", f"try {attempt} failed: {error}; next try in {countdown:.0f}s")
-        raise task.retry(
-            args=(study_id,),
-            kwargs={"generation": generation, "pending": sorted(failed), "reason": reason},
-            countdown=countdown,
-            max_retries=max_retries,
-        )
+        kwargs = {"generation": generation, "pending": sorted(failed), "reason": reason, "attempt": attempt + 1}
+        try:
+            raise task.retry(args=(study_id,), kwargs=kwargs, countdown=countdown, max_retries=None)
+        except Retry:
+            raise
+        except Exception as exc:  # noqa: BLE001 - broker down: the schedule row still holds the try
+            log.warning("export of study %s: retry not queued (%s); the monitor sends it", study_id,
+                        state.describe(exc))
+            raise Ignore() from exc
 
     final = f"export to {peer} failed after {attempt} tries: {error}"
     log.error("study %s: %s", study_id, final)

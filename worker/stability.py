@@ -6,6 +6,10 @@ monitors (threads, processes, hosts) enqueue each generation exactly once. A lat
 the listener reopen the study (state receiving, generation + 1): that is one more run, no storm.
 If the broker refuses the message the claim is undone so the next tick tries again.
 
+Every `recovery.check_seconds` the monitor also runs the reconciler (`worker.reconciler`): overdue
+export tries are sent again and studies stuck without a live task are re-enqueued once per
+generation, then failed with the reason.
+
 Run alone with `python -m sonopacs.worker.stability [--config FILE]`; `sonopacs serve` runs it as a thread.
 """
 
@@ -30,6 +34,7 @@ from sonopacs.db.models import utcnow
 from sonopacs.worker import state
 from sonopacs.worker.celery_app import get_app, purge_delivered_messages
 from sonopacs.worker.context import database_for
+from sonopacs.worker.reconciler import reconcile
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +160,18 @@ def run_monitor(settings: Settings, stop: threading.Event | None = None) -> int:
         settings.study.poll_seconds,
     )
     next_purge = 0.0
+    next_reconcile = 0.0
     while not stop.is_set():
         try:
             enqueue_stable_studies(settings, db, utcnow(), app=app)
         except Exception as exc:  # noqa: BLE001 - database restarting: keep polling
             log.warning("stability monitor: %s", state.describe(exc))
+        if time.monotonic() >= next_reconcile:
+            next_reconcile = time.monotonic() + settings.recovery.check_seconds
+            try:
+                reconcile(settings, db, app)
+            except Exception as exc:  # noqa: BLE001 - database restarting: keep polling
+                log.warning("reconciler: %s", state.describe(exc))
         if time.monotonic() >= next_purge:
             next_purge = time.monotonic() + PURGE_EVERY_SECONDS
             try:

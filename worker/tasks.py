@@ -4,10 +4,18 @@ Every task records a Job row (queued -> running -> succeeded/failed) and guards 
 generation: a run whose study was reopened or reprocessed meanwhile stops quietly instead of
 overwriting the newer state. A failing stage marks its Job and the study `failed` with the reason
 and stops the chain (`Ignore`), so the worker keeps serving and nothing stays in `processing`.
+
+Crash safety (`sonopacs.worker.liveness`): a running task stamps a heartbeat on its Job; a message
+delivered again after its process died counts one worker death, and a stage whose process died
+`recovery.max_worker_deaths` times fails the study ("worker died N times while processing")
+instead of being redelivered forever. Transient trouble inside a stage (disk full, database
+unavailable) is retried with exponential backoff, up to `recovery.transient_retries`, before the
+study fails. Messages lost with a killed worker are found by the reconciler (`worker.reconciler`).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -15,11 +23,11 @@ from typing import Any
 from celery import Task, shared_task
 from celery.exceptions import Ignore
 from sqlalchemy import update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from sonopacs.config import Settings
 from sonopacs.db import Database, JobState, Study, StudyState
-from sonopacs.worker import stages, state
+from sonopacs.worker import liveness, stages, state
 from sonopacs.worker.context import app_settings, database_for
 
 log = logging.getLogger(__name__)
@@ -30,6 +38,22 @@ StageBody = Callable[[Settings, Database, int, int], None]
 # Infrastructure hiccups (database restarting, SQLite lock timeout) in our own bookkeeping are
 # retried by Celery; failures of the stage itself are recorded and end the run.
 _RETRY = {"autoretry_for": (OperationalError,), "retry_backoff": 2, "retry_backoff_max": 60, "max_retries": 8}
+
+
+# errno values of a full or quota-bound disk: the space comes back, the input is not to blame.
+_TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def transient(exc: BaseException) -> bool:
+    """Trouble of the machine, not of the study: retried with backoff instead of failing it."""
+    if isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS
+
+
+def transient_countdown(settings: Settings, retries: int) -> float:
+    """1, 2, 4 ... seconds, at most `recovery.transient_backoff_max_seconds`."""
+    return float(min(settings.recovery.transient_backoff_max_seconds, 2.0**retries))
 
 
 def _context(task: Task) -> tuple[Settings, Database]:
@@ -62,6 +86,41 @@ def _superseded(db: Database, study_id: int, generation: int, job_id: int) -> bo
     return True
 
 
+def begin(task: Task, stage: str, study_id: int, generation: int, attempt: int | None = None) -> int:
+    """Start this delivery's Job; Ignore for a duplicate, a superseded run or a poison input."""
+    settings, db = _context(task)
+    delivery = liveness.begin(
+        db, settings, study_id, stage, generation, task.request.id,
+        attempt if attempt is not None else task.request.retries + 1,
+    )
+    if delivery.job_id is None:
+        raise Ignore()
+    job_id = delivery.job_id
+    if _superseded(db, study_id, generation, job_id):
+        raise Ignore()
+    if delivery.deaths >= settings.recovery.max_worker_deaths:
+        reason = f"worker died {delivery.deaths} times while processing ({stage})"
+        log.error("study %s generation %s: %s; not trying again", study_id, generation, reason)
+        state.finish_job(db, job_id, JobState.FAILED, error=reason)
+        failed = StudyState.EXPORT_FAILED if stage == "export" else StudyState.FAILED
+        state.transition(
+            db,
+            study_id,
+            failed,
+            ACTOR,
+            detail=reason,
+            generation=generation,
+            allowed_from=(
+                StudyState.QUEUED,
+                StudyState.PROCESSING,
+                StudyState.RESULTS_READY,
+                StudyState.EXPORTING,
+            ),
+        )
+        raise Ignore()
+    return job_id
+
+
 def _fail(db: Database, job_id: int, study_id: int, generation: int, stage: str, exc: BaseException) -> None:
     reason = state.describe(exc)
     log.error("study %s generation %s: %s failed: %s", study_id, generation, stage, reason, exc_info=exc)
@@ -81,9 +140,7 @@ def _fail(db: Database, job_id: int, study_id: int, generation: int, stage: str,
 def run_pipeline(self: Task, study_id: int, generation: int) -> None:
     """Entry of the chain: the study goes queued -> processing and its run is counted."""
     _, db = _context(self)
-    job_id = state.start_job(db, study_id, "pipeline", generation, self.request.id, self.request.retries + 1)
-    if _superseded(db, study_id, generation, job_id):
-        raise Ignore()
+    job_id = begin(self, "pipeline", study_id, generation)
     moved = state.transition(
         db,
         study_id,
@@ -111,12 +168,19 @@ def _run_stage(
     task: Task, stage: str, body: StageBody, study_id: int, generation: int, next_stage: str | None
 ) -> None:
     settings, db = _context(task)
-    job_id = state.start_job(db, study_id, stage, generation, task.request.id, task.request.retries + 1)
-    if _superseded(db, study_id, generation, job_id):
-        raise Ignore()
+    job_id = begin(task, stage, study_id, generation)
     try:
-        body(settings, db, study_id, generation)
+        with liveness.heartbeat(db, job_id, settings.recovery.heartbeat_seconds):
+            body(settings, db, study_id, generation)
     except Exception as exc:  # noqa: BLE001 - any stage error ends this run, recorded with its reason
+        retries = int(task.request.retries)
+        if transient(exc) and retries < settings.recovery.transient_retries:
+            countdown = transient_countdown(settings, retries)
+            reason = state.describe(exc)
+            log.warning("study %s generation %s: %s hit %s; retrying in %.0fs",
+                        study_id, generation, stage, reason, countdown)
+            state.finish_job(db, job_id, JobState.RETRYING, error=reason)
+            raise task.retry(exc=exc, countdown=countdown, max_retries=None) from exc
         _fail(db, job_id, study_id, generation, stage, exc)
         raise Ignore() from exc
     state.finish_job(db, job_id, JobState.SUCCEEDED)
@@ -159,17 +223,39 @@ def export_study(
     generation: int | None = None,
     pending: list[int] | None = None,
     reason: str | None = None,
+    attempt: int | None = None,
+    claimed: bool = False,
 ) -> dict[str, Any]:
-    """C-STORE the study's results to the PACS; retried with backoff by Celery (queue export)."""
-    from sonopacs.worker.export import backoff_seconds, run_export
+    """C-STORE the study's results to the PACS (queue export); tries are scheduled in the database.
+
+    `attempt` numbers the try (1 for a fresh export); `claimed` says the monitor already took this
+    try's schedule row (a retry sent by Celery takes it itself, `worker.export`).
+    """
+    from sonopacs.worker.export import run_export
 
     settings, db = _context(self)
     try:
-        return run_export(self, settings, db, study_id, generation=generation, pending=pending, reason=reason)
+        gen = generation if generation is not None else state.study_generation(db, study_id) or 0
+        job_id = begin(self, "export", study_id, gen, attempt or 1)
+        return run_export(
+            self, settings, db, study_id, job_id=job_id,
+            generation=gen, pending=pending, reason=reason, attempt=attempt or 1, claimed=claimed,
+        )
     except OperationalError as exc:
         # Our own bookkeeping hit the database (restarting, SQLite busy): try again later with the same
-        # arguments instead of letting acks_late drop the export; the try counts against the budget.
+        # arguments instead of letting acks_late drop the export. A try that already holds its
+        # schedule claim keeps it; the reconciler picks the study up should this message be lost.
         log.warning("export of study %s: database unavailable (%s); retrying", study_id, state.describe(exc))
+        countdown = transient_countdown(settings, int(self.request.retries))
         raise self.retry(
-            exc=exc, countdown=backoff_seconds(settings, self.request.retries), max_retries=None
+            exc=exc,
+            countdown=countdown,
+            max_retries=None,
+            kwargs={
+                "generation": generation,
+                "pending": pending,
+                "reason": reason,
+                "attempt": attempt or 1,
+                "claimed": claimed or (attempt or 1) > 1,
+            },
         ) from exc

@@ -1,0 +1,168 @@
+"""Is a task's process still alive? Job heartbeats, lost-run detection and the worker-death count.
+
+A running task writes `Job.heartbeat_at` every `recovery.heartbeat_seconds` from a thread beside
+its body, and its row names the process (`pid@host`). When a message is delivered again with the
+same task id (a pool process killed by a crash or the OOM killer, a Redis visibility timeout), the
+earlier running row is either
+
+* lost: its process is gone on this host, or its heartbeat stopped on another host; the row is
+  closed as lost and counts as one worker death for this stage and generation, or
+* alive: another process still runs this very message (Redis handed it out twice); this copy
+  stops without touching anything.
+
+The number of deaths for (study, stage, generation) is how poison inputs end: a stage whose
+process died `recovery.max_worker_deaths` times fails its study instead of looping forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, update
+
+from sonopacs.config import Settings
+from sonopacs.db import Database, Job, JobState
+from sonopacs.db.models import utcnow
+
+log = logging.getLogger(__name__)
+
+LOST = "worker lost while running"
+# A heartbeat older than this many intervals means the process on another host is gone.
+STALE_INTERVALS = 3
+
+
+def identity() -> str:
+    """This process as `pid@host`, written on the Job it runs."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def process_gone(worker: str | None) -> bool | None:
+    """True/False for a process on this host (a zombie counts as gone); None for another host."""
+    if not worker or "@" not in worker:
+        return None
+    pid_text, host = worker.split("@", 1)
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return None
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True  # this very process is starting the message again: the earlier run is over
+    try:
+        stat = open(f"/proc/{pid}/stat").read()  # noqa: SIM115 - one short read
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
+
+
+def last_sign_of_life(job: Job) -> datetime | None:
+    return job.heartbeat_at or job.started_at
+
+
+def running_elsewhere(job: Job, settings: Settings, now: datetime) -> bool:
+    """Whether the process named on a running Job still runs it."""
+    gone = process_gone(job.worker)
+    if gone is not None:
+        return not gone
+    seen = last_sign_of_life(job)
+    stale = timedelta(seconds=settings.recovery.heartbeat_seconds * STALE_INTERVALS)
+    return seen is not None and seen > now - stale
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What start-up of a delivered message found: its Job, or None when another process runs it."""
+
+    job_id: int | None
+    deaths: int
+
+
+def begin(
+    db: Database,
+    settings: Settings,
+    study_id: int,
+    stage: str,
+    generation: int,
+    task_id: str | None,
+    attempt: int = 1,
+) -> Delivery:
+    """Mark this delivery's Job running (closing lost earlier runs) and count worker deaths."""
+    now = utcnow()
+    me = identity()
+    with db.session() as session:
+        job = None
+        if task_id:
+            for earlier in session.scalars(
+                select(Job).where(
+                    Job.celery_task_id == task_id, Job.stage == stage, Job.state == JobState.RUNNING
+                )
+            ):
+                if running_elsewhere(earlier, settings, now):
+                    log.warning("study %s %s: task %s already runs in %s; this copy stops",
+                                study_id, stage, task_id, earlier.worker)
+                    return Delivery(None, 0)
+                close_lost(earlier, now, "the task was handed back and runs again")
+            job = session.execute(
+                select(Job)
+                .where(Job.celery_task_id == task_id, Job.stage == stage, Job.state == JobState.QUEUED)
+                .order_by(Job.id.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+        if job is None:
+            job = Job(study_id=study_id, stage=stage, generation=generation, celery_task_id=task_id, queued_at=now)
+            session.add(job)
+        job.state = JobState.RUNNING
+        job.attempt = attempt
+        job.started_at = now
+        job.heartbeat_at = now
+        job.worker = me
+        session.flush()
+        deaths = session.scalar(
+            select(func.count(Job.id)).where(
+                Job.study_id == study_id,
+                Job.stage == stage,
+                Job.generation == generation,
+                Job.state == JobState.FAILED,
+                Job.error.like(f"{LOST}%"),
+            )
+        )
+        return Delivery(int(job.id), int(deaths or 0))
+
+
+def close_lost(job: Job, now: datetime, why: str) -> None:
+    """Close a running row whose process died (counted as a worker death)."""
+    job.state = JobState.FAILED
+    job.finished_at = now
+    job.error = f"{LOST}: {why}"
+
+
+@contextmanager
+def heartbeat(db: Database, job_id: int, interval: float) -> Iterator[None]:
+    """Stamp the Job's heartbeat every `interval` seconds while the block runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            try:
+                with db.session() as session:
+                    session.execute(
+                        update(Job)
+                        .where(Job.id == job_id, Job.state == JobState.RUNNING)
+                        .values(heartbeat_at=utcnow())
+                        .execution_options(synchronize_session=False)
+                    )
+            except Exception as exc:  # noqa: BLE001 - a missed beat is not the task's failure
+                log.warning("heartbeat of job %s: %s", job_id, type(exc).__name__)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=interval + 5)
