@@ -25,8 +25,13 @@ from monai.visualize.class_activation_maps import ModelWithHooks
 
 from sonopacs.models.calibration import Calibration
 from sonopacs.models.lesion_shape import SHAPE_FEATURES, shape_feature_matrix
+from sonopacs.models.likelihood import likelihood_category
 from sonopacs.models.measure import lesion_mask, measure_lesion
 from sonopacs.models.networks import ClassifierView, SonoNet, build_network, fuse_conv_bn
+from sonopacs.models.presence import PresenceRule
+from sonopacs.models.priors import shift_priors, target_priors
+from sonopacs.models.scope import BANK_FILE, FeatureBank
+from sonopacs.models.site_calibration import load_site_calibration
 from sonopacs.models.transforms import Letterbox, letterbox_image, to_gray, to_model_input
 from sonopacs.models.types import CLASSES, AnalysisResult
 
@@ -139,10 +144,17 @@ class Analyzer:
 
     With ``segmentation_weights`` in its manifest (a sub-folder), the lesion mask comes from that
     folder's network; probabilities, label and heat map stay with the primary network.
+
+    Probabilities are the calibration's, prior-shifted from the class mix it was fitted on to
+    ``expected_normal_fraction`` normal images (``models.priors``). Lesion presence is decided by
+    ``models.presence`` (mask + shifted P(normal)); without a lesion the label is normal, the mask
+    empty and the likelihood category "1". Images outside the scope (``models.scope``: pooled
+    features far from the reference bank) are not assessed: no mask, no decisions, no category.
     """
 
     def __init__(self, net: SonoNet, manifest: dict[str, Any], device: torch.device,
-                 segmenter: Segmenter | None = None) -> None:
+                 segmenter: Segmenter | None = None, *, expected_normal_fraction: float = 0.4,
+                 scope_bank: FeatureBank | None = None, site_calibration: Path | None = None) -> None:
         self.device = device
         self._memory_format = _memory_format(device)
         self.net = net.to(device).eval().to(memory_format=self._memory_format)  # type: ignore[call-overload]
@@ -160,6 +172,23 @@ class Analyzer:
         # its own decoder unless a segmenter replaces it and the calibration needs no mask shape
         self.net.segment = segmenter is None or self.calibration.uses_features
         self.operating_points: dict[str, float] = {k: float(v) for k, v in manifest["operating_points"].items()}
+        # the class mix the calibration was fitted on (its biases encode it)
+        self.class_priors: tuple[float, ...] = tuple(float(x) for x in manifest.get(
+            "calibration_class_priors", (1 / 3, 1 / 3, 1 / 3)))
+        self.calibration_source = "shipped"
+        if site_calibration is not None:
+            site = load_site_calibration(Path(site_calibration), self.name, self.version)
+            if self.calibration.uses_features:
+                raise ValueError("a site calibration cannot replace a shape-feature calibration")
+            self.calibration, self.class_priors = site.calibration, site.class_priors
+            self.operating_points = dict(site.operating_points)
+            self.calibration_source = f"site: {site_calibration} ({site.n_images} images, {site.created})"
+        self.expected_normal_fraction = float(expected_normal_fraction)
+        self.target_priors = target_priors(self.class_priors, self.expected_normal_fraction)
+        self.presence = PresenceRule.from_dict(manifest.get("lesion_presence"))
+        self.scope_bank = scope_bank
+        self._pooled: torch.Tensor | None = None
+        self.net.pool.register_forward_hook(self._keep_pooled)
         # eval() here too: MONAI's ModelWithHooks restores train mode after each call when the
         # wrapped module reports training=True, which left the whole net in train mode (batch-stat
         # BatchNorm and running-stat updates for anyone calling ``net`` directly afterwards)
@@ -168,8 +197,12 @@ class Analyzer:
         self._cam = GradCAM(nn_module=hooked, target_layers="net.cam_target",  # type: ignore[arg-type]
                             postprocessing=_raw_map)
 
+    def _keep_pooled(self, _module: Any, _inputs: Any, output: torch.Tensor) -> None:
+        self._pooled = output.detach()
+
     @classmethod
-    def load(cls, weights_dir: Path | None = None, device: str = "auto") -> Analyzer:
+    def load(cls, weights_dir: Path | None = None, device: str = "auto", *, expected_normal_fraction: float = 0.4,
+             site_calibration: Path | None = None, scope_gate: bool = True) -> Analyzer:
         wdir = Path(weights_dir) if weights_dir is not None else DEFAULT_WEIGHTS
         manifest, net = _load_net(wdir)
         dev = _pick_device(device)
@@ -177,7 +210,22 @@ class Analyzer:
         if manifest.get("segmentation_weights"):
             seg_manifest, seg_net = _load_net(wdir / str(manifest["segmentation_weights"]))
             segmenter = Segmenter(seg_net, seg_manifest, dev)
-        return cls(net, manifest, dev, segmenter)
+        bank = FeatureBank.load(wdir / BANK_FILE) if scope_gate and (wdir / BANK_FILE).exists() else None
+        return cls(net, manifest, dev, segmenter, expected_normal_fraction=expected_normal_fraction,
+                   scope_bank=bank, site_calibration=site_calibration)
+
+    @classmethod
+    def from_settings(cls, model_settings: Any) -> Analyzer:
+        """The Analyzer a ``config.ModelSettings`` describes (weights, device, priors, site calibration)."""
+        return cls.load(model_settings.weights_dir, model_settings.device,
+                        expected_normal_fraction=model_settings.expected_normal_fraction,
+                        site_calibration=model_settings.site_calibration, scope_gate=model_settings.scope_gate)
+
+    def reported_probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated, prior-shifted probabilities of raw (mirror-mean) logits, as ``analyze`` reports them."""
+        if self.calibration.uses_features:
+            raise ValueError("this calibration needs lesion-shape features")
+        return shift_priors(self.calibration.probs(np.atleast_2d(logits)), self.class_priors, self.target_priors)
 
     def analyze(self, image: np.ndarray, spacing_mm: tuple[float, float] | None = None) -> AnalysisResult:
         return self.analyze_batch([image], [spacing_mm])[0]
@@ -202,6 +250,10 @@ class Analyzer:
         else:
             full_probs = _mirror_mean_lesion_probability(self._view.last_seg, boxes)
         cam_np = cam.detach().float().cpu().numpy()[:, 0]
+        assert self._pooled is not None
+        pooled = self._pooled.float().cpu().numpy().reshape(2 * n, -1).astype(np.float64)
+        features = (pooled[:n] + pooled[n:]) / 2
+        ood = self.scope_bank.distance(features) if self.scope_bank is not None else np.full(n, np.nan)
         shape_views = shape_mean = None
         if self.calibration.uses_features:  # the primary network's own mask, as at calibration
             views = _view_lesion_probability(self._view.last_seg)
@@ -209,22 +261,39 @@ class Analyzer:
             shape_mean = shape_feature_matrix((views[:n] + views[n:]) / 2)
         results = []
         for i in range(n):
-            probs_views = self.calibration.probs(
-                logits[[i, n + i]], None if shape_views is None else shape_views[[i, n + i]])
-            probs = self.calibration.probs(logits[[i, n + i]].mean(axis=0, keepdims=True),
-                                           None if shape_mean is None else shape_mean[[i]])[0]
+            probs_views = self._shift(self.calibration.probs(
+                logits[[i, n + i]], None if shape_views is None else shape_views[[i, n + i]]))
+            mean_logits = logits[[i, n + i]].mean(axis=0, keepdims=True)
+            probs = self._shift(self.calibration.probs(mean_logits,
+                                                       None if shape_mean is None else shape_mean[[i]]))[0]
             heat = (cam_np[i] + cam_np[n + i][:, ::-1]) / 2
             shape = None if shape_mean is None else dict(zip(SHAPE_FEATURES, map(float, shape_mean[i]), strict=True))
-            results.append(self._result(probs, probs_views, full_probs[i], heat, boxes[i], spacings[i], shape))
+            res = self._result(probs, probs_views, full_probs[i], heat, boxes[i], spacings[i], shape)
+            res.extra["logits"] = [float(x) for x in mean_logits[0]]
+            self._gate(res, float(ood[i]))
+            results.append(res)
         return results
+
+    def _shift(self, probs: np.ndarray) -> np.ndarray:
+        return shift_priors(probs, self.class_priors, self.target_priors)
+
+    def _gate(self, res: AnalysisResult, distance: float) -> None:
+        """Mark ``res`` not assessed when its features are out of distribution (in place)."""
+        res.extra["ood_score"] = None if distance != distance else round(distance, 3)
+        reason = self.scope_bank.reason(distance) if self.scope_bank is not None else None
+        if reason is not None:
+            mark_not_assessed(res, reason)
 
     def _result(self, probs: np.ndarray, probs_views: np.ndarray, full_prob: np.ndarray, heat: np.ndarray,
                 box: Any, spacing: tuple[float, float] | None, shape: dict[str, float] | None = None
                 ) -> AnalysisResult:
-        label_idx = int(np.argmax(probs))
-        label = CLASSES[label_idx]
         pm = float(probs[2])
-        mask = lesion_mask(full_prob) if label != "normal" else np.zeros(full_prob.shape, bool)
+        found = lesion_mask(full_prob)
+        area_fraction = float(found.mean())
+        present = self.presence.lesion_present(float(probs[0]), area_fraction)
+        # normal when no lesion is found, else the likelier of benign and malignant
+        label = CLASSES[1 + int(np.argmax(probs[1:]))] if present else "normal"
+        mask = found if present else np.zeros(full_prob.shape, bool)
         heat_full = box.unletterbox(heat.astype(np.float32))  # the unpadded area only
         lo, hi = float(heat_full.min()), float(heat_full.max())  # one scaling, after averaging views
         heat_full = ((heat_full - lo) / (hi - lo)) if hi > lo else np.zeros_like(heat_full)
@@ -233,7 +302,7 @@ class Analyzer:
             probabilities={c: float(p) for c, p in zip(CLASSES, probs, strict=True)},
             label=label,
             malignancy_probability=pm,
-            decisions={k: bool(pm >= t) for k, t in self.operating_points.items()},
+            decisions={k: bool(present and pm >= t) for k, t in self.operating_points.items()},
             mask=mask,
             heatmap=np.clip(heat_full, 0, 1).astype(np.float32),
             lesion=lesion,
@@ -247,9 +316,28 @@ class Analyzer:
                                    "raw map (not MONAI's inverting default_normalizer), min-max over the "
                                    "unpadded image"),
                 "lesion_probability_max": float(full_prob.max()),
+                "lesion_area_fraction": round(area_fraction, 5),
+                "lesion_present": present,
+                "expected_normal_fraction": self.expected_normal_fraction,
+                "calibration": self.calibration_source,
                 "segmentation_model": (f"{self.segmenter.name} {self.segmenter.version}" if self.segmenter
                                        else f"{self.name} {self.version}"),
                 **({"lesion_shape": shape} if shape is not None else {}),  # what the calibration used
             },
+            likelihood_category=likelihood_category(pm, present),
         )
+
+
+def mark_not_assessed(res: AnalysisResult, reason: str) -> AnalysisResult:
+    """Turn ``res`` into a not-assessed result (in place): no mask, lesion, decisions or category.
+
+    Probabilities stay (for audit and evaluation), but nothing is shown as a finding.
+    """
+    res.assessed = False
+    res.not_assessed_reason = reason
+    res.mask = np.zeros(res.mask.shape, bool)
+    res.lesion = None
+    res.decisions = {k: False for k in res.decisions}
+    res.likelihood_category = None
+    return res
 

@@ -1,57 +1,51 @@
-"""Cleaning as the model sees it: ``sonopacs.cleaning.clean_image`` when that package provides it, else a
-minimal private field-of-view crop.
+"""The one cleaning path: training, ``evaluate``, ``analyze`` and the pipeline all clean through
+``clean_for_model`` (``sonopacs.cleaning.clean_image`` on every field, with the ultrasound regions
+when the source has them).
 
-Training, evaluation and the pipeline must clean identically; routing every model-side call
-through ``clean_for_model`` keeps that true whichever implementation is present.
+There is no fallback crop: when cleaning raises or finds no field, ``CleaningFailed`` says why, and
+the caller reports it as that image's outcome (the pipeline fails the instance, ``evaluate``
+counts the image as not assessed with the reason, training leaves the image out and logs it).
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 import numpy as np
 
-from sonopacs.cleaning import clean_image
-
-log = logging.getLogger(__name__)
+from sonopacs.cleaning import CleanResult, Region, clean_image
 
 
-@dataclass
-class Cleaned:
-    image: np.ndarray
-    offset: tuple[int, int]  # (row, col) of the crop in the source image
-    spacing_mm: tuple[float, float] | None = None
-    summary: dict[str, object] = field(default_factory=dict)
+class CleaningFailed(ValueError):
+    """Cleaning could not produce a field for this image; the message is the reason."""
 
 
-def _fallback_crop(image: np.ndarray, threshold: int = 8) -> Cleaned:
-    """Crop to the bounding box of rows/columns holding non-dark pixels (drops black borders)."""
-    gray = image if image.ndim == 2 else image[..., :3].max(axis=2)
-    rows = np.flatnonzero((gray > threshold).mean(axis=1) > 0.02)
-    cols = np.flatnonzero((gray > threshold).mean(axis=0) > 0.02)
-    if rows.size < 16 or cols.size < 16:
-        return Cleaned(image, (0, 0), summary={"field_source": "whole", "implementation": "models-fallback"})
-    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    return Cleaned(
-        image[r0:r1, c0:c1],
-        (r0, c0),
-        summary={"field_source": "detected", "implementation": "models-fallback"},
-    )
-
-
-def clean_for_model(image: np.ndarray) -> Cleaned:
-    """Clean one image for the model: the cleaning package's first result, or the fallback crop."""
+def clean_for_model(image: np.ndarray, regions: Sequence[Region] | None = None) -> list[CleanResult]:
+    """Every cleaned ultrasound field of one frame (at least one), or ``CleaningFailed``."""
     try:
-        results = clean_image(image)
-    except Exception as exc:  # cleaning must never stop an analysis; say what happened
-        log.warning("cleaning failed (%s); using the field-crop fallback", exc)
-        c = _fallback_crop(image)
-        c.summary["cleaning_error"] = str(exc)
-        return c
+        results = clean_image(image, list(regions) if regions else None)
+    except ValueError as exc:
+        raise CleaningFailed(f"cleaning refused the image: {exc}") from exc
     if not results:
-        return _fallback_crop(image)
-    r = results[0]
-    summary = dict(r.summary)
-    summary.setdefault("implementation", "cleaning")
-    return Cleaned(r.image, tuple(r.offset), r.spacing_mm, summary)  # type: ignore[arg-type]
+        raise CleaningFailed("cleaning found no ultrasound field")
+    return results
+
+
+def field_for_mask(results: list[CleanResult], mask: np.ndarray) -> int:
+    """Index of the field holding most of ``mask`` (source geometry); 0 when the mask is empty.
+
+    Training and evaluation with one label per image use this field: the one the lesion is in.
+    """
+    if len(results) == 1 or not mask.any():
+        return 0
+    inside = []
+    for r in results:
+        (r0, c0), (h, w) = r.offset, r.image.shape[:2]
+        inside.append(int(mask[r0 : r0 + h, c0 : c0 + w].sum()))
+    return int(np.argmax(inside))
+
+
+def crop_to(result: CleanResult, array: np.ndarray) -> np.ndarray:
+    """``array`` (source geometry) cut to the field ``result`` was cleaned from."""
+    (r0, c0), (h, w) = result.offset, result.image.shape[:2]
+    return array[r0 : r0 + h, c0 : c0 + w]

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sonopacs.models.clean import clean_for_model
+from sonopacs.models.clean import CleaningFailed, clean_for_model, crop_to, field_for_mask
 from sonopacs.models.transforms import letterbox_image, letterbox_mask, to_gray
 from sonopacs.models.types import CLASSES
 
@@ -85,14 +85,17 @@ def load_mask(paths: list[Path], shape: tuple[int, int]) -> np.ndarray:
 
 
 def load_clean_pair(rec: Record, clean: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Cleaned grayscale image and its lesion mask in the cleaned geometry."""
+    """Cleaned grayscale image and its lesion mask in the cleaned geometry.
+
+    Cleans through the one path (``clean_for_model``); the field holding the lesion is used.
+    Raises ``CleaningFailed`` when cleaning finds no field.
+    """
     img = load_image(rec.image)
     mask = load_mask(rec.masks, img.shape[:2])
     if clean:
-        c = clean_for_model(img)
-        r0, c0 = c.offset
-        h, w = c.image.shape[:2]
-        img, mask = c.image, mask[r0 : r0 + h, c0 : c0 + w]
+        results = clean_for_model(img)
+        r = results[field_for_mask(results, mask)]
+        img, mask = r.image, crop_to(r, mask)
     return to_gray(img), mask
 
 
@@ -114,11 +117,17 @@ class Packed:
 
 def build_pack(records: list[Record], size: int, clean: bool = True) -> Packed:
     """Clean, letterbox and collect every record (slow: reads the original files)."""
-    imgs, masks = [], []
+    imgs, masks, kept = [], [], []
     for rec in records:
-        g, m = load_clean_pair(rec, clean=clean)
+        try:
+            g, m = load_clean_pair(rec, clean=clean)
+        except CleaningFailed as exc:  # a clear per-image outcome: left out, and said so
+            log.warning("%s left out of the pack: %s", rec.image, exc)
+            continue
         imgs.append(letterbox_image(g, size)[0])
         masks.append(letterbox_mask(m, size))
+        kept.append(rec)
+    records = kept
     return Packed(
         images=np.stack(imgs),
         masks=np.stack(masks),

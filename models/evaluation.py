@@ -3,6 +3,13 @@
 Writes ``metrics.json`` with the contract keys (undefined ones as null), per-image predictions,
 and confusion-matrix, ROC and reliability PNGs. Dice/IoU are computed in each image's cleaned
 geometry against the union of its masks, over images whose mask is non-empty.
+
+Cleaning goes through the one path (``models.clean.clean_for_model``); every field is analysed and
+the most suspicious assessed one is kept, as in the pipeline. An image cleaning refuses or the scope
+gate rejects is *not assessed* (reason in predictions.csv); it stays in the classification metrics
+(with the network's probabilities on the whole image when cleaning failed) and counts in
+``not_assessed_rate``. ``lesion_sensitivity`` / ``normal_false_lesion_rate``: the share of
+lesion / normal images given a lesion (an assessed result with a contour).
 """
 
 from __future__ import annotations
@@ -16,13 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from sonopacs.models.analyzer import Analyzer
-from sonopacs.models.clean import clean_for_model
+from sonopacs.models.analyzer import Analyzer, mark_not_assessed
+from sonopacs.models.clean import CleaningFailed, clean_for_model, crop_to
 from sonopacs.models.data import load_image, load_mask, read_index
 from sonopacs.models.metrics import classification_metrics, dice_iou
 from sonopacs.models.plots import plot_confusion, plot_reliability, plot_roc
+from sonopacs.models.scope import colour_reason
 from sonopacs.models.transforms import to_gray
-from sonopacs.models.types import CLASSES
+from sonopacs.models.types import CLASSES, AnalysisResult
 
 log = logging.getLogger(__name__)
 
@@ -30,32 +38,31 @@ CONTRACT_KEYS = (
     "n_images", "accuracy", "macro_f1", "auc_malignant_vs_rest", "auc_benign_vs_malignant",
     "sensitivity_malignant", "specificity_malignant", "sensitivity_malignant_high",
     "specificity_malignant_high", "dice", "iou", "ece", "seconds_per_image",
+    "lesion_sensitivity", "normal_false_lesion_rate", "not_assessed_rate",
 )
 
 
 def evaluate_index(index_csv: Path, out_dir: Path, weights_dir: Path | None = None, clean: bool = True,
-                   device: str = "auto") -> dict[str, Any]:
+                   device: str = "auto", analyzer: Analyzer | None = None) -> dict[str, Any]:
     """Evaluate the model on every labelled row of ``index_csv``; return the metrics dict."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    analyzer = Analyzer.load(weights_dir, device=device)
+    analyzer = analyzer if analyzer is not None else Analyzer.load(weights_dir, device=device)
     records = [r for r in read_index(Path(index_csv)) if r.label is not None]
     probs, labels, dices, ious, rows = [], [], [], [], []
+    given_lesion, assessed_flags = [], []
     seconds = 0.0
     for rec in records:
         img = load_image(rec.image)
         truth = load_mask(rec.masks, img.shape[:2])
         t0 = time.perf_counter()
-        summary: dict[str, object] = {}
-        if clean:
-            c = clean_for_model(img)
-            (r0, c0), (h, w) = c.offset, c.image.shape[:2]
-            img, truth, summary = c.image, truth[r0 : r0 + h, c0 : c0 + w], c.summary
-        res = analyzer.analyze(to_gray(img))
+        res, truth = analyse_image(analyzer, img, truth, clean)
         seconds += time.perf_counter() - t0
         p = [res.probabilities[c] for c in CLASSES]
         probs.append(p)
         labels.append(rec.label)
+        given_lesion.append(bool(res.assessed and res.mask.any()))
+        assessed_flags.append(res.assessed)
         d = i = None
         if truth.any():
             d, i = dice_iou(res.mask, truth)
@@ -63,7 +70,9 @@ def evaluate_index(index_csv: Path, out_dir: Path, weights_dir: Path | None = No
             ious.append(i)
         rows.append({"image": str(rec.image.name), "label": CLASSES[rec.label or 0], "pred": res.label,
                      **{f"p_{c}": v for c, v in zip(CLASSES, p, strict=True)},
-                     "dice": d, "iou": i, "cleaning": summary.get("implementation", "none")})
+                     "assessed": res.assessed, "likelihood_category": res.likelihood_category or "",
+                     "dice": d, "iou": i, "not_assessed_reason": res.not_assessed_reason or "",
+                     "ood_score": res.extra.get("ood_score"), "fields": res.extra.get("fields", 1)})
     pa = np.asarray(probs, np.float64).reshape(-1, 3)
     la = np.asarray(labels, np.int64)
     m = classification_metrics(pa, la, analyzer.operating_points)
@@ -71,6 +80,9 @@ def evaluate_index(index_csv: Path, out_dir: Path, weights_dir: Path | None = No
     m["iou"] = float(np.mean(ious)) if ious else None
     m["n_masks"] = len(dices)
     m["seconds_per_image"] = seconds / len(records) if records else None
+    m.update(presence_metrics(la, np.asarray(given_lesion, bool), np.asarray(assessed_flags, bool)))
+    m["expected_normal_fraction"] = analyzer.expected_normal_fraction
+    m["calibration"] = analyzer.calibration_source
     m["operating_points"] = dict(analyzer.operating_points)
     m["model"] = {"name": analyzer.name, "version": analyzer.version}
     m["cleaned"] = clean
@@ -86,3 +98,37 @@ def evaluate_index(index_csv: Path, out_dir: Path, weights_dir: Path | None = No
     plot_roc(pa, la, analyzer.operating_points, out_dir / "roc.png")
     plot_reliability(pa, la, out_dir / "reliability.png")
     return m
+
+
+def presence_metrics(labels: np.ndarray, given_lesion: np.ndarray, assessed: np.ndarray) -> dict[str, Any]:
+    """lesion_sensitivity, normal_false_lesion_rate (None without such images) and not_assessed_rate."""
+    lesion = labels >= 1
+    return {
+        "lesion_sensitivity": float(given_lesion[lesion].mean()) if lesion.any() else None,
+        "normal_false_lesion_rate": float(given_lesion[~lesion].mean()) if (~lesion).any() else None,
+        "not_assessed_rate": float((~assessed).mean()) if len(assessed) else None,
+    }
+
+
+def analyse_image(analyzer: Analyzer, img: np.ndarray, truth: np.ndarray, clean: bool = True
+                  ) -> tuple[AnalysisResult, np.ndarray]:
+    """One labelled image through the one cleaning path, the Analyzer and the colour gate.
+
+    Returns the reported result (the most suspicious assessed field, as in the pipeline) and the
+    truth mask in that result's geometry. When cleaning fails the whole image is analysed for the
+    probabilities and the result is marked not assessed with the cleaning's reason.
+    """
+    if not clean:
+        return analyzer.analyze(to_gray(img)), truth
+    try:
+        fields = clean_for_model(img)
+    except CleaningFailed as exc:
+        return mark_not_assessed(analyzer.analyze(to_gray(img)), str(exc)), truth
+    results = analyzer.analyze_batch([to_gray(f.image) for f in fields])
+    for f, r in zip(fields, results, strict=True):
+        reason = colour_reason(f.summary) if analyzer.scope_bank is not None else None
+        if reason is not None and r.assessed:
+            mark_not_assessed(r, reason)
+    best = max(range(len(results)), key=lambda k: (results[k].assessed, results[k].malignancy_probability, -k))
+    results[best].extra["fields"] = len(results)
+    return results[best], crop_to(fields[best], truth)

@@ -26,8 +26,8 @@ class LesionMeasurement:
 
 @dataclass
 class AnalysisResult:
-    probabilities: dict[str, float]  # calibrated, keys CLASSES, sum to 1
-    label: str  # argmax of probabilities
+    probabilities: dict[str, float]  # calibrated and prior-shifted, keys CLASSES, sum to 1
+    label: str  # "normal" when no lesion is found, else the likelier of benign / malignant
     malignancy_probability: float
     decisions: dict[str, bool]  # operating point name -> "suspicious for malignancy"
     mask: np.ndarray  # HxW bool, same geometry as the input image

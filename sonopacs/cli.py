@@ -164,17 +164,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyzer(args: argparse.Namespace, site: bool = True) -> object:
+    """The Analyzer the settings describe (site calibration included unless ``site`` is False)."""
+    from sonopacs.models.analyzer import Analyzer
+
+    m = _settings(args).model
+    weights = Path(args.weights) if args.weights else m.weights_dir
+    return Analyzer.load(weights, args.device or m.device, expected_normal_fraction=m.expected_normal_fraction,
+                         site_calibration=m.site_calibration if site else None, scope_gate=m.scope_gate)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from sonopacs.models.evaluation import evaluate_index
+    from sonopacs.models.site_calibration import SiteCalibrationError
 
-    metrics = evaluate_index(
-        Path(args.index),
-        Path(args.out),
-        weights_dir=Path(args.weights) if args.weights else None,
-        clean=not args.no_clean,
-        device=args.device,
-    )
+    try:
+        analyzer = _analyzer(args)
+    except SiteCalibrationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    metrics = evaluate_index(Path(args.index), Path(args.out), clean=not args.no_clean,
+                             analyzer=analyzer)  # type: ignore[arg-type]
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}, indent=2))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from sonopacs.models.site_calibration import calibrate_index, describe
+
+    site = calibrate_index(Path(args.index), Path(args.out), _analyzer(args, site=False), n_boot=args.bootstrap)
+    print(describe(site))
+    print(f"written {args.out}: set SONOPACS_MODEL__SITE_CALIBRATION={args.out} (or model.site_calibration)")
     return 0
 
 
@@ -266,8 +286,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--weights", help="weights folder (default: shipped)")
     p.add_argument("--no-clean", action="store_true")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda (default: model.device)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("calibrate", parents=[common],
+                       help="fit a site calibration on the hospital's own labelled images (before go-live)")
+    p.add_argument("--index", required=True, help="index CSV (image,label,mask), ~50+ images, ~150 recommended")
+    p.add_argument("--out", required=True, help="site calibration file to write (JSON)")
+    p.add_argument("--weights", help="weights folder (default: model.weights_dir, else shipped)")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda (default: model.device)")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("user", parents=[common], help="dashboard users")
     usub = p.add_subparsers(dest="user_command", required=True)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydicom.dataset import Dataset
 
+from sonopacs.dicom_node.eligibility import region_scope_reason, scope_reason
 from sonopacs.dicom_node.regions import UltrasoundRegion, spacing_at
 from sonopacs.dicom_node.results.types import ImageFinding, ResultIdentity
 from sonopacs.worker.records import AnalysisRecord, FieldRecord, LesionRecord
@@ -27,19 +28,21 @@ log = logging.getLogger(__name__)
 
 SERIES_NUMBER_BASE = {"sc": 9100, "sr": 9200, "pr": 9300, "seg": 9400}
 
-_ANALYZERS: dict[tuple[str, str], Any] = {}
+_ANALYZERS: dict[tuple[str, ...], Any] = {}
 _ANALYZER_LOCK = threading.Lock()
 
 
 def get_analyzer(settings: Settings) -> Any:
-    """The models.Analyzer for these settings, loaded once per process (weights are large)."""
-    weights = settings.model.weights_dir
-    key = (str(weights) if weights else "", settings.model.device)
+    """The models.Analyzer for these settings (weights, device, expected normal fraction, site
+    calibration, scope gate), loaded once per process (weights are large)."""
+    m = settings.model
+    key = tuple(str(v) for v in (m.weights_dir or "", m.device, m.expected_normal_fraction,
+                                 m.site_calibration or "", m.scope_gate))
     with _ANALYZER_LOCK:
         if key not in _ANALYZERS:
             from sonopacs.models import Analyzer
 
-            _ANALYZERS[key] = Analyzer.load(weights_dir=weights, device=settings.model.device)
+            _ANALYZERS[key] = Analyzer.from_settings(m)
         return _ANALYZERS[key]
 
 
@@ -76,11 +79,22 @@ def to_cleaning_regions(regions: list[UltrasoundRegion]) -> list[Region] | None:
 def clean_frame(
     frame: np.ndarray, regions: list[UltrasoundRegion]
 ) -> list[tuple[CleanResult, tuple[float, float] | None]]:
-    """clean_image on one frame; each field with the spacing to measure in (cleaning's, else the region's)."""
-    from sonopacs.cleaning import clean_image
+    """The one cleaning path (models.clean.clean_for_model, regions when the source has them) on one
+    frame; each field with the spacing to measure in (cleaning's, else the region's).
+
+    Raises models.clean.CleaningFailed (a ValueError) when cleaning finds no field: no fallback.
+    A field the regions or its colour content put out of scope carries
+    ``summary["not_assessed_reason"]``; ``analysis_record`` / ``pick_most_suspicious`` honour it.
+    """
+    from sonopacs.models.clean import clean_for_model
+    from sonopacs.models.scope import colour_reason
 
     out = []
-    for result in clean_image(frame, to_cleaning_regions(regions)):
+    header_reason = region_scope_reason(regions)
+    for result in clean_for_model(frame, to_cleaning_regions(regions)):
+        reason = header_reason or colour_reason(result.summary)
+        if reason is not None:
+            result.summary["not_assessed_reason"] = reason
         spacing = result.spacing_mm
         if spacing is None and regions:
             h, w = result.image.shape[:2]
@@ -89,11 +103,19 @@ def clean_frame(
     return out
 
 
-def analysis_record(result: AnalysisResult, operating_points: dict[str, float] | None = None) -> AnalysisRecord:
-    """A models.AnalysisResult as a record (mask and heat map are stored separately)."""
+def analysis_record(
+    result: AnalysisResult, operating_points: dict[str, float] | None = None, summary: dict[str, Any] | None = None
+) -> AnalysisRecord:
+    """A models.AnalysisResult as a record (mask and heat map are stored separately); a field whose
+    cleaning summary names a ``not_assessed_reason`` is recorded as not assessed."""
     lesion = result.lesion
     measured = None
-    if lesion is not None and int(lesion.area_px) > 0:
+    reason = (summary or {}).get("not_assessed_reason")
+    if reason and result.assessed:
+        from sonopacs.models.analyzer import mark_not_assessed
+
+        mark_not_assessed(result, str(reason))
+    if lesion is not None and int(lesion.area_px) > 0 and result.assessed:
         measured = LesionRecord(
             area_px=int(lesion.area_px),
             long_axis_px=float(lesion.long_axis_px),
@@ -115,7 +137,17 @@ def analysis_record(result: AnalysisResult, operating_points: dict[str, float] |
         model_name=str(result.model_name),
         model_version=str(result.model_version),
         lesion=measured,
+        assessed=bool(result.assessed),
+        not_assessed_reason=result.not_assessed_reason,
+        likelihood_category=result.likelihood_category,
     )
+
+
+def not_assessed(record: AnalysisRecord, reason: str) -> AnalysisRecord:
+    """A copy of ``record`` marked not assessed: no lesion, no decision, no category."""
+    return record.model_copy(update={
+        "assessed": False, "not_assessed_reason": reason, "lesion": None, "likelihood_category": None,
+        "decisions": {k: False for k in record.decisions}})
 
 
 def _point_pair(points: Any) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -148,7 +180,16 @@ def finding_from_record(
     mask: np.ndarray | None,
     heatmap: np.ndarray | None,
 ) -> ImageFinding:
-    """Map one analysed crop back onto the full source frame (offset = crop's top-left row, col)."""
+    """Map one analysed crop back onto the full source frame (offset = crop's top-left row, col).
+
+    The header's scope evidence (dicom_node.eligibility.scope_reason) is applied here, where the
+    source is at hand: a not-assessed finding has no mask, contour or axes.
+    """
+    reason = scope_reason(source) if record.assessed else None
+    if reason is not None:
+        record = not_assessed(record, reason)
+    if not record.assessed:
+        mask = heatmap = None
     oy, ox = int(offset[0]), int(offset[1])
     rows, cols = frame.shape[:2]
 
@@ -185,12 +226,21 @@ def finding_from_record(
         short_axis_mm=lesion.short_axis_mm if lesion else None,
         area_mm2=lesion.area_mm2 if lesion else None,
         uncertainty=record.uncertainty,
+        assessed=record.assessed,
+        not_assessed_reason=record.not_assessed_reason,
+        likelihood_category=record.likelihood_category,
     )
 
 
 def pick_most_suspicious(items: list[FieldRecord]) -> FieldRecord:
-    """The analysed field/frame reported for an instance: highest P(malignant), earliest on ties."""
-    return max(items, key=lambda it: (it.analysed().malignancy_probability, -it.order))
+    """The analysed field/frame reported for an instance: assessed fields first, then the highest
+    P(malignant), earliest on ties. A field whose cleaning summary names a not-assessed reason is
+    marked so first (the same rule ``analysis_record`` applies when it is given the summary)."""
+    for it in items:
+        reason = it.summary.get("not_assessed_reason")
+        if reason and it.analysed().assessed:
+            it.analysis = not_assessed(it.analysed(), str(reason))
+    return max(items, key=lambda it: (it.analysed().assessed, it.analysed().malignancy_probability, -it.order))
 
 
 def summary_of(finding: ImageFinding, item: FieldRecord) -> dict[str, Any]:
@@ -202,6 +252,9 @@ def summary_of(finding: ImageFinding, item: FieldRecord) -> dict[str, Any]:
         "probabilities": finding.probabilities,
         "malignancy_probability": finding.malignancy_probability,
         "decisions": finding.decisions,
+        "assessed": finding.assessed,
+        "not_assessed_reason": finding.not_assessed_reason,
+        "likelihood_category": finding.likelihood_category,
         "long_axis_mm": finding.long_axis_mm,
         "short_axis_mm": finding.short_axis_mm,
         "area_mm2": finding.area_mm2,

@@ -185,10 +185,14 @@ def _json_record(
     path: Path, finding: ImageFinding, item: FieldRecord, n_frames: int, outputs: dict[str, str]
 ) -> dict[str, Any]:
     analysis = item.analysed()
-    lesion = analysis.lesion
+    lesion = analysis.lesion if finding.assessed else None
     return {
         "input": str(path),
         "label": finding.label,
+        "assessed": finding.assessed,
+        "not_assessed_reason": finding.not_assessed_reason,
+        "likelihood_category": finding.likelihood_category,
+        "likelihood_category_note": "AI likelihood category, not a BI-RADS assessment",
         "probabilities": finding.probabilities,
         "malignancy_probability": finding.malignancy_probability,
         "decisions": finding.decisions,

@@ -1,0 +1,29 @@
+"""Is there a lesion? Decided from the segmenter's mask together with the prior-shifted classifier.
+
+The mask (largest component of lesion probability >= 0.5) is evidence that does not depend on
+the class mix the calibration was fitted on; the classifier's P(normal) does, which is why it is
+first shifted to the site's expected share of normal images (``models.priors``). A lesion is
+present when the mask covers at least ``min_area_fraction`` of the image and the shifted
+P(normal) is below ``max_p_normal``. A normal decision withholds the contour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PresenceRule:
+    min_area_fraction: float = 0.002
+    max_p_normal: float = 0.5
+
+    def lesion_present(self, p_normal: float, mask_area_fraction: float) -> bool:
+        return mask_area_fraction >= self.min_area_fraction and p_normal < self.max_p_normal
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> PresenceRule:
+        return cls(**{k: float(v) for k, v in (d or {}).items() if k in cls.__dataclass_fields__})

@@ -1,0 +1,77 @@
+"""Scope gate, model side: is this cleaned image one the model can vouch for?
+
+Two pieces of evidence that need no DICOM header (header evidence is read in
+``dicom_node.eligibility.scope_reason``):
+
+- colour content: the share of the field cleaning found in colour-map (Doppler / elastography)
+  pixels, from the cleaning summary;
+- image content: the Mahalanobis distance of the network's pooled deepest encoder features to a
+  reference bank of training-image features (``weights/scope_bank.npz``: mean + shrunk precision
+  matrix, ~0.4 MB), above a threshold chosen to keep 99.5 % of held-out breast images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BANK_FILE = "scope_bank.npz"
+# cleaning flags a field "doppler" from 0.5 % colour-map pixels; a few coloured pixels are markers
+COLOUR_FRACTION_LIMIT = 0.005
+
+
+def colour_reason(summary: dict[str, Any] | None) -> str | None:
+    """Why a cleaned field is not B-mode from its colour content, or None."""
+    if not summary:
+        return None
+    frac = float(summary.get("doppler_fraction") or 0.0)
+    flags = summary.get("flags") or []
+    if frac >= COLOUR_FRACTION_LIMIT or "doppler" in flags:
+        return f"colour Doppler or elastography content ({100 * frac:.1f} % of the field in colour)"
+    return None
+
+
+@dataclass(frozen=True)
+class FeatureBank:
+    """Mean and precision of reference features; ``threshold`` on the Mahalanobis distance."""
+
+    mean: np.ndarray
+    precision: np.ndarray
+    threshold: float
+    n_reference: int
+    keep_quantile: float
+
+    def distance(self, features: np.ndarray) -> np.ndarray:
+        d = np.atleast_2d(np.asarray(features, np.float64)) - self.mean
+        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, self.precision, d), 0.0))
+
+    def reason(self, distance: float) -> str | None:
+        if distance > self.threshold:
+            return (f"image content unlike the breast ultrasound the model was trained on "
+                    f"(out-of-distribution score {distance:.1f} > {self.threshold:.1f})")
+        return None
+
+    @classmethod
+    def fit(cls, reference: np.ndarray, held_out: np.ndarray, keep_quantile: float = 0.995) -> FeatureBank:
+        """Ledoit-Wolf mean/precision on ``reference``; threshold = ``keep_quantile`` of the
+        distances of ``held_out`` (images the bank did not see)."""
+        from sklearn.covariance import LedoitWolf
+
+        ref = np.asarray(reference, np.float64)
+        lw = LedoitWolf().fit(ref)
+        bank = cls(lw.location_, lw.precision_, float("inf"), len(ref), keep_quantile)
+        thr = float(np.quantile(bank.distance(held_out), keep_quantile))
+        return cls(bank.mean, bank.precision, thr, len(ref), keep_quantile)
+
+    def save(self, path: Path) -> None:
+        np.savez_compressed(path, mean=self.mean.astype(np.float32), precision=self.precision.astype(np.float32),
+                            threshold=self.threshold, n_reference=self.n_reference, keep_quantile=self.keep_quantile)
+
+    @classmethod
+    def load(cls, path: Path) -> FeatureBank:
+        z = np.load(path)
+        return cls(z["mean"].astype(np.float64), z["precision"].astype(np.float64), float(z["threshold"]),
+                   int(z["n_reference"]), float(z["keep_quantile"]))

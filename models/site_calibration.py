@@ -1,0 +1,238 @@
+"""Site calibration: temperature, class biases (the site's class priors) and both malignancy operating
+points, fitted on a hospital's own labelled images before go-live (``sonopacs calibrate``).
+
+The file names the model (name and version) it belongs to; ``load_site_calibration`` refuses a file
+made for another model. Bootstrap intervals are taken out-of-bag: each resample refits everything
+and is scored on the images it left out.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sonopacs.models.calibration import Calibration, expected_calibration_error, operating_points
+from sonopacs.models.metrics import _auc
+from sonopacs.models.priors import shift_priors, target_priors
+
+FORMAT = "sonopacs-site-calibration/1"
+MIN_IMAGES = 50
+MIN_PER_LESION_CLASS = 10
+MIN_NORMALS = 5
+
+
+class SiteCalibrationError(ValueError):
+    """A site calibration that cannot be used (wrong model, unreadable file); the message says why."""
+
+
+@dataclass
+class SiteCalibration:
+    model_name: str
+    model_version: str
+    calibration: Calibration
+    class_priors: tuple[float, float, float]  # the class mix the calibration's biases encode
+    operating_points: dict[str, float]
+    expected_normal_fraction: float  # the prior shift the operating points were fitted under
+    n_images: int
+    class_counts: dict[str, int]
+    intervals: dict[str, list[float | None]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    created: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "model": {"name": self.model_name, "version": self.model_version},
+                "calibration": self.calibration.to_dict(), "class_priors": list(self.class_priors),
+                "operating_points": self.operating_points,
+                "expected_normal_fraction": self.expected_normal_fraction, "n_images": self.n_images,
+                "class_counts": self.class_counts, "intervals_95": self.intervals, "warnings": self.warnings,
+                "created": self.created}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SiteCalibration:
+        if d.get("format") != FORMAT:
+            raise SiteCalibrationError(f"not a sonopacs site calibration (format {d.get('format')!r}, "
+                                       f"expected {FORMAT!r})")
+        pri = tuple(float(x) for x in d["class_priors"])
+        return cls(str(d["model"]["name"]), str(d["model"]["version"]), Calibration.from_dict(d["calibration"]),
+                   (pri[0], pri[1], pri[2]), {k: float(v) for k, v in d["operating_points"].items()},
+                   float(d["expected_normal_fraction"]), int(d["n_images"]),
+                   {k: int(v) for k, v in d["class_counts"].items()}, d.get("intervals_95", {}),
+                   list(d.get("warnings", [])), str(d.get("created", "")))
+
+    def save(self, path: Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+
+def load_site_calibration(path: Path, model_name: str, model_version: str) -> SiteCalibration:
+    """The site calibration in ``path``, refused unless it was made for this model name and version."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise SiteCalibrationError(f"cannot read site calibration {path}: {exc}") from exc
+    site = SiteCalibration.from_dict(data)
+    if (site.model_name, site.model_version) != (model_name, model_version):
+        raise SiteCalibrationError(
+            f"site calibration {path} was made for model {site.model_name} {site.model_version}, "
+            f"not for the loaded model {model_name} {model_version}: run `sonopacs calibrate` again "
+            f"for this model, or unset model.site_calibration")
+    return site
+
+
+def _fit_once(logits: np.ndarray, labels: np.ndarray, shipped: Calibration,
+              shipped_priors: Sequence[float], normal_fraction: float
+              ) -> tuple[Calibration, tuple[float, float, float], dict[str, float]]:
+    """Calibration, its class priors and operating points fitted on one labelled set."""
+    counts = np.bincount(labels, minlength=3).astype(np.float64)
+    if counts[0] >= MIN_NORMALS:
+        cal = Calibration.fit(logits, labels, "temperature_bias")
+        priors = counts / counts.sum()
+    else:  # lesion images only: benign vs malignant from the site, normal vs lesion as shipped
+        lesion = labels >= 1
+        two = Calibration.fit(logits[lesion][:, 1:], labels[lesion] - 1, "temperature_bias")
+        b_benign = shipped.bias[1]
+        cal = Calibration(two.temperature, (0.0, b_benign, b_benign + two.bias[1]))
+        rest = 1.0 - float(shipped_priors[0])
+        priors = np.array([shipped_priors[0], rest * counts[1] / counts[1:].sum(), rest * counts[2] / counts[1:].sum()])
+    pri = (float(priors[0]), float(priors[1]), float(priors[2]))
+    shifted = shift_priors(cal.probs(logits), pri, target_priors(pri, normal_fraction))
+    points = operating_points(shifted[:, 2], labels == 2)
+    return cal, pri, points
+
+
+def reported_probs(cal: Calibration, priors: Sequence[float], logits: np.ndarray, normal_fraction: float
+                   ) -> np.ndarray:
+    return shift_priors(cal.probs(logits), priors, target_priors(priors, normal_fraction))
+
+
+def fit_site_calibration(logits: np.ndarray, labels: np.ndarray, *, model_name: str, model_version: str,
+                         shipped: Calibration, shipped_priors: Sequence[float], normal_fraction: float,
+                         n_boot: int = 200, seed: int = 0) -> SiteCalibration:
+    """Fit on (raw mirror-mean logits, labels 0/1/2); bootstrap 95 % intervals out-of-bag."""
+    logits = np.asarray(logits, np.float64)
+    labels = np.asarray(labels, np.int64)
+    counts = np.bincount(labels, minlength=3)
+    warnings = []
+    if len(labels) < MIN_IMAGES:
+        warnings.append(f"only {len(labels)} images: at least {MIN_IMAGES} are needed, ~150 recommended")
+    for i, name in ((1, "benign"), (2, "malignant")):
+        if counts[i] < MIN_PER_LESION_CLASS:
+            warnings.append(f"only {counts[i]} {name} images (at least {MIN_PER_LESION_CLASS} needed)")
+    if counts[1] == 0 or counts[2] == 0:
+        raise SiteCalibrationError("a site calibration needs benign and malignant images")
+    if counts[0] < MIN_NORMALS:
+        warnings.append(f"{counts[0]} normal images (< {MIN_NORMALS}): normal-vs-lesion keeps the shipped "
+                        f"calibration; only temperature, benign:malignant prior and operating points are fitted")
+    cal, pri, points = _fit_once(logits, labels, shipped, shipped_priors, normal_fraction)
+    intervals = _bootstrap(logits, labels, shipped, shipped_priors, normal_fraction, n_boot, seed)
+    width = intervals.get("sensitivity_malignant_high", [None, None])
+    if None not in width and width[1] - width[0] > 0.2:  # type: ignore[operator]
+        warnings.append("the 95 % interval of the high-sensitivity operating point's sensitivity is wider "
+                        "than 0.2: label more malignant images")
+    return SiteCalibration(model_name, model_version, cal, pri, points, float(normal_fraction), int(len(labels)),
+                           {"normal": int(counts[0]), "benign": int(counts[1]), "malignant": int(counts[2])},
+                           intervals, warnings, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+def _bootstrap(logits: np.ndarray, labels: np.ndarray, shipped: Calibration, shipped_priors: Sequence[float],
+               normal_fraction: float, n_boot: int, seed: int) -> dict[str, list[float | None]]:
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    draws: dict[str, list[float]] = {}
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        oob = np.setdiff1d(np.arange(n), idx)
+        lab = labels[idx]
+        if len(oob) < 5 or np.bincount(lab, minlength=3)[1:].min() < 2:
+            continue
+        try:
+            cal, pri, pts = _fit_once(logits[idx], lab, shipped, shipped_priors, normal_fraction)
+        except ValueError:
+            continue
+        p = reported_probs(cal, pri, logits[oob], normal_fraction)
+        y = labels[oob]
+        mal = y == 2
+        vals: dict[str, float | None] = {
+            "temperature": cal.temperature, "bias_benign": cal.bias[1], "bias_malignant": cal.bias[2],
+            "threshold_default": pts["default"], "threshold_high_sensitivity": pts["high_sensitivity"],
+            "ece": expected_calibration_error(p, y),
+            "auc_benign_vs_malignant": _auc(mal[y >= 1], p[y >= 1, 2] / np.clip(p[y >= 1, 1:].sum(1), 1e-12, None)),
+            "sensitivity_malignant": float((p[mal, 2] >= pts["default"]).mean()) if mal.any() else None,
+            "specificity_malignant": float((p[~mal, 2] < pts["default"]).mean()) if (~mal).any() else None,
+            "sensitivity_malignant_high": float((p[mal, 2] >= pts["high_sensitivity"]).mean()) if mal.any() else None,
+            "specificity_malignant_high": float((p[~mal, 2] < pts["high_sensitivity"]).mean()) if (~mal).any() else None,
+        }
+        for k, v in vals.items():
+            if v is not None:
+                draws.setdefault(k, []).append(float(v))
+    return {k: [float(np.quantile(v, 0.025)), float(np.quantile(v, 0.975))] for k, v in draws.items() if len(v) >= 10}
+
+
+def calibrate_index(index_csv: Path, out_file: Path, analyzer: Any, n_boot: int = 200, seed: int = 0
+                    ) -> SiteCalibration:
+    """``sonopacs calibrate``: clean + analyse every labelled image of ``index_csv`` (the one cleaning
+    path, as ``evaluate``), fit on the network's raw logits, write ``out_file``.
+
+    ``analyzer`` must carry the shipped calibration (its biases are kept for normal-vs-lesion when
+    the site set has too few normal images). Images not assessed by the scope gate are left out
+    of the fit.
+    """
+    from sonopacs.models.data import load_image, load_mask, read_index
+    from sonopacs.models.evaluation import analyse_image
+
+    logits, labels = [], []
+    skipped = 0
+    for rec in read_index(Path(index_csv)):
+        if rec.label is None:
+            continue
+        img = load_image(rec.image)
+        res, _ = analyse_image(analyzer, img, load_mask([], img.shape[:2]))
+        if not res.assessed:
+            skipped += 1
+            continue
+        logits.append(res.extra["logits"])
+        labels.append(rec.label)
+    if not labels:
+        raise SiteCalibrationError(f"no assessed labelled image in {index_csv}")
+    site = fit_site_calibration(np.asarray(logits), np.asarray(labels), model_name=analyzer.name,
+                                model_version=analyzer.version, shipped=analyzer.calibration,
+                                shipped_priors=analyzer.class_priors,
+                                normal_fraction=analyzer.expected_normal_fraction, n_boot=n_boot, seed=seed)
+    if skipped:
+        site.warnings.append(f"{skipped} images not assessed by the scope gate were left out")
+    site.save(out_file)
+    return site
+
+
+def describe(site: SiteCalibration) -> str:
+    """A few lines for the operator: what was fitted, with 95 % bootstrap intervals, and warnings."""
+    ci = site.intervals
+
+    def iv(key: str) -> str:
+        v = ci.get(key)
+        return f" (95 % CI {v[0]:.3f}-{v[1]:.3f})" if v and None not in v else ""
+
+    c = site.calibration
+    lines = [
+        f"site calibration for {site.model_name} {site.model_version}: {site.n_images} images "
+        f"({', '.join(f'{k} {v}' for k, v in site.class_counts.items())})",
+        f"  temperature {c.temperature:.3f}{iv('temperature')}",
+        f"  class bias benign {c.bias[1]:.3f}{iv('bias_benign')}, malignant {c.bias[2]:.3f}{iv('bias_malignant')}",
+        f"  class priors of the set: {', '.join(f'{p:.3f}' for p in site.class_priors)}; probabilities are "
+        f"reported at expected_normal_fraction {site.expected_normal_fraction}",
+        f"  operating point default P(malignant) >= {site.operating_points['default']:.4f}{iv('threshold_default')}",
+        f"  operating point high_sensitivity >= {site.operating_points['high_sensitivity']:.4f}"
+        f"{iv('threshold_high_sensitivity')}",
+        "  out-of-bag estimates:" + "".join(
+            f"\n    {k}{iv(k)}" for k in ("ece", "auc_benign_vs_malignant", "sensitivity_malignant",
+                                         "specificity_malignant", "sensitivity_malignant_high",
+                                         "specificity_malignant_high") if k in ci),
+    ]
+    lines += [f"WARNING: {w}" for w in site.warnings]
+    return "\n".join(lines)
