@@ -74,9 +74,10 @@ def build_structured_report(
     groups: list[MeasurementGroup] = []
     for number, finding in enumerate((f for f in findings if has_outline(f)), start=1):
         groups.append(_lesion_group(finding, number, algorithm, identity))
-    report = _measurement_report(_observation_context(first, identity), groups, _report_evaluations(findings))
+    sources = _unique_sources(findings)
+    report = _measurement_report(_observation_context(first, identity), sources, groups, _report_evaluations(findings))
     sr = ComprehensiveSR(
-        evidence=_unique_sources(findings),
+        evidence=sources,
         content=report,
         series_instance_uid=series_uid,
         series_number=series_number,
@@ -114,7 +115,10 @@ def disclaimer_present(sr: Dataset) -> bool:
 
 
 def _measurement_report(
-    context: ObservationContext, groups: list[MeasurementGroup], evaluations: ContainerContentItem
+    context: ObservationContext,
+    sources: list[Dataset],
+    groups: list[MeasurementGroup],
+    evaluations: ContainerContentItem,
 ) -> MeasurementReport:
     """TID 1500 with row 6 (Imaging Measurements) only when there is a lesion, and row 12 always.
 
@@ -126,7 +130,10 @@ def _measurement_report(
     if placeholder:
         groups = [MeasurementsAndQualitativeEvaluations(TrackingIdentifier(identifier="placeholder"))]
     report = MeasurementReport(
-        observation_context=context, procedure_reported=codes.PROCEDURE_REPORTED, imaging_measurements=groups
+        observation_context=context,
+        procedure_reported=codes.PROCEDURE_REPORTED,
+        imaging_measurements=groups,
+        referenced_images=sources,  # Image Library: OHIF lists the SR's images from it
     )
     content = report[0].ContentSequence
     if placeholder:
