@@ -21,6 +21,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID
 
+from sonopacs.config.logs import remember_phi
 from sonopacs.dicom_node import status
 from sonopacs.dicom_node.limits import PixelLimitError, PixelLimits
 
@@ -93,6 +94,8 @@ def parse_header(data: bytes, limits: PixelLimits | int) -> InstanceHeader:
     except Exception as exc:  # pydicom raises a variety of errors on garbage input
         raise HeaderError(status.CANNOT_UNDERSTAND_UNPARSEABLE, f"unparseable data set: {exc!r}") from exc
 
+    # Before anything can fail and be logged: these values must never reach a log line.
+    remember_phi(_text(ds, "PatientName", 324), _text(ds, "PatientID", 64), _text(ds, "AccessionNumber", 64))
     sop_instance_uid = _uid(ds, "SOPInstanceUID")
     for keyword in ("SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
         _uid(ds, keyword, sop_instance_uid)

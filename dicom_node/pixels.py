@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
 from pydicom.pixels import apply_color_lut, apply_voi_lut, pixel_array
 
+from sonopacs.config.logs import remember_phi
 from sonopacs.dicom_node.limits import PixelLimitError, PixelLimits
 
 SUPPORTED_PHOTOMETRIC = {
@@ -78,6 +79,7 @@ def read_frames(ds: Dataset, max_frames: int = 8, limits: PixelLimits | None = N
 
 def check_limits(ds: Dataset, limits: PixelLimits | None = None) -> None:
     """Refuse (PixelReadError) what the header says is over the pixel limits, before any decode."""
+    _remember_phi(ds)
     limits = limits or PixelLimits()
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
@@ -88,6 +90,15 @@ def check_limits(ds: Dataset, limits: PixelLimits | None = None) -> None:
         limits.check(rows, cols, samples, frame_count(ds))
     except PixelLimitError as exc:
         raise PixelReadError(f"not decoded: {exc}") from exc
+
+
+def _remember_phi(ds: Dataset) -> None:
+    """This process reads these values now: keep them out of every log line (config.logs)."""
+    for keyword in ("PatientName", "PatientID", "AccessionNumber"):
+        try:
+            remember_phi(ds.get(keyword))
+        except Exception:  # noqa: BLE001 - an undecodable value cannot be printed either
+            continue
 
 
 def _check_codestream(ds: Dataset, index: int, limits: PixelLimits) -> None:

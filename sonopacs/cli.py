@@ -317,10 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         args.config = None
         if args.config_file is None:
             parser.error("train needs a config: sonopacs train --config models/configs/NAME.yaml")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from sonopacs.config.logs import configure_logging
+
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)  # warnings captured, PHI redacted
     from sonopacs.config.settings import ConfigError
 
     try:
