@@ -30,7 +30,7 @@ from sonopacs.models.measure import lesion_mask, measure_lesion
 from sonopacs.models.networks import ClassifierView, SonoNet, build_network, fuse_conv_bn
 from sonopacs.models.presence import PresenceRule
 from sonopacs.models.priors import shift_priors, target_priors
-from sonopacs.models.scope import BANK_FILE, FeatureBank
+from sonopacs.models.scope import BANK_FILE, FeatureBank, sector_reason, sector_score
 from sonopacs.models.site_calibration import load_site_calibration
 from sonopacs.models.transforms import Letterbox, letterbox_image, to_gray, to_model_input
 from sonopacs.models.types import CLASSES, AnalysisResult
@@ -270,17 +270,21 @@ class Analyzer:
             shape = None if shape_mean is None else dict(zip(SHAPE_FEATURES, map(float, shape_mean[i]), strict=True))
             res = self._result(probs, probs_views, full_probs[i], heat, boxes[i], spacings[i], shape)
             res.extra["logits"] = [float(x) for x in mean_logits[0]]
-            self._gate(res, float(ood[i]))
+            self._gate(res, float(ood[i]), sector_score(grays[i]))
             results.append(res)
         return results
 
     def _shift(self, probs: np.ndarray) -> np.ndarray:
         return shift_priors(probs, self.class_priors, self.target_priors)
 
-    def _gate(self, res: AnalysisResult, distance: float) -> None:
-        """Mark ``res`` not assessed when its features are out of distribution (in place)."""
+    def _gate(self, res: AnalysisResult, distance: float, sector: float) -> None:
+        """Mark ``res`` not assessed (in place) when its field is a sector or its features are out
+        of distribution; only with a scope bank loaded (``model.scope_gate``)."""
         res.extra["ood_score"] = None if distance != distance else round(distance, 3)
-        reason = self.scope_bank.reason(distance) if self.scope_bank is not None else None
+        res.extra["sector_score"] = round(sector, 3)
+        if self.scope_bank is None:
+            return
+        reason = sector_reason(sector) or self.scope_bank.reason(distance)
         if reason is not None:
             mark_not_assessed(res, reason)
 

@@ -71,6 +71,7 @@ def evaluate_index(index_csv: Path, out_dir: Path, weights_dir: Path | None = No
         rows.append({"image": str(rec.image.name), "label": CLASSES[rec.label or 0], "pred": res.label,
                      **{f"p_{c}": v for c, v in zip(CLASSES, p, strict=True)},
                      "assessed": res.assessed, "likelihood_category": res.likelihood_category or "",
+                     "lesion_found": given_lesion[-1],
                      "dice": d, "iou": i, "not_assessed_reason": res.not_assessed_reason or "",
                      "ood_score": res.extra.get("ood_score"), "fields": res.extra.get("fields", 1)})
     pa = np.asarray(probs, np.float64).reshape(-1, 3)

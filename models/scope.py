@@ -5,6 +5,9 @@ Two pieces of evidence that need no DICOM header (header evidence is read in
 
 - colour content: the share of the field cleaning found in colour-map (Doppler / elastography)
   pixels, from the cleaning summary;
+- field shape: the share of near-black pixels in the two top-corner triangles of the cleaned field
+  (``sector_score``): a phased-array / curvilinear sector (cardiac, abdominal, obstetric) leaves them
+  black, the linear-array rectangle of breast ultrasound fills them with tissue;
 - image content: the Mahalanobis distance of the network's pooled deepest encoder features to a
   reference bank of training-image features (``weights/scope_bank.npz``: mean + shrunk precision
   matrix, ~0.4 MB), above a threshold chosen to keep 99.5 % of held-out breast images.
@@ -21,6 +24,29 @@ import numpy as np
 BANK_FILE = "scope_bank.npz"
 # cleaning flags a field "doppler" from 0.5 % colour-map pixels; a few coloured pixels are markers
 COLOUR_FRACTION_LIMIT = 0.005
+# breast images (BUSI + BUS-BRA, 2498 fields): 99.5th percentile 0.37 (BUSI) / 0.08 (BUS-BRA), max 0.80
+SECTOR_LIMIT = 0.6
+DARK_LEVEL = 12
+
+
+def sector_score(gray: np.ndarray) -> float:
+    """Share of near-black pixels in the darker-filled of the two top-corner triangles (legs: half
+    the height, a third of the width) of a cleaned field: ~1 for a sector, ~0 for a rectangle."""
+    g = gray if gray.ndim == 2 else gray.max(axis=2)
+    h, w = g.shape
+    ch, cw = max(h // 2, 1), max(w // 3, 1)
+    yy, xx = np.mgrid[0:ch, 0:cw]
+    tri = (yy / ch + xx / cw) < 1.0
+    left = g[:ch, :cw][tri]
+    right = g[:ch, w - cw :][:, ::-1][tri]
+    return float(min((left <= DARK_LEVEL).mean(), (right <= DARK_LEVEL).mean()))
+
+
+def sector_reason(score: float) -> str | None:
+    if score >= SECTOR_LIMIT:
+        return (f"sector-shaped field ({100 * score:.0f} % of the top corners black): a phased-array or "
+                f"curvilinear image, not a linear-array breast image")
+    return None
 
 
 def colour_reason(summary: dict[str, Any] | None) -> str | None:
