@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     from sonopacs.config import Settings
 
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
-MAX_PIXELS = 40_000_000
+# Samples (rows x columns x bands) of one image, checked from the header before decoding; the
+# service passes settings.dicom.max_frame_samples (the same limit as the DICOM door), this is its default.
+MAX_SAMPLES = 4096 * 4096 * 3
 BUSY_WAIT_SECONDS = 60
 # One upload at a time: the model is large and the dashboard shares its host with the worker.
 _one_at_a_time = threading.Semaphore(1)
@@ -49,8 +51,12 @@ def _safe_stem(filename: str | None, kind: str) -> str:
     return stem or f"upload_{kind}"
 
 
-def validate_upload(data: bytes, filename: str | None) -> tuple[str, str]:
-    """(kind, safe file name) or an HTTPException saying what is wrong with the file."""
+def validate_upload(data: bytes, filename: str | None, max_samples: int = MAX_SAMPLES) -> tuple[str, str]:
+    """(kind, safe file name) or an HTTPException saying what is wrong with the file.
+
+    The declared image size is checked before anything is decoded (a few KB of JPEG may claim
+    16000 x 65500 pixels); PIL's own bomb check (MAX_IMAGE_PIXELS) is answered 413 as well.
+    """
     if not data:
         raise HTTPException(400, "the uploaded file is empty")
     if len(data) > MAX_UPLOAD_BYTES:
@@ -62,13 +68,19 @@ def validate_upload(data: bytes, filename: str | None) -> tuple[str, str]:
         from PIL import Image, UnidentifiedImageError
 
         try:
-            with Image.open(io.BytesIO(data)) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    raise HTTPException(413, f"image has more than {MAX_PIXELS} pixels")
+            with Image.open(io.BytesIO(data)) as img:  # reads the header only
+                width, height = img.size
+                samples = width * height * len(img.getbands())
+                if samples > max_samples:
+                    raise HTTPException(
+                        413, f"image of {width}x{height}x{len(img.getbands())} samples over limit {max_samples}"
+                    )
                 img.load()
         except HTTPException:
             raise
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        except Image.DecompressionBombError as exc:
+            raise HTTPException(413, f"image refused by the decompression-bomb check: {exc}") from exc
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise HTTPException(422, f"the {kind.upper()} image cannot be decoded: {type(exc).__name__}") from exc
     else:
         from pydicom import dcmread
@@ -79,6 +91,13 @@ def validate_upload(data: bytes, filename: str | None) -> tuple[str, str]:
             raise HTTPException(422, f"the DICOM file cannot be parsed: {type(exc).__name__}") from exc
         if "PixelData" not in ds and "FloatPixelData" not in ds:
             raise HTTPException(422, "the DICOM file has no pixel data (not an image)")
+        try:
+            rows, cols = int(ds.Rows), int(ds.Columns)
+            spp = int(ds.get("SamplesPerPixel", 1) or 1)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise HTTPException(422, "the DICOM file has no usable Rows/Columns") from exc
+        if rows * cols * spp > max_samples:  # per frame; compressed frame headers: the pixel reader checks
+            raise HTTPException(413, f"frame of {rows}x{cols}x{spp} samples over limit {max_samples}")
     suffix = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}[kind]
     return kind, _safe_stem(filename, kind) + suffix
 
@@ -89,7 +108,7 @@ def _b64(path: Path) -> str | None:
 
 def analyze_upload(settings: Settings, data: bytes, filename: str | None) -> dict[str, Any]:
     """Validate, run the analysis in a temporary folder, return its JSON plus overlay/mask as base64."""
-    kind, name = validate_upload(data, filename)
+    kind, name = validate_upload(data, filename, settings.dicom.max_frame_samples)
     try:
         get_analyzer(settings)  # loaded once per process; a missing model is our fault, not the file's
     except (ImportError, AttributeError, OSError, NotImplementedError, RuntimeError) as exc:

@@ -206,3 +206,43 @@ def test_under_the_free_space_watermark_stores_get_out_of_resources_then_recover
     assert (accepted.status, also.status) == (status.SUCCESS, status.SUCCESS)
     rows = [r.detail or "" for r in audit_rows(settings, "instance_refused")]
     assert len(rows) == 1 and "status=0xA700" in rows[0] and "free space" in rows[0]
+
+
+def _jpeg_bomb_rgb(rows: int, cols: int) -> bytes:
+    noise = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise, "RGB").save(buf, "JPEG", quality=30)
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = rows.to_bytes(2, "big") + cols.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_analyze_upload_and_cli_input_refuse_pixel_bombs_from_the_header(tmp_path: Path) -> None:
+    from fastapi import HTTPException
+
+    from sonopacs.dashboard.analysis import validate_upload
+    from sonopacs.worker.single_analysis import InputError, load_input
+
+    if not _reset_peak_rss():
+        pytest.skip("cannot reset the peak RSS on this kernel")
+    huge = _jpeg_bomb(16000, 65500)  # over PIL's own bomb limit too
+    rgb = _jpeg_bomb_rgb(6000, 6000)  # 36 M pixels: under PIL's limit, 108 M samples: over ours
+    claims = _wrapped(huge, 16000, 65500)
+    dcm = _write(claims, tmp_path / "claims.dcm").read_bytes()
+    before = _rss_mb()
+    _reset_peak_rss()
+    codes, reasons = [], []
+    for name, data in (("huge.jpg", huge), ("rgb.jpg", rgb), ("claims.dcm", dcm)):
+        with pytest.raises(HTTPException) as info:
+            validate_upload(data, name)
+        codes.append(info.value.status_code)
+        reasons.append(str(info.value.detail))
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises((InputError, PixelReadError)):  # each becomes the input's reported error
+            load_input(tmp_path / name, max_frames=8, uid_root="1.2.826.0.1.3680043.10.1471.")
+    growth = _peak_rss_mb() - before
+
+    assert codes == [413, 413, 413], reasons
+    assert "6000x6000x3 samples over limit" in reasons[1]
+    assert growth < 100, f"grew by {growth:.0f} MB"

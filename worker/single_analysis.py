@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from sonopacs.dicom_node.eligibility import skip_reason
+from sonopacs.dicom_node.limits import PixelLimitError, PixelLimits
 from sonopacs.dicom_node.pixels import read_frames
 from sonopacs.dicom_node.regions import UltrasoundRegion, read_regions
 from sonopacs.dicom_node.results.overlay_render import render_overlay
@@ -99,12 +100,24 @@ def load_input(
     if ds is not None:
         raise InputError("DICOM file without pixel data")
     try:
-        with Image.open(path) as im:
-            im.load()
-            image = _pil_to_array(im)
-    except (OSError, ValueError) as exc:
+        with Image.open(path) as im:  # the header only: a pixel bomb is refused before it is decoded
+            bomb = _over_limits(im)
+            if bomb is None:
+                im.load()
+                image = _pil_to_array(im)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(f"neither DICOM nor a readable PNG/JPEG image: {exc}") from exc
+    if bomb is not None:
+        raise InputError(f"not decoded: {bomb}")
     return None, [0], [image], []
+
+
+def _over_limits(im: Image.Image) -> str | None:
+    try:
+        PixelLimits().check(im.size[1], im.size[0], len(im.getbands()))
+    except PixelLimitError as exc:
+        return str(exc)
+    return None
 
 
 def _pil_to_array(im: Image.Image) -> np.ndarray:
