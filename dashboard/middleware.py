@@ -89,7 +89,7 @@ async def _reject(send: Send, limit: int) -> None:
 
 
 class SecurityHeadersMiddleware:
-    """CSP, no framing, no MIME sniffing, no referrer leaks; pages are never cached by proxies."""
+    """CSP, no framing, no MIME sniffing, no referrer leaks, HSTS over https; pages are never cached."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -110,6 +110,9 @@ class SecurityHeadersMiddleware:
                 ]
                 if not path.startswith("/static/"):
                     extra.append((b"cache-control", b"no-store"))
+                if scope.get("scheme") == "https":
+                    # Over TLS (direct or via a trusted proxy): browsers never fall back to http.
+                    extra.append((b"strict-transport-security", b"max-age=31536000"))
                 names = {k.lower() for k, _ in message.get("headers", [])}
                 message["headers"] = list(message.get("headers", [])) + [
                     (k, v) for k, v in extra if k not in names

@@ -303,3 +303,22 @@ def test_x_forwarded_for_counts_only_from_a_trusted_proxy(
     else:
         assert status == 429  # the forged addresses were ignored: all three failures were 127.0.0.1's
         assert "; secure" not in cookie
+
+
+def test_forwarded_client_is_the_right_most_untrusted_hop() -> None:
+    from sonopacs.dashboard.proxy import forwarded_client, is_trusted, parse_networks
+
+    nets = parse_networks(["10.0.0.0/8", "192.0.2.1"])
+    assert is_trusted("10.1.2.3", nets) and is_trusted("192.0.2.1", nets) and not is_trusted("192.0.2.2", nets)
+    assert not is_trusted("testclient", nets) and not is_trusted("10.0.0.1", [])
+    # A client can prepend anything; only what our proxies appended counts.
+    assert forwarded_client("6.6.6.6, 198.51.100.7", nets) == "198.51.100.7"
+    assert forwarded_client("198.51.100.7, 10.0.0.9", nets) == "198.51.100.7"
+    assert forwarded_client("not-an-ip, 10.0.0.9", nets) is None
+    assert forwarded_client("10.0.0.8, 10.0.0.9", nets) == "10.0.0.8"
+
+
+def test_hsts_only_over_https(env: dict[str, Any]) -> None:
+    with TestClient(env["app"], base_url="https://testserver") as tls, TestClient(env["app"]) as plain:
+        assert "max-age" in tls.get("/healthz").headers["strict-transport-security"]
+        assert "strict-transport-security" not in plain.get("/healthz").headers
