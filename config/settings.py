@@ -173,6 +173,9 @@ class DashboardSettings(_Section):
     # /readyz: how long a dependency check (and, separately, the PACS C-ECHO) is reused.
     readyz_cache_seconds: float = Field(5, ge=0)
     readyz_echo_cache_seconds: float = Field(30, ge=0)
+    # Serve https directly (PEM certificate chain and key); cookies are then Secure under `auto`.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -136,20 +136,33 @@ def _install_handlers(app: FastAPI) -> None:
         return response
 
 
-def run_dashboard(settings: Settings) -> int:
-    """`sonopacs dashboard`: serve on dashboard.host:port with our own PHI-free access log."""
+def server_config(app: FastAPI, settings: Settings, port: int | None = None) -> Any:
+    """uvicorn's configuration for the dashboard: our PHI-free access log, forwarding headers left to
+    TrustedProxyMiddleware, and https when `dashboard.tls_cert`/`tls_key` are set."""
     import uvicorn
 
-    app = create_app(settings)
-    config = uvicorn.Config(
+    d = settings.dashboard
+    if bool(d.tls_cert) != bool(d.tls_key):
+        raise SystemExit("dashboard.tls_cert and dashboard.tls_key must be set together")
+    return uvicorn.Config(
         app,
-        host=settings.dashboard.host,
-        port=settings.dashboard.port,
+        host=d.host,
+        port=d.port if port is None else port,
         access_log=False,  # uvicorn's would log query strings, which can carry patient IDs
         log_config=None,
-        proxy_headers=False,  # forwarding headers count only from dashboard.trusted_proxies (TrustedProxyMiddleware)
+        proxy_headers=False,  # forwarding headers count only from dashboard.trusted_proxies
         server_header=False,
+        ssl_certfile=str(d.tls_cert) if d.tls_cert else None,
+        ssl_keyfile=str(d.tls_key) if d.tls_key else None,
     )
-    log.info("dashboard on http://%s:%s", settings.dashboard.host, settings.dashboard.port)
+
+
+def run_dashboard(settings: Settings) -> int:
+    """`sonopacs dashboard`: serve on dashboard.host:port (https with a configured certificate)."""
+    import uvicorn
+
+    config = server_config(create_app(settings), settings)
+    scheme = "https" if settings.dashboard.tls_cert else "http"
+    log.info("dashboard on %s://%s:%s", scheme, settings.dashboard.host, settings.dashboard.port)
     uvicorn.Server(config).run()
     return 0

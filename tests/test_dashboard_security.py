@@ -322,3 +322,34 @@ def test_hsts_only_over_https(env: dict[str, Any]) -> None:
     with TestClient(env["app"], base_url="https://testserver") as tls, TestClient(env["app"]) as plain:
         assert "max-age" in tls.get("/healthz").headers["strict-transport-security"]
         assert "strict-transport-security" not in plain.get("/healthz").headers
+
+
+def test_served_over_tls_the_session_cookie_is_secure(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """`dashboard.tls_cert`/`tls_key`: a real https uvicorn; with the default cookie_secure=auto the
+    session cookie gets `Secure` and responses carry HSTS, with nothing else configured."""
+    import subprocess
+
+    key, cert = tmp_path / "dash.key", tmp_path / "dash.crt"
+    try:
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+             "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"openssl cannot make a test certificate: {exc}")
+    settings = make_settings(dashboard={"tls_cert": cert, "tls_key": key,
+                                        "secret_key": "tls-test-secret-key-0123456789abc"})
+    assert settings.dashboard.cookie_secure == "auto"
+    prepare(Database(settings.database_url), USERS)
+    with serving(create_app(settings)) as base, httpx.Client(base_url=base, verify=str(cert)) as http:
+        assert base.startswith("https://")
+        r = http.get("/login", headers={"Accept": "text/html"})
+        token = r.headers.get("set-cookie", "")
+        csrf = http.get("/api/v1/auth/csrf").json()["csrf_token"]
+        login = http.post("/api/v1/auth/login", json={"username": "alice", "password": USERS["alice"][1]},
+                          headers={"X-CSRF-Token": csrf})
+        assert login.status_code == 200
+        assert http.get("/api/v1/studies").status_code == 200  # the Secure cookie travels over https
+    assert "; secure" in token.lower() and "; secure" in login.headers["set-cookie"].lower()
+    assert "max-age" in r.headers["strict-transport-security"]

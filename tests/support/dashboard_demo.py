@@ -276,19 +276,23 @@ def prepare(db: Database, users: dict[str, tuple[str, str]] | None = None) -> No
 
 @contextmanager
 def serving(app: Any) -> Iterator[str]:
-    """The app on a real uvicorn in a thread, on a free port; yields its base URL."""
+    """The app on a real uvicorn in a thread, configured as `sonopacs dashboard` configures it (https
+    when the app's settings name a certificate), on a free port; yields its base URL."""
     import uvicorn
 
+    from sonopacs.dashboard.app import server_config
     from tests.support.net import free_port, wait_for_port
 
+    settings = app.state.settings
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, access_log=False, log_config=None,
-                                           proxy_headers=False))
+    config = server_config(app, settings.model_copy(update={
+        "dashboard": settings.dashboard.model_copy(update={"host": "127.0.0.1"})}), port=port)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
         wait_for_port(port, timeout=30)
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if settings.dashboard.tls_cert else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
