@@ -117,6 +117,7 @@ def parse_header(data: bytes, limits: PixelLimits | int) -> InstanceHeader:
                 limits.check_codestream(fragment, rows, cols)
     except PixelLimitError as exc:
         raise HeaderError(status.CANNOT_UNDERSTAND_TOO_LARGE, str(exc), sop_instance_uid) from exc
+    _check_pixel_attributes(ds, sop_instance_uid)
     if extent.length is not None and extent.tag == _PIXEL_DATA:
         _check_native_length(ds, extent.length, sop_instance_uid)
 
@@ -175,6 +176,21 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
+def _check_pixel_attributes(ds: Dataset, sop_uid: str) -> None:
+    """The image pixel attributes any decoder needs, within what DICOM (and pydicom) allow."""
+    allocated, stored = _int(ds, "BitsAllocated"), _int(ds, "BitsStored")
+    samples = _int(ds, "SamplesPerPixel")
+    problems = []
+    if samples is not None and samples not in (1, 3):
+        problems.append(f"SamplesPerPixel {samples} is not 1 or 3")
+    if allocated is not None and allocated not in (1, 8, 16, 32, 64):
+        problems.append(f"BitsAllocated {allocated} is not 1, 8, 16, 32 or 64")
+    if stored is not None and allocated is not None and not 1 <= stored <= allocated:
+        problems.append(f"BitsStored {stored} is not within 1..BitsAllocated")
+    if problems:
+        raise HeaderError(status.CANNOT_UNDERSTAND_MISSING_ATTRIBUTE, "; ".join(problems), sop_uid)
+
+
 def _check_native_length(ds: Dataset, length: int, sop_uid: str) -> None:
     """Native pixel data must hold exactly what the image attributes describe (plus one pad byte)."""
     for keyword in ("BitsAllocated", "SamplesPerPixel", "PhotometricInterpretation"):
@@ -186,7 +202,16 @@ def _check_native_length(ds: Dataset, length: int, sop_uid: str) -> None:
         raise HeaderError(
             status.CANNOT_UNDERSTAND_MISSING_ATTRIBUTE, f"image attributes unusable: {exc}", sop_uid
         ) from exc
-    if length not in (expected, expected + expected % 2):
+    # As pydicom's decoder judges it: short data cannot be decoded; a few trailing bytes are padding
+    # it drops (PS3.5 8.1.1), accepted; a whole frame or more too much means the attributes are wrong
+    # (frames, samples, bits) and the image would be decoded as something it is not.
+    frames = max(_int(ds, "NumberOfFrames") or 1, 1)
+    frame_bytes = max(expected // frames, 1)
+    too_short = length < expected
+    too_long = length - expected >= frame_bytes
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+        too_long = too_long or length >= expected // 2 * 3  # full-size YBR: pydicom refuses it too
+    if too_short or too_long:
         raise HeaderError(
             status.CANNOT_UNDERSTAND_PIXEL_LENGTH,
             f"Pixel Data is {length} bytes, the image attributes need {expected}",

@@ -59,16 +59,25 @@ def test_native_pixel_data_of_the_wrong_length_is_refused_not_acknowledged(
     long.PixelData = bytes(15 * 15 * 3)  # RGB-sized data behind a MONOCHROME2 header
     frames = _image()
     frames.NumberOfFrames = 4  # four frames claimed, one present
-    files = {n: _write(d, tmp_path / f"{n}.dcm") for n, d in [("good", good), ("short", short), ("long", long), ("frames", frames)]}
+    padded = _image()
+    padded.PixelData = bytes(225 + 11)  # trailing padding pydicom drops (PS3.5 8.1.1): decodable, accepted
+    bits = _image()
+    bits.BitsStored = 12  # more bits stored than allocated (8): no decoder takes it
+    cases = [("good", good), ("short", short), ("long", long), ("frames", frames), ("padded", padded), ("bits", bits)]
+    files = {n: _write(d, tmp_path / f"{n}.dcm") for n, d in cases}
 
     with running_listener(settings) as listener:
         results = {n: raw_c_store(listener.port, p) for n, p in files.items()}
 
     assert results["good"].status == status.SUCCESS
+    assert results["padded"].status == status.SUCCESS
+    assert results["bits"].status == status.CANNOT_UNDERSTAND_MISSING_ATTRIBUTE
+    assert "BitsStored 12" in (results["bits"].comment or "")
     for name in ("short", "long", "frames"):
         assert results[name].status == status.CANNOT_UNDERSTAND_PIXEL_LENGTH, (name, results[name])
         assert "Pixel Data is" in (results[name].comment or "")
-    assert _stored_uids(settings) == {str(good.SOPInstanceUID)}
+    assert _stored_uids(settings) == {str(good.SOPInstanceUID), str(padded.SOPInstanceUID)}
+    assert read_frames(dcmread(files["padded"])).images[0].shape == (15, 15)  # the pipeline can decode it
     refusals = [r.detail or "" for r in audit_rows(settings, "instance_refused")]
     assert len([d for d in refusals if "status=0xC105" in d and "the image attributes need" in d]) == 3
 
