@@ -14,6 +14,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -328,3 +329,35 @@ def test_superseded_generation_never_reaches_the_pacs(
     finally:
         pacs.stop()
         db.dispose()
+
+
+def test_reconciler_tells_a_waiting_message_from_a_lost_one(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Embedded broker, no worker: a queued study whose message still waits is left alone however
+    long it waits; once that message is gone (a killed worker had taken it) the study is re-enqueued."""
+    import sqlite3
+
+    from sonopacs.worker.celery_app import get_app
+    from sonopacs.worker.reconciler import find_stuck, reconcile
+
+    settings = make_settings("sqlite", recovery=RECOVERY)
+    upgrade(settings.database_url)
+    db = Database(settings.database_url)
+    study_id, _ = add_study(db)
+    assert enqueue_stable_studies(settings, db) == [study_id]
+    later = study(db, study_id).updated_at + timedelta(seconds=60)
+    assert find_stuck(settings, db, later) == []  # waiting in the broker: a backlog, not a loss
+    broker = sqlite3.connect(settings.broker_url.split("///", 1)[-1])
+    with broker:
+        broker.execute("UPDATE kombu_message SET visible = 0")  # what a worker's fetch does
+    broker.close()
+    [stuck] = find_stuck(settings, db, later)
+    assert stuck.state == StudyState.QUEUED and "pipeline task queued" in stuck.reason
+    assert reconcile(settings, db, get_app(settings), later) == {study_id: "re-enqueued"}
+    after = study(db, study_id)
+    assert (after.state, after.generation, after.recovered_generation) == (StudyState.QUEUED, 2, 2)
+    [old, new] = jobs(db, study_id, "pipeline")
+    assert (old.generation, old.state) == (1, JobState.FAILED) and "message lost" in (old.error or "")
+    assert (new.generation, new.state) == (2, JobState.QUEUED)
+    db.dispose()
