@@ -5,7 +5,10 @@ SQLite file under the var directory, so `sonopacs serve` needs no server. That t
 message inside `BEGIN IMMEDIATE` (one consumer per message across processes) and, with
 `acks_late`, keeps the unacknowledged message in the worker until the task finishes; a task whose
 pool process dies is handed back (`task_reject_on_worker_lost`), and a warm shutdown (SIGTERM)
-returns reserved/ETA messages to the queue.
+returns reserved/ETA messages to the queue. A kill -9 of the worker's main process loses the
+messages it held (the transport has no visibility timeout): the reconciler in the stability monitor
+finds those studies (`worker.reconciler`, `embedded_waiting` below) and export tries are scheduled
+in the database, so nothing depends on those messages surviving.
 """
 
 from __future__ import annotations
