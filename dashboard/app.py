@@ -17,7 +17,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from sonopacs.dashboard.auth import LoginRateLimiter, NotAuthenticated, csrf_guard
 from sonopacs.dashboard.broker import BrokerProbe
 from sonopacs.dashboard.health import Readiness
-from sonopacs.dashboard.middleware import AccessLogMiddleware, BodyLimitMiddleware, SecurityHeadersMiddleware
+from sonopacs.dashboard.middleware import (
+    AccessLogMiddleware,
+    BodyLimitMiddleware,
+    ErrorShieldMiddleware,
+    SecurityHeadersMiddleware,
+)
 from sonopacs.dashboard.proxy import TrustedProxyMiddleware
 from sonopacs.dashboard.sessions import SessionCookieMiddleware
 
@@ -93,6 +98,7 @@ def create_app(settings: Settings, *, login_limiter: LoginRateLimiter | None = N
     )
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(TrustedProxyMiddleware, trusted=settings.dashboard.trusted_proxies)
+    app.add_middleware(ErrorShieldMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(AccessLogMiddleware)
 

@@ -13,6 +13,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 access_log = logging.getLogger("sonopacs.dashboard.access")
+error_log = logging.getLogger("sonopacs.dashboard.errors")
 
 DEFAULT_BODY_LIMIT = 1024 * 1024
 UPLOAD_PATHS = ("/api/v1/analyze", "/analyze")
@@ -86,6 +87,37 @@ async def _reject(send: Send, limit: int) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class ErrorShieldMiddleware:
+    """An unhandled exception becomes a plain 500 here, inside the security headers (Starlette's own
+    last-resort handler sits outside every middleware, so its 500 would go out without them)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            error_log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            if started:
+                raise
+            body = b'{"detail":"internal error"}'
+            await send({"type": "http.response.start", "status": 500, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
 
 
 class SecurityHeadersMiddleware:

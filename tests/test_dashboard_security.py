@@ -353,3 +353,16 @@ def test_served_over_tls_the_session_cookie_is_secure(make_settings: Callable[..
         assert http.get("/api/v1/studies").status_code == 200  # the Secure cookie travels over https
     assert "; secure" in token.lower() and "; secure" in login.headers["set-cookie"].lower()
     assert "max-age" in r.headers["strict-transport-security"]
+
+
+def test_an_unhandled_error_is_a_plain_500_with_the_security_headers(env: dict[str, Any]) -> None:
+    app = env["app"]
+
+    def boom() -> None:
+        raise RuntimeError("secret detail PID-SEC-1")
+
+    app.add_api_route("/test-only-boom", boom)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.get("/test-only-boom")
+    assert r.status_code == 500 and r.json() == {"detail": "internal error"}
+    _assert_security_headers(r, "500")
