@@ -1,0 +1,134 @@
+"""Scope gate: header evidence, colour content, sector-shaped fields and the feature-bank OOD score
+make an image "not assessed" with a reason; breast images stay assessed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+
+from sonopacs.dicom_node.eligibility import region_scope_reason, scope_reason
+from sonopacs.dicom_node.regions import UltrasoundRegion
+from sonopacs.models.scope import FeatureBank, colour_reason, sector_reason, sector_score
+
+DATA = Path(__file__).parent / "data" / "bus-bra"
+US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
+
+
+def _header(**kw: object) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = US_IMAGE
+    ds.Modality = "US"
+    for k, v in kw.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def _region(spatial_format: int, data_type: int) -> UltrasoundRegion:
+    return UltrasoundRegion(0, 0, 99, 99, spatial_format, data_type, None)
+
+
+def test_header_evidence() -> None:
+    assert scope_reason(_header()) is None  # no evidence either way: assessed
+    assert scope_reason(_header(BodyPartExamined="BREAST")) is None
+    assert "HEART" in (scope_reason(_header(BodyPartExamined="HEART")) or "")
+    assert "MR" in (scope_reason(_header(Modality="MR")) or "")
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "80891009", "SCT", "Heart"
+    assert "Heart" in (scope_reason(_header(AnatomicRegionSequence=[item])) or "")
+    item.CodeValue, item.CodeMeaning = "76752008", "Breast"
+    assert scope_reason(_header(AnatomicRegionSequence=[item])) is None
+
+
+def test_region_types() -> None:
+    assert region_scope_reason([_region(1, 1)]) is None
+    assert region_scope_reason([_region(1, 1), _region(0, 13)]) is None  # grey bar
+    assert "spectral" in (region_scope_reason([_region(1, 1), _region(3, 3)]) or "")
+    assert "M-mode" in (region_scope_reason([_region(2, 1)]) or "")
+    assert "colour flow" in (region_scope_reason([_region(1, 2)]) or "")
+    # a real obstetric file: 2D region + a waveform trace region
+    ds = pydicom.dcmread(get_testdata_file("OBXXXX1A.dcm"), stop_before_pixels=True)
+    assert "waveform" in (scope_reason(ds) or "")
+
+
+def test_colour_and_sector_evidence() -> None:
+    assert colour_reason({"doppler_fraction": 0.0, "flags": []}) is None
+    assert "colour" in (colour_reason({"doppler_fraction": 0.08, "flags": ["doppler"]}) or "")
+    rng = np.random.default_rng(0)
+    rect = rng.integers(40, 200, (200, 300), dtype=np.uint8)
+    sector = rect.copy()
+    yy, xx = np.mgrid[0:200, 0:300]
+    sector[np.abs(xx - 150) > yy * 0.8 + 5] = 0  # apex at the top centre
+    assert sector_score(rect) == 0.0 and sector_reason(sector_score(rect)) is None
+    assert sector_score(sector) > 0.9 and sector_reason(sector_score(sector)) is not None
+
+
+def test_feature_bank_threshold_keeps_the_held_out_quantile(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    ref, held = rng.normal(size=(400, 8)), rng.normal(size=(200, 8))
+    bank = FeatureBank.fit(ref, held, keep_quantile=0.95)
+    assert abs((bank.distance(held) <= bank.threshold).mean() - 0.95) < 0.01
+    assert bank.reason(float(bank.distance(np.full((1, 8), 10.0))[0])) is not None
+    bank.save(tmp_path / "b.npz")
+    again = FeatureBank.load(tmp_path / "b.npz")
+    assert abs(again.threshold - bank.threshold) < 1e-9
+    assert np.allclose(again.distance(held), bank.distance(held), atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def analyzer():  # type: ignore[no-untyped-def]
+    from sonopacs.models.analyzer import Analyzer
+
+    return Analyzer.load(device="cpu")
+
+
+def test_analyzer_gates_photos_and_keeps_breast(analyzer) -> None:  # type: ignore[no-untyped-def]
+    from skimage import data as skdata
+
+    from sonopacs.models.data import load_image
+    from sonopacs.models.transforms import to_gray
+
+    breast = [to_gray(load_image(p)) for p in sorted(DATA.glob("bus_*.jpg"))]
+    photos = [skdata.camera(), to_gray(skdata.astronaut()), skdata.coins()]
+    results = analyzer.analyze_batch(breast + photos)
+    assert all(r.assessed for r in results[: len(breast)])
+    for r in results[len(breast):]:
+        assert not r.assessed and r.not_assessed_reason
+        assert not r.mask.any() and r.lesion is None and r.likelihood_category is None
+        assert not any(r.decisions.values())
+
+
+def test_finding_from_a_cardiac_header_is_not_assessed(analyzer) -> None:  # type: ignore[no-untyped-def]
+    from sonopacs.models.data import load_image
+    from sonopacs.models.transforms import to_gray
+    from sonopacs.worker.findings import analysis_record, finding_from_record
+
+    img = to_gray(load_image(DATA / "bus_0001-l.jpg"))
+    res = analyzer.analyze(img)
+    assert res.assessed and res.mask.any()  # a lesion the model finds...
+    record = analysis_record(res, analyzer.operating_points)
+    finding = finding_from_record(_header(BodyPartExamined="HEART"), 0, img, record, (0, 0), res.mask, res.heatmap)
+    assert not finding.assessed and "HEART" in (finding.not_assessed_reason or "")
+    assert finding.mask is None and finding.contour == [] and finding.likelihood_category is None
+    ok = finding_from_record(_header(BodyPartExamined="BREAST"), 0, img, record, (0, 0), res.mask, res.heatmap)
+    assert ok.assessed and ok.contour and ok.likelihood_category == res.likelihood_category
+
+
+def test_analyze_cli_json_for_non_breast_ultrasound(tmp_path: Path) -> None:
+    from sonopacs.cli import main
+
+    src = get_testdata_file("JPGLosslessP14SV1_1s_1f_8b.dcm")  # adult echocardiogram, no header hint
+    assert main(["analyze", src, str(DATA / "bus_0056-r.jpg"), "--out", str(tmp_path)]) == 0
+    rec = json.loads((tmp_path / "JPGLosslessP14SV1_1s_1f_8b.json").read_text())
+    assert rec["assessed"] is False and rec["not_assessed_reason"]
+    assert rec["likelihood_category"] is None and rec["lesion"] is None
+    from PIL import Image
+
+    assert not np.asarray(Image.open(tmp_path / "JPGLosslessP14SV1_1s_1f_8b_mask.png")).any()
+    breast = json.loads((tmp_path / "bus_0056-r.json").read_text())
+    assert breast["assessed"] is True and breast["likelihood_category"] in ("1", "3", "4A", "4B", "4C", "5")

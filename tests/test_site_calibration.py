@@ -1,0 +1,120 @@
+"""Site calibration: fitted on a site's labelled images, recorded for one model, applied by the
+Analyzer (analyze, evaluate, pipeline) through model.site_calibration, refused for another model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sonopacs.models.calibration import Calibration, expected_calibration_error
+from sonopacs.models.site_calibration import (
+    SiteCalibrationError,
+    fit_site_calibration,
+    load_site_calibration,
+    reported_probs,
+)
+
+DATA = Path(__file__).parent / "data" / "bus-bra"
+SHIPPED = Calibration(0.88, (0.0, 2.87, 2.04))
+SHIPPED_PRIORS = (0.042, 0.648, 0.31)
+
+
+def _site_logits(n: int, seed: int = 0, normals: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Over-confident logits of a site with its own class mix: logits = 3 (2 e_y + noise), so the
+    Bayes posterior is softmax(logits / 1.5) (class means 6 apart, noise sd 3)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(3, size=n, p=[0.4, 0.4, 0.2] if normals else [0.0, 0.7, 0.3])
+    logits = 3.0 * (2.0 * np.eye(3)[labels] + rng.normal(size=(n, 3)))
+    return logits, labels
+
+
+def _fit(logits: np.ndarray, labels: np.ndarray, **kw: object):  # type: ignore[no-untyped-def]
+    return fit_site_calibration(logits, labels, model_name="m", model_version="1", shipped=SHIPPED,
+                                shipped_priors=SHIPPED_PRIORS, normal_fraction=0.4, n_boot=40, **kw)
+
+
+def test_fit_recovers_temperature_and_improves_calibration() -> None:
+    logits, labels = _site_logits(300)
+    site = _fit(logits, labels)
+    assert 1.2 < site.calibration.temperature < 1.8
+    assert site.class_counts["normal"] == int((labels == 0).sum())
+    assert set(site.operating_points) == {"default", "high_sensitivity"}
+    assert site.operating_points["high_sensitivity"] <= site.operating_points["default"]
+    lo, hi = site.intervals["temperature"]
+    assert lo <= site.calibration.temperature <= hi
+    test_logits, test_labels = _site_logits(400, seed=1)
+    before = expected_calibration_error(Calibration().probs(test_logits), test_labels)
+    after = expected_calibration_error(reported_probs(site.calibration, site.class_priors, test_logits, 0.4),
+                                       test_labels)
+    assert after is not None and before is not None and after < before
+    assert not any("only" in w for w in site.warnings)
+
+
+def test_small_or_lesion_only_sets_warn() -> None:
+    logits, labels = _site_logits(30, seed=2, normals=False)
+    site = _fit(logits, labels)
+    assert any("only 30 images" in w for w in site.warnings)
+    assert any("normal images" in w for w in site.warnings)
+    assert site.calibration.bias[1] == SHIPPED.bias[1]  # normal-vs-lesion kept as shipped
+    with pytest.raises(SiteCalibrationError, match="benign and malignant"):
+        _fit(logits[labels == 1], labels[labels == 1])
+
+
+def test_file_names_its_model_and_is_refused_for_another(tmp_path: Path) -> None:
+    logits, labels = _site_logits(120, seed=3)
+    site = _fit(logits, labels)
+    path = tmp_path / "site.json"
+    site.save(path)
+    again = load_site_calibration(path, "m", "1")
+    assert again.calibration == site.calibration and again.operating_points == site.operating_points
+    with pytest.raises(SiteCalibrationError, match="made for model m 1"):
+        load_site_calibration(path, "m", "2")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SiteCalibrationError, match="not a sonopacs site calibration"):
+        load_site_calibration(tmp_path / "bad.json", "m", "1")
+
+
+def _index(tmp: Path) -> Path:
+    tmp.mkdir(parents=True, exist_ok=True)
+    for f in DATA.glob("bus_*.jpg"):
+        shutil.copy(f, tmp / f.name)
+    lines = (DATA / "index.csv").read_text().splitlines()
+    (tmp / "index.csv").write_text("\n".join(",".join(r.split(",")[:2] + [""]) for r in lines) + "\n")
+    return tmp / "index.csv"
+
+
+def test_calibrate_cli_then_applied_by_evaluate_and_the_pipeline(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    from sonopacs.cli import main
+
+    idx = _index(tmp_path / "site")
+    out = tmp_path / "site.json"
+    assert main(["calibrate", "--index", str(idx), "--out", str(out), "--device", "cpu", "--bootstrap", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert "WARNING: only 6 images" in printed and "temperature" in printed
+    saved = json.loads(out.read_text())
+    from sonopacs.models.analyzer import Analyzer
+
+    shipped = Analyzer.load(device="cpu")
+    assert saved["model"] == {"name": shipped.name, "version": shipped.version}
+
+    monkeypatch.setenv("SONOPACS_MODEL__SITE_CALIBRATION", str(out))
+    monkeypatch.setenv("SONOPACS_MODEL__DEVICE", "cpu")
+    from sonopacs.config import load_settings
+    from sonopacs.worker.findings import get_analyzer
+
+    an = get_analyzer(load_settings(None))
+    assert an.calibration_source.startswith(f"site: {out}")
+    assert an.operating_points == saved["operating_points"]
+    assert an.calibration.temperature == saved["calibration"]["temperature"]
+    assert main(["evaluate", "--index", str(idx), "--out", str(tmp_path / "ev"), "--device", "cpu"]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["calibration"].startswith("site:") and metrics["operating_points"] == saved["operating_points"]
+
+    saved["model"]["version"] = "0.0.0-other"
+    out.write_text(json.dumps(saved))
+    assert main(["evaluate", "--index", str(idx), "--out", str(tmp_path / "ev2"), "--device", "cpu"]) == 2
+    assert "was made for model" in capsys.readouterr().err
