@@ -37,27 +37,35 @@ class _PhiValues:
     def __init__(self) -> None:
         self._values: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
+        self._pattern: re.Pattern[str] | None = None  # rebuilt after a new value arrives
 
     def add(self, *values: object) -> None:
         with self._lock:
             for value in values:
                 for text in _variants(value):
+                    if text not in self._values:
+                        self._pattern = None
                     self._values[text] = None
                     self._values.move_to_end(text)
             while len(self._values) > _MAX_REMEMBERED:
                 self._values.popitem(last=False)
+                self._pattern = None
 
     def scrub(self, text: str) -> str:
         with self._lock:
-            values = list(self._values)
-        # Longest first: "DOE^JANE" goes before its component "DOE".
-        for value in sorted((v for v in values if v in text), key=len, reverse=True):
-            text = text.replace(value, REDACTED)
-        return text
+            if not self._values:
+                return text
+            if self._pattern is None:
+                # Longest first ("DOE^JANE" before "DOE"); not inside a longer word or number.
+                alternatives = "|".join(re.escape(v) for v in sorted(self._values, key=len, reverse=True))
+                self._pattern = re.compile(rf"(?<![0-9A-Za-z])(?:{alternatives})(?![0-9A-Za-z])")
+            pattern = self._pattern
+        return pattern.sub(REDACTED, text)
 
     def clear(self) -> None:
         with self._lock:
             self._values.clear()
+            self._pattern = None
 
 
 def _variants(value: object) -> list[str]:

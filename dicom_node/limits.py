@@ -13,6 +13,8 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from sonopacs.config.settings import DicomSettings
+
 # 4096 x 4096 RGB: the largest real ultrasound frame; a cine may have many such frames.
 DEFAULT_MAX_FRAME_SAMPLES = 4096 * 4096 * 3
 DEFAULT_MAX_TOTAL_SAMPLES = 1024**3
@@ -28,6 +30,11 @@ class PixelLimits:
 
     max_frame_samples: int = DEFAULT_MAX_FRAME_SAMPLES
     max_total_samples: int = DEFAULT_MAX_TOTAL_SAMPLES
+
+    @classmethod
+    def of(cls, dicom: DicomSettings) -> PixelLimits:
+        """The configured limits (dicom.max_frame_samples, dicom.max_pixel_samples)."""
+        return cls(max_frame_samples=dicom.max_frame_samples, max_total_samples=dicom.max_pixel_samples)
 
     def check(self, rows: int, columns: int, samples_per_pixel: int = 1, frames: int = 1) -> None:
         """Raise PixelLimitError when one frame or the whole object is over the limits."""

@@ -71,10 +71,7 @@ class Listener:
             uid_root=settings.pipeline.uid_root,
         )
         self.port: int = settings.dicom.port
-        self.limits = PixelLimits(
-            max_frame_samples=settings.dicom.max_frame_samples,
-            max_total_samples=settings.dicom.max_pixel_samples,
-        )
+        self.limits = PixelLimits.of(settings.dicom)
         self.guard: ConnectionGuard | None = None
         self._server: GuardedServer | None = None
         self._ae: GuardedAE | None = None
