@@ -116,6 +116,8 @@ class BrokerSettings(_Section):
 
 
 class ExportSettings(_Section):
+    # dimse: C-STORE to host/port/ae_title; dicomweb: STOW-RS to dicomweb_url (same retries and backoff)
+    kind: Literal["dimse", "dicomweb"] = "dimse"
     host: str | None = None
     port: int = Field(104, ge=1, le=65535)
     ae_title: str = "PACS"
@@ -123,14 +125,32 @@ class ExportSettings(_Section):
     backoff_base_seconds: float = Field(60, ge=0)
     backoff_max_seconds: float = Field(900, ge=0)
     timeout: float = Field(30, gt=0)
+    # DICOMweb: service root (e.g. https://pacs.example/dicom-web), basic or bearer auth, TLS check
+    dicomweb_url: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    bearer_token: SecretStr | None = None
+    ca_bundle: Path | None = None  # PEM bundle that verifies the server (unset: the system's CAs)
+    verify_tls: bool = True
 
     @field_validator("ae_title")
     @classmethod
     def _check_ae(cls, value: str) -> str:
         return _ae_title(value)
 
+    @field_validator("dicomweb_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not str(value).startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return str(value).rstrip("/")
+
     @property
     def enabled(self) -> bool:
+        if self.kind == "dicomweb":
+            return bool(self.dicomweb_url)
         return bool(self.host)
 
 

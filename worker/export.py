@@ -31,6 +31,8 @@ from sonopacs.db import Database, ExportAttempt, JobState, ResultObject, Study, 
 from sonopacs.db.audit import record
 from sonopacs.db.models import utcnow
 from sonopacs.dicom_node.scu import Peer, SendReport, echo, send_files
+from sonopacs.dicom_node.stow import StowTarget, stow_files, target_from_settings
+from sonopacs.dicom_node.stow import check as check_stow
 from sonopacs.worker import liveness, state
 
 log = logging.getLogger(__name__)
@@ -51,8 +53,12 @@ def backoff_seconds(settings: Settings, retries: int) -> float:
     return float(min(settings.export.backoff_max_seconds, base * (2**retries)))
 
 
-def destination(settings: Settings) -> Peer | None:
-    if not settings.export.enabled or settings.export.host is None:
+def destination(settings: Settings) -> Peer | StowTarget | None:
+    if not settings.export.enabled:
+        return None
+    if settings.export.kind == "dicomweb":
+        return target_from_settings(settings.export)
+    if settings.export.host is None:
         return None
     return Peer(settings.export.host, settings.export.port, settings.export.ae_title)
 
@@ -82,13 +88,16 @@ def _audit(db: Database, study_id: int, event: str, detail: str) -> None:
         record(session, event, ACTOR, study_id=study_id, detail=detail)
 
 
-def send(files: dict[int, Path], peer: Peer, settings: Settings) -> tuple[list[int], dict[int, str]]:
-    """Send to the destination and map the per-file outcome back to result ids."""
+def send(files: dict[int, Path], peer: Peer | StowTarget, settings: Settings) -> tuple[list[int], dict[int, str]]:
+    """Send to the destination (C-STORE or STOW-RS) and map the per-file outcome back to result ids."""
     by_path = {path: rid for rid, path in files.items()}
     try:
-        report = send_files(
-            list(files.values()), peer, calling_ae=settings.dicom.ae_title, timeout=settings.export.timeout
-        )
+        if isinstance(peer, StowTarget):
+            report = stow_files(list(files.values()), peer, timeout=settings.export.timeout)
+        else:
+            report = send_files(
+                list(files.values()), peer, calling_ae=settings.dicom.ae_title, timeout=settings.export.timeout
+            )
     except Exception as exc:  # noqa: BLE001 - any SCU error is a failed try for every file
         reason = state.describe(exc)
         report = SendReport(failed={path: reason for path in files.values()})
@@ -255,6 +264,8 @@ def run_export(
 
 def echo_destination(settings: Settings, timeout: float = 3.0) -> str:
     """C-ECHO the configured export destination; raises when it does not answer Success."""
+    if settings.export.kind == "dicomweb":
+        return check_stow(target_from_settings(settings.export), timeout=timeout)
     peer = Peer(str(settings.export.host), settings.export.port, settings.export.ae_title)
     status = echo(peer, calling_ae=settings.dicom.ae_title, timeout=timeout)
     if status != 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -15,10 +16,16 @@ from typing import Any
 from tests.support.net import free_port, wait_for_port
 
 ORTHANC_BIN = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+# Debian orthanc-dicomweb: QIDO-RS, WADO-RS and STOW-RS under /dicom-web/
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 def orthanc_available() -> bool:
     return Path(ORTHANC_BIN).exists()
+
+
+def dicomweb_available() -> bool:
+    return orthanc_available() and DICOMWEB_PLUGIN.exists()
 
 
 @dataclass
@@ -31,10 +38,16 @@ class Orthanc:
     dicom_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    dicomweb: bool = False  # load the DICOMweb plugin (root: dicomweb_url)
+    users: dict[str, str] = field(default_factory=dict)  # HTTP basic auth users; empty: no auth
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"{self.url}/dicom-web"
 
     def start(self) -> Orthanc:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -57,6 +70,12 @@ class Orthanc:
             "HttpTimeout": 60,
             "DicomScuTimeout": 30,
         }
+        if self.dicomweb:
+            config["Plugins"] = [str(DICOMWEB_PLUGIN)]
+            config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": True}
+        if self.users:
+            config["AuthenticationEnabled"] = True
+            config["RegisteredUsers"] = dict(self.users)
         cfg = self.workdir / "orthanc.json"
         cfg.write_text(json.dumps(config, indent=2))
         log = open(self.workdir / "orthanc.log", "wb")  # noqa: SIM115 - lives as long as the process
@@ -97,6 +116,10 @@ class Orthanc:
         self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json"
     ) -> bytes:
         req = urllib.request.Request(self.url + path, data=body, method=method)
+        if self.users:
+            user, password = next(iter(self.users.items()))
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
         if body is not None:
             req.add_header("Content-Type", content_type)
         with urllib.request.urlopen(req, timeout=60) as resp:
