@@ -59,6 +59,29 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
 
 
+def active_calibration(settings: Settings, name: Any, version: Any) -> dict[str, Any]:
+    """Which calibration the Analyzer applies: the shipped one or ``model.site_calibration``
+    (read from its file; whether it belongs to this model is checked the way the Analyzer does)."""
+    info: dict[str, Any] = {"expected_normal_fraction": settings.model.expected_normal_fraction,
+                            "scope_gate": settings.model.scope_gate}
+    path = settings.model.site_calibration
+    if path is None:
+        return {**info, "source": "shipped", "summary": "shipped calibration (no site calibration set)"}
+    info.update(source="site", path=str(path))
+    try:
+        site = json.loads(Path(path).read_text()) if Path(path).stat().st_size <= MAX_JSON_BYTES else {}
+    except (OSError, ValueError) as exc:
+        return {**info, "problem": f"cannot read the site calibration: {exc}"}
+    model = site.get("model", {}) if isinstance(site, dict) else {}
+    info.update(created=site.get("created"), n_images=site.get("n_images"), class_counts=site.get("class_counts"),
+                operating_points=site.get("operating_points"), model=model)
+    if (model.get("name"), model.get("version")) != (name, version):
+        info["problem"] = (f"made for model {model.get('name')} {model.get('version')}, not {name} {version}: "
+                           f"the Analyzer refuses it")
+    info["summary"] = f"site calibration {path} ({site.get('n_images')} images, {site.get('created')})"
+    return info
+
+
 def model_info(settings: Settings) -> dict[str, Any]:
     folder = weights_dir(settings)
     if folder is None or not folder.is_dir():
@@ -89,5 +112,7 @@ def model_info(settings: Settings) -> dict[str, Any]:
         else {},
         "metrics_scope": "out-of-fold, all datasets" if isinstance(headline, dict) else None,
         "operating_points": operating_points,
+        "calibration": active_calibration(settings, manifest.get("name") if isinstance(manifest, dict) else None,
+                                          version),
         "files": sorted(p.name for p in folder.iterdir() if p.is_file()),
     }

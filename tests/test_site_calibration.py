@@ -118,3 +118,23 @@ def test_calibrate_cli_then_applied_by_evaluate_and_the_pipeline(tmp_path: Path,
     out.write_text(json.dumps(saved))
     assert main(["evaluate", "--index", str(idx), "--out", str(tmp_path / "ev2"), "--device", "cpu"]) == 2
     assert "was made for model" in capsys.readouterr().err
+
+
+def test_dashboard_model_page_names_the_active_calibration(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from sonopacs.config import load_settings
+    from sonopacs.dashboard.model_info import model_info
+
+    info = model_info(load_settings(None))
+    assert info["calibration"]["source"] == "shipped"
+    logits, labels = _site_logits(120, seed=4)
+    site = _fit(logits, labels)
+    site.model_name, site.model_version = str(info["name"]), str(info["version"])
+    path = tmp_path / "site.json"
+    site.save(path)
+    monkeypatch.setenv("SONOPACS_MODEL__SITE_CALIBRATION", str(path))
+    cal = model_info(load_settings(None))["calibration"]
+    assert cal["source"] == "site" and str(path) in cal["summary"] and "problem" not in cal
+    assert cal["operating_points"] == site.operating_points
+    site.model_version = "other"
+    site.save(path)
+    assert "refuses" in model_info(load_settings(None))["calibration"]["problem"]
