@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, HTTPException, Request
 
 from sonopacs.dashboard import sessions
-from sonopacs.db.models import User
 
 if TYPE_CHECKING:
     from sonopacs.config import Settings
@@ -76,11 +75,11 @@ async def csrf_guard(request: Request) -> None:
         raise HTTPException(403, "CSRF token missing or invalid: send the X-CSRF-Token header")
 
 
-def start_session(request: Request, user: User) -> str:
+def start_session(request: Request, user_id: int) -> str:
     """Log the user in: a fresh cookie (no fixation), a new server-side session, a fresh CSRF token."""
     end_session(request)
     max_age = request.app.state.settings.dashboard.session_max_age_seconds
-    request.session["sid"] = sessions.create(request.app.state.db, user.id, max_age)
+    request.session["sid"] = sessions.create(request.app.state.db, user_id, max_age)
     return csrf_token(request)
 
 
@@ -228,12 +227,14 @@ def attempt_login(request: Request, username: str, password: str) -> CurrentUser
         )
     with request.app.state.db.session() as session:
         user = authenticate(session, username, password)
-        if user is None:
-            limiter.failed(keys)
-            raise HTTPException(401, "unknown user or wrong password")
-        limiter.succeeded(keys, address, username)
-        start_session(request, user)
-        return CurrentUser(id=user.id, username=user.username, role=user.role)
+        found = None if user is None else CurrentUser(id=user.id, username=user.username, role=user.role)
+    # The login's own transaction is committed before the session row is written (one writer at a time).
+    if found is None:
+        limiter.failed(keys)
+        raise HTTPException(401, "unknown user or wrong password")
+    limiter.succeeded(keys, address, username)
+    start_session(request, found.id)
+    return found
 
 
 LoggedIn = Annotated[CurrentUser, Depends(require_user)]
