@@ -58,6 +58,9 @@ class StudyState(enum.StrEnum):
 class InstanceState(enum.StrEnum):
     RECEIVED = "received"
     PROCESSED = "processed"
+    # analysed but outside the model's scope (not breast B-mode, Doppler, out of distribution): an SC
+    # says "not assessed: REASON". A non-native enum (VARCHAR 32, no CHECK): no migration needed.
+    NOT_ASSESSED = "not_assessed"
     SKIPPED = "skipped"
     FAILED = "failed"
 
