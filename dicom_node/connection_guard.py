@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 _BEFORE_REQUEST = {"Sta1", "Sta2"}
 _REPORT_EVERY = 10.0  # seconds: at most one log line / audit row per (what, peer) in this interval
 _MIB = 1024 * 1024
+_MAX_TRACKED = 4096  # (event, peer) pairs kept for rate-limited reporting
 
 Notify = Callable[[str, str, int, str], None]  # (event, peer address, count, detail)
 
@@ -142,6 +143,9 @@ class ConnectionGuard:
             count += 1
             due = now - since >= _REPORT_EVERY
             self._pending[(event, address)] = (0, now, detail) if due else (count, since, detail)
+            if len(self._pending) > _MAX_TRACKED:  # many source addresses: forget the quiet ones
+                for key in [k for k, v in self._pending.items() if v[0] == 0]:
+                    del self._pending[key]
         if due:
             self._emit(event, address, count, detail)
 
