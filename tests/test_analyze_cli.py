@@ -49,7 +49,8 @@ def test_analyze_writes_the_contract_and_survives_bad_files(
         geometry = (480, 640)
         mask = np.asarray(Image.open(out / f"{name}_mask.png"))
         assert mask.shape == geometry and set(np.unique(mask)) <= {0, 255}
-        assert np.asarray(Image.open(out / f"{name}_overlay.png")).shape[:2] == geometry
+        overlay_rows, overlay_cols = np.asarray(Image.open(out / f"{name}_overlay.png")).shape[:2]
+        assert overlay_cols == geometry[1] and overlay_rows > geometry[0]  # frame on top, banner band below
         if record["lesion"] is not None and path.suffix == ".dcm":
             assert record["lesion"]["long_axis_mm"] > 0  # the region gives physical units
     for path in (dcm_plain, dcm_jpeg):

@@ -30,10 +30,13 @@ def build_secondary_capture(
     instance_number: int,
     sop_instance_uid: str | None = None,
 ) -> Dataset:
-    """An RGB SC Image with patient/study copied from the source and a Source Image Sequence."""
+    """An RGB SC Image with patient/study copied from the source and a Source Image Sequence.
+
+    `rgb` is the source frame (same rows, columns and origin) with the banner band below it.
+    """
     src = finding.source
-    if rgb.shape[:2] != (int(src.Rows), int(src.Columns)):
-        raise ValueError(f"overlay {rgb.shape[:2]} does not match the source {src.Rows}x{src.Columns}")
+    if rgb.shape[1] != int(src.Columns) or rgb.shape[0] < int(src.Rows):
+        raise ValueError(f"overlay {rgb.shape[:2]} does not start with the source {src.Rows}x{src.Columns}")
     sc = SCImage.from_ref_dataset(
         ref_dataset=src,
         pixel_array=np.ascontiguousarray(rgb, dtype=np.uint8),
@@ -59,16 +62,16 @@ def build_secondary_capture(
     sc.Modality = "OT"
     sc.ConversionType = "WSD"
     sc.ManufacturerModelName = identity.model_name
-    setattr(sc, "SoftwareVersions", [identity.software_version, f"{finding.model_name} {finding.model_version}"])  # noqa: B010
+    setattr(
+        sc, "SoftwareVersions", [identity.software_version, f"{finding.model_name} {finding.model_version}"]
+    )  # noqa: B010
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.BurnedInAnnotation = "YES"
     sc.RecognizableVisualFeatures = "NO"
-    sc.DerivationDescription = (
-        f"{DISCLAIMER}. Source frame with lesion contour"
-        + (" and Grad-CAM heat map" if finding.heatmap is not None else "")
-        + f" by {finding.model_name} {finding.model_version}"
-    )[:1024]
-    sc.ImageComments = f"{DISCLAIMER}. AI: {finding.label}, P(malignant) {finding.malignancy_probability:.2f}"
+    sc.DerivationDescription = (_derivation(finding) + f" by {finding.model_name} {finding.model_version}")[
+        :1024
+    ]
+    sc.ImageComments = f"{DISCLAIMER}. {_comment(finding)}"[:10240]
     code = Dataset()
     code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = DERIVATION_CODE
     sc.DerivationCodeSequence = Sequence([code])
@@ -77,6 +80,23 @@ def build_secondary_capture(
         if keyword in src and keyword not in sc:
             setattr(sc, keyword, getattr(src, keyword))
     return sc
+
+
+def _derivation(finding: ImageFinding) -> str:
+    band = "; result banner in a band below the frame"
+    if not finding.assessed:
+        return f"{DISCLAIMER}. Source frame, not assessed (reason in the banner){band}"
+    heat = " and Grad-CAM heat map" if finding.heatmap is not None else ""
+    return f"{DISCLAIMER}. Source frame with lesion contour{heat}{band}"
+
+
+def _comment(finding: ImageFinding) -> str:
+    if not finding.assessed:
+        return f"AI: not assessed: {finding.not_assessed_reason or 'no reason given'}"
+    text = f"AI: {finding.label}, P(malignant) {finding.malignancy_probability:.2f}"
+    if finding.likelihood_category:
+        text += f", AI likelihood category {finding.likelihood_category} (not a BI-RADS assessment)"
+    return text
 
 
 def source_reference(finding: ImageFinding) -> Dataset:
