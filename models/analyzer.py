@@ -183,6 +183,7 @@ class Analyzer:
             self.calibration, self.class_priors = site.calibration, site.class_priors
             self.operating_points = dict(site.operating_points)
             self.calibration_source = f"site: {site_calibration} ({site.n_images} images, {site.created})"
+            expected_normal_fraction = site.expected_normal_fraction  # the site's own mix when it had normals
         self.expected_normal_fraction = float(expected_normal_fraction)
         self.target_priors = target_priors(self.class_priors, self.expected_normal_fraction)
         self.presence = PresenceRule.from_dict(manifest.get("lesion_presence"))

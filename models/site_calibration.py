@@ -38,7 +38,9 @@ class SiteCalibration:
     calibration: Calibration
     class_priors: tuple[float, float, float]  # the class mix the calibration's biases encode
     operating_points: dict[str, float]
-    expected_normal_fraction: float  # the prior shift the operating points were fitted under
+    # the normal share probabilities are reported at: the set's own (>= MIN_NORMALS normal images),
+    # else the configured model.expected_normal_fraction; the operating points hold for it
+    expected_normal_fraction: float
     n_images: int
     class_counts: dict[str, int]
     intervals: dict[str, list[float | None]] = field(default_factory=dict)
@@ -87,8 +89,10 @@ def load_site_calibration(path: Path, model_name: str, model_version: str) -> Si
 
 def _fit_once(logits: np.ndarray, labels: np.ndarray, shipped: Calibration,
               shipped_priors: Sequence[float], normal_fraction: float
-              ) -> tuple[Calibration, tuple[float, float, float], dict[str, float]]:
-    """Calibration, its class priors and operating points fitted on one labelled set."""
+              ) -> tuple[Calibration, tuple[float, float, float], dict[str, float], float]:
+    """Calibration, its class priors, operating points and the normal share they hold for, fitted
+    on one labelled set. With enough normal images the set's own mix is the site's prior (no
+    shift); with fewer, the configured ``normal_fraction`` is."""
     counts = np.bincount(labels, minlength=3).astype(np.float64)
     if counts[0] >= MIN_NORMALS:
         cal = Calibration.fit(logits, labels, "temperature_bias")
@@ -101,9 +105,10 @@ def _fit_once(logits: np.ndarray, labels: np.ndarray, shipped: Calibration,
         rest = 1.0 - float(shipped_priors[0])
         priors = np.array([shipped_priors[0], rest * counts[1] / counts[1:].sum(), rest * counts[2] / counts[1:].sum()])
     pri = (float(priors[0]), float(priors[1]), float(priors[2]))
-    shifted = shift_priors(cal.probs(logits), pri, target_priors(pri, normal_fraction))
+    nf = pri[0] if counts[0] >= MIN_NORMALS else float(normal_fraction)
+    shifted = shift_priors(cal.probs(logits), pri, target_priors(pri, nf))
     points = operating_points(shifted[:, 2], labels == 2)
-    return cal, pri, points
+    return cal, pri, points, nf
 
 
 def reported_probs(cal: Calibration, priors: Sequence[float], logits: np.ndarray, normal_fraction: float
@@ -129,13 +134,13 @@ def fit_site_calibration(logits: np.ndarray, labels: np.ndarray, *, model_name: 
     if counts[0] < MIN_NORMALS:
         warnings.append(f"{counts[0]} normal images (< {MIN_NORMALS}): normal-vs-lesion keeps the shipped "
                         f"calibration; only temperature, benign:malignant prior and operating points are fitted")
-    cal, pri, points = _fit_once(logits, labels, shipped, shipped_priors, normal_fraction)
+    cal, pri, points, nf = _fit_once(logits, labels, shipped, shipped_priors, normal_fraction)
     intervals = _bootstrap(logits, labels, shipped, shipped_priors, normal_fraction, n_boot, seed)
     width = intervals.get("sensitivity_malignant_high", [None, None])
     if None not in width and width[1] - width[0] > 0.2:  # type: ignore[operator]
         warnings.append("the 95 % interval of the high-sensitivity operating point's sensitivity is wider "
                         "than 0.2: label more malignant images")
-    return SiteCalibration(model_name, model_version, cal, pri, points, float(normal_fraction), int(len(labels)),
+    return SiteCalibration(model_name, model_version, cal, pri, points, nf, int(len(labels)),
                            {"normal": int(counts[0]), "benign": int(counts[1]), "malignant": int(counts[2])},
                            intervals, warnings, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
@@ -152,10 +157,10 @@ def _bootstrap(logits: np.ndarray, labels: np.ndarray, shipped: Calibration, shi
         if len(oob) < 5 or np.bincount(lab, minlength=3)[1:].min() < 2:
             continue
         try:
-            cal, pri, pts = _fit_once(logits[idx], lab, shipped, shipped_priors, normal_fraction)
+            cal, pri, pts, nf = _fit_once(logits[idx], lab, shipped, shipped_priors, normal_fraction)
         except ValueError:
             continue
-        p = reported_probs(cal, pri, logits[oob], normal_fraction)
+        p = reported_probs(cal, pri, logits[oob], nf)
         y = labels[oob]
         mal = y == 2
         vals: dict[str, float | None] = {
@@ -225,7 +230,7 @@ def describe(site: SiteCalibration) -> str:
         f"  temperature {c.temperature:.3f}{iv('temperature')}",
         f"  class bias benign {c.bias[1]:.3f}{iv('bias_benign')}, malignant {c.bias[2]:.3f}{iv('bias_malignant')}",
         f"  class priors of the set: {', '.join(f'{p:.3f}' for p in site.class_priors)}; probabilities are "
-        f"reported at expected_normal_fraction {site.expected_normal_fraction}",
+        f"reported for {100 * site.expected_normal_fraction:.1f} % normal images (label a representative sample)",
         f"  operating point default P(malignant) >= {site.operating_points['default']:.4f}{iv('threshold_default')}",
         f"  operating point high_sensitivity >= {site.operating_points['high_sensitivity']:.4f}"
         f"{iv('threshold_high_sensitivity')}",

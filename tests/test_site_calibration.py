@@ -42,6 +42,8 @@ def test_fit_recovers_temperature_and_improves_calibration() -> None:
     site = _fit(logits, labels)
     assert 1.2 < site.calibration.temperature < 1.8
     assert site.class_counts["normal"] == int((labels == 0).sum())
+    # a set with normal images is the site's own mix: probabilities are reported for it
+    assert site.expected_normal_fraction == site.class_priors[0] == (labels == 0).mean()
     assert set(site.operating_points) == {"default", "high_sensitivity"}
     assert site.operating_points["high_sensitivity"] <= site.operating_points["default"]
     lo, hi = site.intervals["temperature"]
@@ -60,6 +62,7 @@ def test_small_or_lesion_only_sets_warn() -> None:
     assert any("only 30 images" in w for w in site.warnings)
     assert any("normal images" in w for w in site.warnings)
     assert site.calibration.bias[1] == SHIPPED.bias[1]  # normal-vs-lesion kept as shipped
+    assert site.expected_normal_fraction == 0.4  # the configured share, not the set's 0
     with pytest.raises(SiteCalibrationError, match="benign and malignant"):
         _fit(logits[labels == 1], labels[labels == 1])
 
