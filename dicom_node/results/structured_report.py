@@ -196,7 +196,9 @@ def _summary_text(finding: ImageFinding) -> str:
 
 
 def _evaluations(finding: ImageFinding) -> list[QualitativeEvaluation]:
-    out = [QualitativeEvaluation(codes.CLASSIFICATION, codes.CLASS_VALUES[finding.label])]
+    out = []
+    if finding.label in codes.CLASS_VALUES:
+        out.append(QualitativeEvaluation(codes.CLASSIFICATION, codes.CLASS_VALUES[finding.label]))
     if finding.likelihood_category in codes.LIKELIHOOD_VALUES:
         out.append(QualitativeEvaluation(codes.LIKELIHOOD_CATEGORY, codes.LIKELIHOOD_VALUES[finding.likelihood_category]))
     return out
@@ -259,7 +261,8 @@ def _report_evaluations(findings: list[ImageFinding]) -> ContainerContentItem:
     items: list[CodeContentItem | TextContentItem] = []
     top = most_suspicious(findings)
     if top.assessed:
-        items.append(CodeContentItem(codes.FINDING, codes.CLASS_VALUES[top.label], RelationshipTypeValues.CONTAINS))
+        if top.label in codes.CLASS_VALUES:
+            items.append(CodeContentItem(codes.FINDING, codes.CLASS_VALUES[top.label], RelationshipTypeValues.CONTAINS))
         if top.likelihood_category in codes.LIKELIHOOD_VALUES:
             items.append(
                 CodeContentItem(
