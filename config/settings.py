@@ -177,6 +177,17 @@ class RecoverySettings(_Section):
     visibility_timeout_seconds: int = Field(600, ge=1)
 
 
+class RetentionSettings(_Section):
+    """How long PHI stays on our disk. Only exported, unpinned studies are ever purged."""
+
+    enabled: bool = True
+    # Received originals and cleaned images: deleted this long after the study's results were exported.
+    originals_days: float = Field(30, gt=0)
+    # Our SC/SR/PR/SEG files (the PACS keeps its copies): deleted this long after export.
+    results_days: float = Field(365, gt=0)
+    check_seconds: float = Field(3600, gt=0)  # how often the stability monitor runs the purge
+
+
 class DashboardSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
@@ -260,6 +271,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     recovery: RecoverySettings = Field(default_factory=RecoverySettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @classmethod
     def settings_customise_sources(

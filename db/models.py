@@ -100,6 +100,11 @@ class Study(Base):
     export_next_try: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     export_pending: Mapped[list[int] | None] = mapped_column(JSON)
     export_reason: Mapped[str | None] = mapped_column(Text)
+    # Retention: a pinned study is never purged; the purge times say what is gone (and why a reprocess
+    # or resend is refused).
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    originals_purged_at: Mapped[datetime | None] = mapped_column()
+    results_purged_at: Mapped[datetime | None] = mapped_column()
     first_received_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -118,6 +118,33 @@ def cmd_resend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_purge(args: argparse.Namespace) -> int:
+    from sonopacs.worker import retention
+    from sonopacs.worker.context import database_for
+
+    settings = _settings(args)
+    db = database_for(settings)
+    items = retention.plan(settings, db) if args.dry_run else retention.purge(settings, db)
+    verb = "would delete" if args.dry_run else "deleted"
+    for item in items:
+        print(f"{verb} {item.part} of study {item.study_instance_uid} (exported {item.exported_at:%Y-%m-%d})")
+    print(f"{len(items)} item(s) {verb}" + ("" if settings.retention.enabled else " (retention.enabled is off: "
+                                            "the monitor purges nothing on its own)"))
+    return 0
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    from sonopacs.worker.actions import ActionError, set_pinned
+
+    try:
+        set_pinned(_settings(args), args.study_uid, not args.unpin, actor="cli")
+    except ActionError as exc:
+        print(f"pin refused: {exc}", file=sys.stderr)
+        return 1
+    print(f"study {args.study_uid} {'unpinned' if args.unpin else 'pinned: retention will keep it'}")
+    return 0
+
+
 def cmd_reprocess(args: argparse.Namespace) -> int:
     from sonopacs.worker.actions import ActionError, reprocess_study
 
@@ -250,6 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resend", parents=[common], help="send a study's results to the PACS again")
     p.add_argument("study_uid")
     p.set_defaults(func=cmd_resend)
+    p = sub.add_parser("purge", parents=[common], help="delete what the retention policy says is due")
+    p.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    p.set_defaults(func=cmd_purge)
+    p = sub.add_parser("pin", parents=[common], help="keep a study from retention (or --unpin)")
+    p.add_argument("study_uid")
+    p.add_argument("--unpin", action="store_true")
+    p.set_defaults(func=cmd_pin)
     p = sub.add_parser("reprocess", parents=[common], help="run a study's pipeline again")
     p.add_argument("study_uid")
     p.set_defaults(func=cmd_reprocess)

@@ -62,12 +62,33 @@ def send_export(
     return task_id
 
 
+def _refuse_if_purged(db: Database, study_id: int, study_uid: str, part: str) -> None:
+    """Retention deleted these files: say so instead of failing later on a missing file."""
+    with db.session() as session:
+        study = session.get(Study, study_id)
+        when = getattr(study, f"{part}_purged_at", None) if study is not None else None
+    if when is not None:
+        raise ActionError(f"the {part} of study {study_uid} were deleted by retention on {when:%Y-%m-%d}")
+
+
+def set_pinned(settings: Settings, study_uid: str, pinned: bool, actor: str) -> None:
+    """Pin (retention keeps everything) or unpin a study; an audit row either way."""
+    db = database_for(settings)
+    study_id, _, _ = _study(db, study_uid)
+    with db.session() as session:
+        study = session.get(Study, study_id)
+        assert study is not None
+        study.pinned = pinned
+        record(session, "pinned" if pinned else "unpinned", actor, study=study)
+
+
 def resend_study(settings: Settings, study_uid: str, actor: str) -> str:
     """Queue the study's current results for export again; returns the Celery task id."""
     db = database_for(settings)
     study_id, generation, current = _study(db, study_uid)
     if current in (StudyState.QUEUED, StudyState.PROCESSING):
         raise ActionError(f"study {study_uid} is {current.value}: its run exports when it is done")
+    _refuse_if_purged(db, study_id, study_uid, "results")
     with db.session() as session:
         n = session.execute(
             select(func.count(ResultObject.id)).where(
@@ -95,6 +116,7 @@ def reprocess_study(settings: Settings, study_uid: str, actor: str) -> int:
     study_id, _, current = _study(db, study_uid)
     if current in (StudyState.RECEIVING, StudyState.QUEUED):
         raise ActionError(f"study {study_uid} is {current.value}: it will be processed anyway")
+    _refuse_if_purged(db, study_id, study_uid, "originals")
     for _attempt in range(10):
         with db.session() as session:
             old_gen, previous_state = session.execute(

@@ -31,7 +31,7 @@ from sonopacs.config import Settings, load_settings
 from sonopacs.db import Database, Study, StudyState
 from sonopacs.db.audit import record
 from sonopacs.db.models import utcnow
-from sonopacs.worker import state
+from sonopacs.worker import retention, state
 from sonopacs.worker.celery_app import get_app, purge_delivered_messages
 from sonopacs.worker.context import database_for
 from sonopacs.worker.reconciler import reconcile
@@ -161,6 +161,7 @@ def run_monitor(settings: Settings, stop: threading.Event | None = None) -> int:
     )
     next_purge = 0.0
     next_reconcile = 0.0
+    next_retention = 0.0
     while not stop.is_set():
         try:
             enqueue_stable_studies(settings, db, utcnow(), app=app)
@@ -180,6 +181,12 @@ def run_monitor(settings: Settings, stop: threading.Event | None = None) -> int:
                     log.info("embedded broker: removed %s delivered message row(s)", purged)
             except Exception as exc:  # noqa: BLE001 - housekeeping never stops the monitor
                 log.warning("embedded broker housekeeping: %s", state.describe(exc))
+        if settings.retention.enabled and time.monotonic() >= next_retention:
+            next_retention = time.monotonic() + settings.retention.check_seconds
+            try:
+                retention.purge(settings, db)
+            except Exception as exc:  # noqa: BLE001 - housekeeping never stops the monitor
+                log.warning("retention: %s", state.describe(exc))
         stop.wait(settings.study.poll_seconds)
     return 0
 
