@@ -25,6 +25,7 @@ from sonopacs.dashboard.middleware import (
 )
 from sonopacs.dashboard.proxy import TrustedProxyMiddleware
 from sonopacs.dashboard.sessions import SessionCookieMiddleware
+from sonopacs.dashboard.storage import StorageProbe
 
 if TYPE_CHECKING:
     from sonopacs.config import Settings
@@ -80,6 +81,7 @@ def create_app(settings: Settings, *, login_limiter: LoginRateLimiter | None = N
     # hide_parameters: a failing query's error (and traceback in the log) must not show search terms.
     app.state.db = Database(settings.database_url, hide_parameters=True)
     app.state.broker = BrokerProbe(settings)
+    app.state.storage = StorageProbe(settings, app.state.db)
     app.state.registry = make_registry(app.state.db, app.state.broker)
     app.state.login_limiter = login_limiter or LoginRateLimiter.from_settings(settings)
     app.state.readiness = Readiness(settings, app.state.db)

@@ -20,6 +20,7 @@ def overview(request: Request) -> dict[str, Any]:
     with request.app.state.db.session() as session:
         data = queries.overview(session)
     data["broker"] = request.app.state.broker.status().as_dict()
+    data["storage"] = request.app.state.storage.status()
     return data
 
 

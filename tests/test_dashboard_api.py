@@ -310,3 +310,22 @@ def test_admin_actions_really_enqueue_and_are_audited(env: dict[str, Any]) -> No
                     headers={"Accept": "text/html"}, follow_redirects=False)
     assert r.status_code == 303
     assert "queued for export again" in client.get(r.headers["location"], headers={"Accept": "text/html"}).text
+
+
+def test_overview_shows_disk_usage_and_what_retention_removes_next(env: dict[str, Any]) -> None:
+    """The exported demo study is due within 7 days once its originals' retention is under a week."""
+    settings, client = env["settings"], env["client"]
+    received = settings.storage.root / "received" / "x.dcm"
+    received.parent.mkdir(parents=True, exist_ok=True)
+    received.write_bytes(b"\0" * 4096)
+    storage = client.get("/api/v1/overview").json()["storage"]
+    assert storage["usage"]["received"] == 4096 and storage["usage"]["free"] > 0
+    assert storage["usage"]["results"] > 0  # the demo study's SC and SR
+    assert storage["due_now"]["items"] == 0  # exported minutes ago: 30 days to go
+    client.app.state.storage.settings = settings.model_copy(  # type: ignore[attr-defined]
+        update={"retention": settings.retention.model_copy(update={"originals_days": 3})}
+    )
+    client.app.state.storage.cache_seconds = 0  # type: ignore[attr-defined]
+    storage = client.get("/api/v1/overview").json()["storage"]
+    assert storage["due_7_days"]["items"] == 1 and storage["next"][0]["study_id"] == env["done"].id
+    assert "Storage and retention" in client.get("/fragments/overview").text
