@@ -2,10 +2,11 @@
 
 tests/ohif/load_sr.cjs runs, in node, OHIF's @ohif/extension-cornerstone-dicom-sr SOP class
 handler (display set, load, measurement extraction, isRehydratable, read-only SR annotations added
-to Cornerstone3D tools' state) and @cornerstonejs/adapters' MeasurementReport.generateToolState
-(the first step of OHIF's hydrateStructuredReport), on the SR as dcmjs reads it. Packages are
-pinned in tests/ohif/package-lock.json and installed by .ci/run (npm ci). Not exercised: React
-rendering, the viewport and OHIF's measurement service.
+to Cornerstone3D tools' state), its hydrateStructuredReport (what "track measurements" runs), and
+@cornerstonejs/adapters' MeasurementReport.generateToolState, on the SR as dcmjs reads it.
+Packages are pinned in tests/ohif/package-lock.json and installed by .ci/run (npm ci). Not
+exercised: React rendering, the viewport, OHIF's real measurement/display-set services (the
+harness passes recorders).
 """
 
 from __future__ import annotations
@@ -91,11 +92,25 @@ def test_hydrated_outlines_carry_benign_or_malignant(mixed: tuple[SRStudy, dict[
         assert annotation["referencedImageId"].endswith(f"/instances/{finding.source.SOPInstanceUID}/frames/1")
 
 
+def test_ohif_hydration_adds_each_outline_with_its_label(mixed: tuple[SRStudy, dict[str, Any]]) -> None:
+    study, found = mixed
+    hydration = found["ohifHydration"]
+    assert hydration["isHydrated"] is True
+    assert hydration["commands"] == ["updateMeasurement"] * len(study.lesions)
+    labels = {m["referencedImageId"].split("/instances/")[1].split("/")[0]: m for m in hydration["measurements"]}
+    for finding in study.lesions:
+        measurement = labels[str(finding.source.SOPInstanceUID)]
+        assert measurement["toolName"] == "PlanarFreehandROI" and measurement["finding"] == "Mass"
+        assert measurement["label"].startswith(f"AI: {finding.label}; P(malignant) {100 * finding.malignancy_probability:.0f}%")
+        assert measurement["points"] == len(polyline_xy(finding.contour)) - 1
+
+
 def test_a_study_without_lesions_loads_with_no_measurements(tmp_path: Path) -> None:
     found = ohif_load(normal_study(tmp_path))
     assert "fatal" not in found and found["errors"] == [] and found["warnings"] == []
     assert found["displaySet"]["isImagingMeasurementReport"] is True
     assert found["measurements"] == [] and found["annotations"] == [] and found["hydration"] == {}
+    assert found["ohifHydration"] == {"isHydrated": False, "measurements": [], "commands": []}
 
 
 def test_cine_outline_lands_on_its_frame(tmp_path: Path) -> None:

@@ -3,9 +3,10 @@
 // Real code exercised: dcmjs (read + naturalize, as OHIF's local/DICOMweb sources do), OHIF's
 // @ohif/core and @ohif/extension-cornerstone-dicom-sr (its SOP class handler: display set, load,
 // measurement extraction, isRehydratable, adding the read-only SR annotations to Cornerstone3D
-// tools' annotation state) and @cornerstonejs/adapters' MeasurementReport.generateToolState (what
-// OHIF's hydrateStructuredReport calls when the user "tracks" the SR). Stubbed: React/UI
-// packages, i18n, the cornerstone extension and the services OHIF's app would provide (no viewer).
+// tools' annotation state, and hydrateStructuredReport, which OHIF runs when the user "tracks" the
+// SR) and @cornerstonejs/adapters' MeasurementReport.generateToolState (also called on its own).
+// Stubbed: React/UI packages, i18n, the cornerstone extension, and the app's services (display
+// set, measurement and customization services: plain recorders; no viewport, no rendering).
 //
 // usage: node --experimental-require-module load_sr.cjs SR.dcm IMAGE.dcm...
 'use strict';
@@ -19,6 +20,9 @@ globalThis.self = globalThis;
 for (const k of ['navigator', 'HTMLElement', 'HTMLDivElement', 'Element', 'Node', 'localStorage', 'CustomEvent', 'requestAnimationFrame']) {
   if (!(k in globalThis)) globalThis[k] = dom.window[k];
 }
+// Events dispatched on jsdom elements must be jsdom's own (node 20 has its own CustomEvent).
+globalThis.CustomEvent = dom.window.CustomEvent;
+globalThis.Event = dom.window.Event;
 
 // UI-only modules the SR extension imports at load time; none of them is on the parsing path.
 const Module = require('module');
@@ -80,22 +84,44 @@ const imageDisplaySets = images.map((img, i) => {
   }
   return { displaySetInstanceUID: `image-ds-${i}`, SOPClassUID: img.SOPClassUID, images: [img], imageIds, unsupported: false };
 });
-cornerstone.metaData.addProvider((type, imageId) => (type === 'imagePlaneModule' ? planes.get(imageId) : undefined), 10000);
+const instances = new Map();
+images.forEach((img, i) => imageDisplaySets[i].imageIds.forEach((id) => instances.set(id, img)));
+cornerstone.metaData.addProvider((type, imageId) => {
+  if (type === 'imagePlaneModule') return planes.get(imageId);
+  if (type === 'instance' && instances.has(imageId)) {
+    return { ...instances.get(imageId), FrameOfReferenceUID: planes.get(imageId).frameOfReferenceUID };
+  }
+  return undefined;
+}, 10000);
 
-// The services OHIF's app would pass in; only what the SR handler touches.
-const PLANAR_FREEHAND_MAPPING = { annotationType: 'PlanarFreehandROI' };
+// The services OHIF's app would pass in; only what the SR handler and hydration touch. The
+// measurement service records what OHIF's hydrateStructuredReport hands it.
+const PLANAR_FREEHAND_MAPPING = { annotationType: 'PlanarFreehandROI', toMeasurementSchema: () => ({}) };
+const srDisplaySets = [];
+const rawMeasurements = [];
+const commands = [];
 const servicesManager = {
   services: {
     displaySetService: {
       activeDisplaySets: imageDisplaySets,
       EVENTS: { DISPLAY_SETS_ADDED: 'added' },
       subscribe: () => ({ unsubscribe() {} }),
+      getDisplaySetByUID: (uid) => [...srDisplaySets, ...imageDisplaySets].find((d) => d.displaySetInstanceUID === uid),
+      getDisplaySetsBy: (test) => imageDisplaySets.filter(test),
     },
-    measurementService: { getSourceMappings: () => [PLANAR_FREEHAND_MAPPING] },
-    customizationService: { getCustomization: () => undefined },
+    measurementService: {
+      getSourceMappings: () => [PLANAR_FREEHAND_MAPPING],
+      getSource: () => ({ name: 'Cornerstone3DTools', version: '0.1' }),
+      addRawMeasurement: (_source, toolName, { annotation }) => {
+        rawMeasurements.push({ toolName, annotation });
+        return `measurement-${rawMeasurements.length}`;
+      },
+    },
+    customizationService: { getCustomization: (name) => (name === 'codingValues' ? {} : undefined) },
     uiNotificationService: { show: (n) => log.warnings.push(`notification: ${n.message}`) },
   },
 };
+const commandsManager = { runCommand: (name, args) => commands.push({ name, args }) };
 const dataSource = {
   getImageIdsForDisplaySet: (ds) => ds.imageIds,
   retrieve: { bulkDataURI: async () => new ArrayBuffer(0) },
@@ -107,7 +133,9 @@ async function main() {
   const handlers = srExtension.default.getSopClassHandlerModule({ servicesManager, extensionManager });
   const handler = handlers.find((h) => h.sopClassUids.includes(sr.SOPClassUID));
   out.sopClassHandler = handler ? handler.name : null;
+  ohifCore.DicomMetadataStore.addInstances([sr], true);
   const [displaySet] = handler.getDisplaySetsFromSeries([sr]);
+  srDisplaySets.push(displaySet);
   await displaySet.load();
   out.displaySet = {
     isImagingMeasurementReport: displaySet.isImagingMeasurementReport,
@@ -153,6 +181,21 @@ async function main() {
       sopInstanceUid: m.sopInstanceUid || null,
     }));
   }
+  // OHIF's own hydration (what "track measurements" runs), fed to the recording measurement service.
+  if (displaySet.isRehydratable) {
+    srExtension.hydrateStructuredReport({ servicesManager, extensionManager, commandsManager }, displaySet.displaySetInstanceUID);
+  }
+  out.ohifHydration = {
+    isHydrated: Boolean(displaySet.isHydrated),
+    measurements: rawMeasurements.map(({ toolName, annotation }) => ({
+      toolName,
+      label: annotation.data.label || null,
+      finding: annotation.data.finding ? annotation.data.finding.text : null,
+      referencedImageId: annotation.metadata.referencedImageId || null,
+      points: annotation.data.contour ? annotation.data.contour.polyline.length : 0,
+    })),
+    commands: commands.map((c) => c.name),
+  };
   out.warnings = log.warnings;
   out.errors = log.errors;
   process.stdout.write(JSON.stringify(out, null, 1));
