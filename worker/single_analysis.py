@@ -2,14 +2,18 @@
 
 Same code path as the worker stages (worker.findings helpers), so the findings equal what the PACS
 receives for the same image. Per input NAME: NAME.json, NAME_overlay.png, NAME_mask.png (0/255,
-the input's own pixel geometry) and, for DICOM input, NAME_sc.dcm and NAME_sr.dcm. A bad file
-gives {"input": ..., "error": reason} and the others still run.
+the input's own pixel geometry) and, for DICOM input, NAME_sc.dcm and NAME_sr.dcm, plus NAME_pr.dcm
+and NAME_seg.dcm when pipeline.presentation_state / pipeline.segmentation are on (as in the PACS).
+A bad file gives {"input": ..., "error": reason}, none of its partial outputs are left behind, and
+the others still run. An optional output (PR, SEG) that cannot be made is named in the JSON's
+"output_errors" and does not cost the input its other results.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +28,10 @@ from sonopacs.dicom_node.limits import PixelLimitError, PixelLimits
 from sonopacs.dicom_node.pixels import read_frames
 from sonopacs.dicom_node.regions import UltrasoundRegion, read_regions
 from sonopacs.dicom_node.results.overlay_render import render_overlay
+from sonopacs.dicom_node.results.presentation_state import build_presentation_state
 from sonopacs.dicom_node.results.secondary_capture import build_secondary_capture
+from sonopacs.dicom_node.results.segmentation import build_segmentation
+from sonopacs.dicom_node.results.source_header import SourceHeaderError, make_conformant
 from sonopacs.dicom_node.results.structured_report import build_structured_report
 from sonopacs.dicom_node.results.types import DISCLAIMER, ImageFinding
 from sonopacs.worker import findings
@@ -65,10 +72,20 @@ def analyze_files(settings: Settings, paths: list[Path], out_dir: Path) -> list[
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
             reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, InputError) else str(exc)
             log.warning("%s: %s", path, reason)
+            remove_outputs(out_dir, name)
             record = {"input": str(path), "error": reason}
             (out_dir / f"{name}.json").write_text(json.dumps(record, indent=2))
             results.append(record)
     return results
+
+
+OUTPUT_SUFFIXES = ("_overlay.png", "_mask.png", "_sc.dcm", "_sr.dcm", "_pr.dcm", "_seg.dcm")
+
+
+def remove_outputs(out_dir: Path, name: str) -> None:
+    """Delete every image/DICOM output of NAME, so a failed input leaves only its error JSON."""
+    for suffix in OUTPUT_SUFFIXES:
+        (out_dir / f"{name}{suffix}").unlink(missing_ok=True)
 
 
 def _unique_name(path: Path, used: set[str]) -> str:
@@ -95,6 +112,10 @@ def load_input(
         reason = skip_reason(ds, uid_root)
         if reason is not None:
             raise InputError(f"not analysed: {reason}")
+        try:
+            make_conformant(ds)  # in memory: the input file is never rewritten
+        except SourceHeaderError as exc:
+            raise InputError(f"not analysed: {exc}") from exc
         frames = read_frames(ds, max_frames)
         return ds, frames.indices, frames.images, read_regions(ds)
     if ds is not None:
@@ -156,11 +177,17 @@ def _analyze_one(settings: Settings, analyzer: Any, path: Path, out_dir: Path, n
     best = pick_most_suspicious(items)
     frame = frames[indices.index(best.frame_index)]
     source = ds if ds is not None else _png_header(frame)
-    finding = finding_from_record(source, best.frame_index, frame, best.analysed(), best.offset, *arrays[best.order])
+    finding = finding_from_record(
+        source, best.frame_index, frame, best.analysed(), best.offset, *arrays[best.order]
+    )
     outputs = _write_images(settings, finding, out_dir, name)
+    errors: dict[str, str] = {}
     if ds is not None:
-        outputs.update(_write_dicom(settings, finding, out_dir, name))
+        dicom_outputs, errors = _write_dicom(settings, finding, out_dir, name)
+        outputs.update(dicom_outputs)
     record = _json_record(path, finding, best, len(indices), outputs)
+    if errors:
+        record["output_errors"] = errors
     (out_dir / f"{name}.json").write_text(json.dumps(record, indent=2))
     return record
 
@@ -175,23 +202,60 @@ def _png_header(frame: np.ndarray) -> Dataset:
 def _write_images(settings: Settings, finding: ImageFinding, out_dir: Path, name: str) -> dict[str, str]:
     overlay = render_overlay(finding, heatmap=settings.pipeline.heatmap)
     Image.fromarray(overlay).save(out_dir / f"{name}_overlay.png")
-    mask = finding.mask if finding.mask is not None else np.zeros(finding.frame.shape[:2], bool)
+    mask = np.zeros(finding.frame.shape[:2], bool)
+    if finding.mask is not None and finding.assessed:
+        mask = finding.mask
     Image.fromarray(mask.astype(np.uint8) * 255).save(out_dir / f"{name}_mask.png")
     return {"overlay": f"{name}_overlay.png", "mask": f"{name}_mask.png"}
 
 
-def _write_dicom(settings: Settings, finding: ImageFinding, out_dir: Path, name: str) -> dict[str, str]:
+def _write_dicom(
+    settings: Settings, finding: ImageFinding, out_dir: Path, name: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    """SC and SR (required), PR and SEG when the settings ask; (outputs, errors of optional ones)."""
     ident = identity(settings)
+    source = finding.source
     rgb = render_overlay(finding, heatmap=settings.pipeline.heatmap)
     sc = build_secondary_capture(finding, rgb, ident, ident.new_uid(), SERIES_NUMBER_BASE["sc"], 1)
-    sc.save_as(out_dir / f"{name}_sc.dcm", enforce_file_format=True)
-    header = finding.source.copy()
+    optional: dict[str, Dataset | None] = {}
+    errors: dict[str, str] = {}
+    if settings.pipeline.presentation_state:
+        _optional(
+            errors,
+            optional,
+            "pr",
+            lambda: build_presentation_state(finding, ident, ident.new_uid(), SERIES_NUMBER_BASE["pr"], 1),
+        )
+    if settings.pipeline.segmentation:
+        _optional(
+            errors,
+            optional,
+            "seg",
+            lambda: build_segmentation(finding, source, ident, ident.new_uid(), SERIES_NUMBER_BASE["seg"], 1),
+        )
+    header = source.copy()
     if "PixelData" in header:
         del header.PixelData
     finding.source = header
     sr = build_structured_report([finding], ident, ident.new_uid(), SERIES_NUMBER_BASE["sr"])
-    sr.save_as(out_dir / f"{name}_sr.dcm", enforce_file_format=True)
-    return {"sc": f"{name}_sc.dcm", "sr": f"{name}_sr.dcm"}
+    outputs: dict[str, str] = {}
+    for kind, ds in (("sc", sc), ("sr", sr), *optional.items()):
+        if ds is None:
+            continue  # e.g. no SEG without a lesion
+        ds.save_as(out_dir / f"{name}_{kind}.dcm", enforce_file_format=True)
+        outputs[kind] = f"{name}_{kind}.dcm"
+    return outputs, errors
+
+
+def _optional(
+    errors: dict[str, str], built: dict[str, Dataset | None], kind: str, build: Callable[[], Dataset | None]
+) -> None:
+    """Build an optional output; one that raises is reported, never fatal for the input."""
+    try:
+        built[kind] = build()
+    except Exception as exc:  # noqa: BLE001 - an optional output never costs the SC and SR
+        errors[kind] = f"{type(exc).__name__}: {exc}"[:500]
+        log.warning("%s not built: %s", kind.upper(), errors[kind])
 
 
 def _json_record(

@@ -17,7 +17,7 @@ import shutil
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +37,7 @@ from sonopacs.dicom_node.results.overlay_render import render_overlay
 from sonopacs.dicom_node.results.presentation_state import build_presentation_state
 from sonopacs.dicom_node.results.secondary_capture import build_secondary_capture
 from sonopacs.dicom_node.results.segmentation import build_segmentation
-from sonopacs.dicom_node.results.source_header import make_conformant
+from sonopacs.dicom_node.results.source_header import make_conformant, restore_classes, with_current_class
 from sonopacs.dicom_node.results.structured_report import build_structured_report, most_suspicious
 from sonopacs.dicom_node.results.types import ImageFinding, ResultIdentity
 from sonopacs.dicom_node.storage import write_durably
@@ -538,6 +538,22 @@ def _build_sc(
     return ds, finding, sc, summary
 
 
+def _current_class_stand_ins(
+    findings: dict[int, ImageFinding],
+) -> tuple[dict[int, ImageFinding], dict[str, str]]:
+    """Findings whose retired-class sources are replaced by stand-ins, and their true classes by UID."""
+    out: dict[int, ImageFinding] = {}
+    retired: dict[str, str] = {}
+    for instance_id, finding in findings.items():
+        stand_in = with_current_class(finding.source)
+        if stand_in is None:
+            out[instance_id] = finding
+            continue
+        retired[str(finding.source.SOPInstanceUID)] = str(finding.source.SOPClassUID)
+        out[instance_id] = replace(finding, source=stand_in)
+    return out, retired
+
+
 def _build_report(
     findings: dict[int, ImageFinding],
     ident: ResultIdentity,
@@ -546,6 +562,7 @@ def _build_report(
     run: PublishRun,
 ) -> Built | None:
     """The study's SR over every finding; a finding that breaks it is left out, with the reason."""
+    findings, retired = _current_class_stand_ins(findings)
     kept = dict(findings)
     try:
         sr = build_structured_report(list(kept.values()), ident, series_uid, series_number)
@@ -573,6 +590,7 @@ def _build_report(
             for instance_id in kept:
                 run.note(instance_id, f"no study report: {describe(again)}")
             return None
+    restore_classes(sr, retired)
     included = list(kept.values())
     top = most_suspicious(included)
     return Built(

@@ -45,7 +45,7 @@ def build_presentation_state(
     layer = GraphicLayer(layer_name="SONOPACS_AI", order=1, description=DISCLAIMER)
     rows, cols = int(finding.source.Rows), int(finding.source.Columns)
     graphics = []
-    if finding.has_lesion:
+    if finding.assessed and finding.has_lesion:
         graphics.append(
             GraphicObject(
                 graphic_type=GraphicTypeValues.POLYLINE,
@@ -54,10 +54,7 @@ def build_presentation_state(
             )
         )
     text = TextObject(
-        text_value=(
-            f"AI: {finding.label} P(malignant) {finding.malignancy_probability:.2f} "
-            f"({finding.model_name} {finding.model_version}). {DISCLAIMER}"
-        ),
+        text_value=f"{_summary(finding)} ({finding.model_name} {finding.model_version}). {DISCLAIMER}",
         units=AnnotationUnitsValues.PIXEL,
         bounding_box=(2.0, 2.0, float(cols - 2), float(min(rows - 2, 40))),
     )
@@ -84,6 +81,16 @@ def build_presentation_state(
         pr.Laterality = str(getattr(finding.source, "Laterality", "") or "")
     pr.SeriesDescription = PR_SERIES_DESCRIPTION
     return pr
+
+
+def _summary(finding: ImageFinding) -> str:
+    """The annotation text: the result, or why the image was not assessed."""
+    if not finding.assessed:
+        return f"AI: not assessed: {finding.not_assessed_reason or 'no reason given'}"
+    text = f"AI: {finding.label} P(malignant) {finding.malignancy_probability:.2f}"
+    if finding.likelihood_category:
+        text += f", AI category {finding.likelihood_category} (not BI-RADS)"
+    return text
 
 
 def _grayscale(source: Dataset, common: dict[str, Any]) -> Dataset:

@@ -62,9 +62,8 @@ def build_secondary_capture(
     sc.Modality = "OT"
     sc.ConversionType = "WSD"
     sc.ManufacturerModelName = identity.model_name
-    setattr(
-        sc, "SoftwareVersions", [identity.software_version, f"{finding.model_name} {finding.model_version}"]
-    )  # noqa: B010
+    versions = [identity.software_version, f"{finding.model_name} {finding.model_version}"]
+    setattr(sc, "SoftwareVersions", versions)  # noqa: B010 - typed as str, a list is a valid multi-value
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.BurnedInAnnotation = "YES"
     sc.RecognizableVisualFeatures = "NO"

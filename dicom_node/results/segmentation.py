@@ -21,9 +21,10 @@ def build_segmentation(
     instance_number: int,
     sop_instance_uid: str | None = None,
 ) -> Dataset | None:
-    """A one-segment binary SEG, or None when the source is multi-frame or there is no lesion."""
+    """A one-segment binary SEG, or None when the source is multi-frame, not assessed or has no lesion."""
     if (
-        finding.is_multiframe
+        not finding.assessed
+        or finding.is_multiframe
         or finding.frame_number is not None
         or finding.mask is None
         or not finding.mask.any()

@@ -10,8 +10,10 @@ repaired (no Study or SOP Instance UID) raises, so the caller fails that one ins
 
 from __future__ import annotations
 
+import copy
 import re
 
+from highdicom.enum import SpecificCharacterSetValues
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import DA, DT, TM
@@ -37,6 +39,7 @@ _ULTRASOUND_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.3",
 }
 _PARSERS = {"DA": DA, "TM": TM, "DT": DT}
+_CHARSETS = frozenset(v.value for v in SpecificCharacterSetValues)  # the terms highdicom writes
 
 
 # Retired classes old scanners still send, read with the IOD of their successor.
@@ -92,9 +95,28 @@ def make_conformant(ds: Dataset) -> list[str]:
         if keyword not in ds:
             setattr(ds, keyword, "")
             notes.append(f"{keyword} missing (empty)")
+    notes.extend(_enumerated(ds))
     if not str(ds.get("Modality", "") or "").strip():
         ds.Modality = "US" if str(ds.SOPClassUID) in _ULTRASOUND_CLASSES else "OT"
         notes.append(f"Modality missing (taken as {ds.Modality})")
+    return notes
+
+
+def _enumerated(ds: Dataset) -> list[str]:
+    """Patient Sex and Specific Character Set outside their defined terms (highdicom refuses both)."""
+    notes = []
+    sex = str(ds.get("PatientSex", "") or "").strip().upper()
+    if sex not in ("", "M", "F", "O"):
+        fixed = {"MALE": "M", "FEMALE": "F"}.get(sex, "")
+        notes.append(f"PatientSex {sex!r} read as {fixed!r}")
+        ds.PatientSex = fixed
+    charsets = ds.get("SpecificCharacterSet")
+    if charsets:
+        values = [charsets] if isinstance(charsets, str) else list(charsets)
+        if any(str(v).strip() and str(v).strip() not in _CHARSETS for v in values):
+            # pydicom already decoded the text (falling back where it had to); ours are written in UTF-8
+            notes.append(f"SpecificCharacterSet {values!r} unknown, written as ISO_IR 192")
+            ds.SpecificCharacterSet = "ISO_IR 192"
     return notes
 
 
@@ -119,3 +141,31 @@ def _repair_one(vr: str, text: str) -> str | None:
     except (ValueError, TypeError, OverflowError):
         return None
     return text
+
+
+def with_current_class(source: Dataset) -> Dataset | None:
+    """A copy of a retired-class header under its successor class, or None when it is not retired.
+
+    Some highdicom SR checks know only current image storage classes; the report is built from the
+    copy and `restore_classes` then puts the true class back into every reference.
+    """
+    current = _RETIRED_SUCCESSORS.get(str(getattr(source, "SOPClassUID", "")))
+    if current is None:
+        return None
+    stand_in = copy.deepcopy(source)  # a header (pixel data dropped before the SR): cheap
+    stand_in.SOPClassUID = current
+    return stand_in
+
+
+def restore_classes(obj: Dataset, classes: dict[str, str]) -> int:
+    """Set ReferencedSOPClassUID back to the true class of each instance in `classes`; returns the count."""
+    count = 0
+    for element in obj.iterall():
+        if element.VR != "SQ":
+            continue
+        for item in element.value:
+            uid = str(item.get("ReferencedSOPInstanceUID", ""))
+            if uid in classes and "ReferencedSOPClassUID" in item:
+                item.ReferencedSOPClassUID = classes[uid]
+                count += 1
+    return count
