@@ -110,3 +110,27 @@ def test_codes_come_from_the_context_groups_the_templates_name() -> None:
     assert all(side in sr_codes.cid244 for side in codes.LATERALITY.values())  # Laterality
     assert codes.PROBABILITY_OF_CANCER in sr_codes.cid6048
     assert sr_codes.SCT.LongAxis == codes.LONG_AXIS and sr_codes.SCT.ShortAxis == codes.SHORT_AXIS
+
+
+def test_a_later_frame_of_a_single_frame_class_object_gets_no_misplaced_outline(tmp_path: Path) -> None:
+    import pydicom
+
+    from sonopacs.dicom_node.results.structured_report import build_structured_report
+    from tests.support.findings import ellipse_finding
+    from tests.support.sr_study import IDENTITY, cine_study
+
+    path = cine_study(tmp_path / "cine").sources[0]
+    ds = pydicom.dcmread(path)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.UID("1.2.840.10008.5.1.4.1.1.6.1")  # US Image: one frame by IOD
+    ds.save_as(path, enforce_file_format=True)
+    first, later = ellipse_finding(path, frame_index=0), ellipse_finding(path, frame_index=1)
+    for finding in (first, later):
+        finding.likelihood_category = "4C"
+        assert finding.frame_number is None  # the IOD cannot name a frame
+    out = tmp_path / "sr.dcm"
+    build_structured_report([first, later], IDENTITY, IDENTITY.new_uid(), 9201).save_as(out, enforce_file_format=True)
+    report = _read(out)
+    (group,) = report.get_planar_roi_measurement_groups()  # frame 1 only: a reference without frame is frame 1
+    assert group.roi is not None and "ReferencedFrameNumber" not in group.roi.ContentSequence[0].ReferencedSOPSequence[0]
+    texts = [i.value for i in _report_evaluations(report) if i.value_type == hd.sr.ValueTypeValues.TEXT]
+    assert any("frame 2 of a single-frame object: outline not stored" in t for t in texts)

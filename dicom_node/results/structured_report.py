@@ -99,8 +99,13 @@ def build_structured_report(
 
 
 def has_outline(finding: ImageFinding) -> bool:
-    """Only an assessed image with a lesion contour gets a planar ROI."""
-    return finding.assessed and finding.has_lesion
+    """Only an assessed image with a lesion contour gets a planar ROI, and only where a reference
+    can name its frame: a later frame of a single-frame-class object would be drawn on frame 1."""
+    return finding.assessed and finding.has_lesion and not _unreferenceable_frame(finding)
+
+
+def _unreferenceable_frame(finding: ImageFinding) -> bool:
+    return finding.frame_number is None and finding.frame_index > 0
 
 
 def most_suspicious(findings: list[ImageFinding]) -> ImageFinding:
@@ -278,7 +283,12 @@ def _report_evaluations(findings: list[ImageFinding]) -> ContainerContentItem:
     for finding in findings:
         if has_outline(finding):
             continue
-        if finding.assessed:
+        if finding.assessed and finding.has_lesion:  # a frame this object cannot reference
+            text = (
+                f"{_image_label(finding)}, frame {finding.frame_index + 1} of a single-frame object: "
+                f"outline not stored; {_summary_text(finding)}"
+            )
+        elif finding.assessed:
             text = f"{_image_label(finding)}: no lesion outlined; {_summary_text(finding)}"
         else:
             reason = finding.not_assessed_reason or "outside the model's scope"
