@@ -361,3 +361,28 @@ def test_reconciler_tells_a_waiting_message_from_a_lost_one(
     assert (old.generation, old.state) == (1, JobState.FAILED) and "message lost" in (old.error or "")
     assert (new.generation, new.state) == (2, JobState.QUEUED)
     db.dispose()
+
+
+def test_broker_outage_costs_one_failed_enqueue_per_try(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Broker down: the first refused message ends the monitor's tick (its claim released), so an
+    outage does not leave a failed pipeline Job per waiting study per poll."""
+    from sonopacs.worker.stability import BrokerUnavailable
+    from tests.support.net import free_port
+
+    settings = make_settings("sqlite", broker={"url": f"redis://127.0.0.1:{free_port()}/0"})
+    upgrade(settings.database_url)
+    db = Database(settings.database_url)
+    ids = [add_study(db)[0] for _ in range(3)]
+    with pytest.raises(BrokerUnavailable):
+        enqueue_stable_studies(settings, db)
+    with db.session() as session:
+        states = set(session.scalars(select(Study.state)))
+        failed = session.scalars(select(Job.error).where(Job.state == JobState.FAILED)).all()
+    assert states == {StudyState.RECEIVING}  # every claim undone: the next tick enqueues them
+    assert len(failed) == 1 and "broker" in (failed[0] or "")
+    assert len(audit(db, ids[0], "study_state")) + len(audit(db, ids[1], "study_state")) + len(
+        audit(db, ids[2], "study_state")
+    ) == 2  # one claim and its release
+    db.dispose()

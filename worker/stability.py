@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 ACTOR = "stability"
 PURGE_EVERY_SECONDS = 600.0
+BROKER_BACKOFF_MAX_SECONDS = 30.0
 
 
 def pipeline_signature(app: Celery, study_id: int, generation: int, task_id: str | None = None) -> Any:
@@ -64,10 +65,18 @@ def send_pipeline(app: Celery, db: Database, study_id: int, generation: int) -> 
     return first_id
 
 
+class BrokerUnavailable(RuntimeError):
+    """The broker refused a pipeline message; the claim was released and the monitor backs off."""
+
+
 def enqueue_stable_studies(
     settings: Settings, db: Database, now: datetime | None = None, app: Celery | None = None
 ) -> list[int]:
-    """Claim and enqueue every study quiet since `now - stable_seconds`; returns the study ids."""
+    """Claim and enqueue every study quiet since `now - stable_seconds`; returns the study ids.
+
+    Raises BrokerUnavailable at the first message the broker refuses (that study's claim is
+    released), so an outage costs one failed Job row per try, not one per waiting study.
+    """
     now = now or utcnow()
     cutoff = now - timedelta(seconds=settings.study.stable_seconds)
     with db.session() as session:
@@ -84,10 +93,9 @@ def enqueue_stable_studies(
             continue  # another monitor won, or an instance just arrived
         try:
             send_pipeline(app or get_app(settings), db, study_id, generation)
-        except Exception as exc:  # noqa: BLE001 - broker down: release the claim, try next tick
-            log.error("could not enqueue study %s: %s", uid, state.describe(exc))
+        except Exception as exc:  # noqa: BLE001 - broker down: release the claim, stop this tick
             release_claim(db, study_id, generation, uid, state.describe(exc))
-            continue
+            raise BrokerUnavailable(state.describe(exc)) from exc
         log.info("study %s generation %s is stable: pipeline enqueued", uid, generation)
         enqueued.append(int(study_id))
     return enqueued
@@ -162,11 +170,20 @@ def run_monitor(settings: Settings, stop: threading.Event | None = None) -> int:
     next_purge = 0.0
     next_reconcile = 0.0
     next_retention = 0.0
+    next_enqueue = 0.0
+    broker_wait = 0.0
     while not stop.is_set():
-        try:
-            enqueue_stable_studies(settings, db, utcnow(), app=app)
-        except Exception as exc:  # noqa: BLE001 - database restarting: keep polling
-            log.warning("stability monitor: %s", state.describe(exc))
+        if time.monotonic() >= next_enqueue:
+            try:
+                enqueue_stable_studies(settings, db, utcnow(), app=app)
+                broker_wait = 0.0
+            except BrokerUnavailable as exc:
+                # Back off (1, 2, 4 ... 30 s) instead of a failed Job and audit row every poll.
+                broker_wait = min(BROKER_BACKOFF_MAX_SECONDS, max(1.0, broker_wait * 2))
+                next_enqueue = time.monotonic() + broker_wait
+                log.error("broker unavailable (%s); next enqueue in %.0fs", exc, broker_wait)
+            except Exception as exc:  # noqa: BLE001 - database restarting: keep polling
+                log.warning("stability monitor: %s", state.describe(exc))
         if time.monotonic() >= next_reconcile:
             next_reconcile = time.monotonic() + settings.recovery.check_seconds
             try:
