@@ -132,3 +132,46 @@ def test_analyze_cli_json_for_non_breast_ultrasound(tmp_path: Path) -> None:
     assert not np.asarray(Image.open(tmp_path / "JPGLosslessP14SV1_1s_1f_8b_mask.png")).any()
     breast = json.loads((tmp_path / "bus_0056-r.json").read_text())
     assert breast["assessed"] is True and breast["likelihood_category"] in ("1", "3", "4A", "4B", "4C", "5")
+
+
+def test_pipeline_cleaning_path_has_no_fallback_and_carries_field_reasons(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import sonopacs.models.clean as clean_mod
+    from sonopacs.models.clean import CleaningFailed
+    from sonopacs.worker.findings import analysis_record, clean_frame, pick_most_suspicious
+    from sonopacs.worker.records import FieldRecord, jsonable
+
+    rng = np.random.default_rng(2)
+    frame = rng.integers(30, 200, (240, 320), dtype=np.uint8)
+    # a Doppler region in the header: every field of the frame is out of scope, with that reason
+    fields = clean_frame(frame, [_region(1, 1), _region(3, 3)])
+    assert fields and all("spectral" in str(r.summary["not_assessed_reason"]) for r, _ in fields)
+    assert all("not_assessed_reason" not in r.summary for r, _ in clean_frame(frame, [_region(1, 1)]))
+
+    class _Res:  # the few AnalysisResult fields analysis_record reads, assessed
+        def __init__(self, pm: float) -> None:
+            from sonopacs.models.types import AnalysisResult
+
+            self.r = AnalysisResult({"normal": 0.1, "benign": 0.9 - pm, "malignant": pm}, "benign", pm,
+                                    {"default": pm > 0.5}, np.zeros((4, 4), bool), np.zeros((4, 4), np.float32),
+                                    None, 0.0, "m", "1", likelihood_category="4B")
+
+    items = []
+    for k, (pm, summary) in enumerate([(0.9, {"not_assessed_reason": "colour Doppler"}), (0.2, {})]):
+        it = FieldRecord(order=k, frame_index=0, field_index=k, offset=(0, 0), spacing_mm=None,
+                         summary=jsonable(summary))
+        it.analysis = analysis_record(_Res(pm).r, {})
+        items.append(it)
+    best = pick_most_suspicious(items)
+    assert best.order == 1  # the assessed field wins over a more suspicious out-of-scope one
+    assert not items[0].analysed().assessed and items[0].analysed().likelihood_category is None
+    assert not any(items[0].analysed().decisions.values())
+
+    def refuse(image, regions=None):  # type: ignore[no-untyped-def]
+        raise ValueError("not an ultrasound frame")
+
+    monkeypatch.setattr(clean_mod, "clean_image", refuse)
+    with pytest.raises(CleaningFailed, match="not an ultrasound frame"):
+        clean_frame(frame, [])
+    monkeypatch.setattr(clean_mod, "clean_image", lambda image, regions=None: [])
+    with pytest.raises(CleaningFailed, match="no ultrasound field"):
+        clean_frame(frame, [])
