@@ -52,7 +52,7 @@ def test_region_types() -> None:
     assert "M-mode" in (region_scope_reason([_region(2, 1)]) or "")
     assert "colour flow" in (region_scope_reason([_region(1, 2)]) or "")
     # a real obstetric file: 2D region + a waveform trace region
-    ds = pydicom.dcmread(get_testdata_file("OBXXXX1A.dcm"), stop_before_pixels=True)
+    ds = pydicom.dcmread(str(get_testdata_file("OBXXXX1A.dcm")), stop_before_pixels=True)
     assert "waveform" in (scope_reason(ds) or "")
 
 
@@ -122,7 +122,7 @@ def test_finding_from_a_cardiac_header_is_not_assessed(analyzer) -> None:  # typ
 def test_analyze_cli_json_for_non_breast_ultrasound(tmp_path: Path) -> None:
     from sonopacs.cli import main
 
-    src = get_testdata_file("JPGLosslessP14SV1_1s_1f_8b.dcm")  # adult echocardiogram, no header hint
+    src = str(get_testdata_file("JPGLosslessP14SV1_1s_1f_8b.dcm"))  # adult echocardiogram, no header hint
     assert main(["analyze", src, str(DATA / "bus_0056-r.jpg"), "--out", str(tmp_path)]) == 0
     rec = json.loads((tmp_path / "JPGLosslessP14SV1_1s_1f_8b.json").read_text())
     assert rec["assessed"] is False and rec["not_assessed_reason"]
