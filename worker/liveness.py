@@ -1,7 +1,7 @@
 """Is a task's process still alive? Job heartbeats, lost-run detection and the worker-death count.
 
 A running task writes `Job.heartbeat_at` every `recovery.heartbeat_seconds` from a thread beside
-its body, and its row names the process (`pid@host`). When a message is delivered again with the
+its body, and its row names the process (`pid@host#pid-namespace`). When a message is delivered again with the
 same task id (a pool process killed by a crash or the OOM killer, a Redis visibility timeout), the
 earlier running row is either
 
@@ -38,17 +38,26 @@ LOST = "worker lost while running"
 STALE_INTERVALS = 3
 
 
+def _machine() -> str:
+    """This host and PID namespace: containers sharing a host name still tell their processes apart."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = "?"
+    return f"{socket.gethostname()}#{namespace}"
+
+
 def identity() -> str:
-    """This process as `pid@host`, written on the Job it runs."""
-    return f"{os.getpid()}@{socket.gethostname()}"
+    """This process as `pid@host#pid-namespace`, written on the Job it runs."""
+    return f"{os.getpid()}@{_machine()}"
 
 
 def process_gone(worker: str | None) -> bool | None:
-    """True/False for a process on this host (a zombie counts as gone); None for another host."""
+    """True/False for a process on this machine (a zombie counts as gone); None for another one."""
     if not worker or "@" not in worker:
         return None
-    pid_text, host = worker.split("@", 1)
-    if host != socket.gethostname() or not pid_text.isdigit():
+    pid_text, machine = worker.split("@", 1)
+    if machine != _machine() or not pid_text.isdigit():
         return None
     pid = int(pid_text)
     if pid == os.getpid():

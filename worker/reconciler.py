@@ -8,8 +8,8 @@ Run by the stability monitor every `recovery.check_seconds`. Two jobs:
   is overdue. The schedule is taken with one conditional UPDATE, so the try runs once.
 * Stuck studies (`reconcile`): a study in queued/processing (or results_ready/exporting with an
   unfinished export) whose state has not changed for `recovery.stuck_seconds` and none of whose
-  current-generation Jobs is live. Live means: running in a process that still exists (same host)
-  or whose heartbeat is younger than the bound; queued recently or still waiting in the broker
+  current-generation Jobs is live. Live means: running in a process that still exists (same
+  machine) or whose heartbeat is younger than the bound; queued recently or still waiting in the broker
   (embedded broker: its message is still visible; other brokers hand lost messages back
   themselves, so a queued task counts as lost only when a later one of the same stage has
   already started); retrying with a countdown still to come.
@@ -98,9 +98,9 @@ def send_due_exports(settings: Settings, db: Database, now: datetime | None = No
 
 def _live(job: Job, settings: Settings, now: datetime, bound: datetime, waiting: set[str], db: Database) -> bool:
     if job.state == JobState.RUNNING:
-        gone = liveness.process_gone(job.worker)
-        if gone is not None:
-            return not gone
+        if liveness.process_gone(job.worker) is False:
+            return True  # its process still exists here: a long stage, not a lost one
+        # Gone, or on another machine: lost once its heartbeat is older than the bound.
         seen = liveness.last_sign_of_life(job)
         return seen is not None and seen > bound
     if job.state == JobState.QUEUED:
