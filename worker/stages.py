@@ -380,6 +380,13 @@ class Built:
     summary: dict[str, Any]
     model_name: str
     model_version: str
+    data: bytes  # the Part 10 encoding, made while building: an object that cannot be written fails there
+
+
+def _encode(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 @dataclass
@@ -450,7 +457,7 @@ def _build_objects(
     for number, (instance_id, its) in enumerate(by_instance.items(), start=1):
         uid = uids.get(instance_id, str(instance_id))
         try:
-            ds, finding, sc, summary = _build_sc(
+            ds, finding, sc, summary, sc_data = _build_sc(
                 settings, work, paths[instance_id], its, ident, series, numbers, number, run, uid
             )
         except Exception as exc:  # noqa: BLE001 - one bad instance never costs the others their results
@@ -461,7 +468,7 @@ def _build_objects(
             run.outcomes[instance_id] = (InstanceState.FAILED, reason)
             continue
         model = (finding.model_name, finding.model_version)
-        run.built.append(Built("sc", sc, instance_id, summary, *model))
+        run.built.append(Built("sc", sc, instance_id, summary, *model, sc_data))
         findings[instance_id] = finding
         if finding.assessed:
             run.outcomes[instance_id] = (InstanceState.PROCESSED, None)
@@ -484,6 +491,7 @@ def _build_objects(
                     obj = build_presentation_state(finding, ident, series["pr"], numbers["pr"], number)
                 else:
                     obj = build_segmentation(finding, ds, ident, series["seg"], numbers["seg"], number)
+                data = _encode(obj) if obj is not None else b""
             except Exception as exc:  # noqa: BLE001 - an optional output never costs the SC and SR
                 _reraise_if_machine(exc)
                 reason = f"{kind.upper()} not built: {describe(exc)}"
@@ -492,7 +500,7 @@ def _build_objects(
                 run.note(instance_id, reason)
                 continue
             if obj is not None:
-                run.built.append(Built(kind, obj, instance_id, summary, *model))
+                run.built.append(Built(kind, obj, instance_id, summary, *model, data))
     if findings:
         for f in findings.values():  # the SR only needs headers; drop pixel data held by the sources
             if "PixelData" in f.source:
@@ -514,8 +522,8 @@ def _build_sc(
     number: int,
     run: PublishRun,
     uid: str,
-) -> tuple[Dataset, ImageFinding, Dataset, dict[str, Any]]:
-    """(source with pixels, finding, SC, summary) of one instance; raises when its SC cannot be made."""
+) -> tuple[Dataset, ImageFinding, Dataset, dict[str, Any], bytes]:
+    """(source with pixels, finding, SC, summary, SC bytes) of one instance; raises when its SC cannot be made."""
     best = pick_most_suspicious(its)
     ds = pydicom.dcmread(_instance_path(settings, raw_path))
     repairs = make_conformant(ds)  # in memory only: the received file is never rewritten
@@ -535,7 +543,7 @@ def _build_sc(
     summary = summary_of(finding, best)
     rgb = render_overlay(finding, heatmap=settings.pipeline.heatmap)
     sc = build_secondary_capture(finding, rgb, ident, series["sc"], numbers["sc"], number)
-    return ds, finding, sc, summary
+    return ds, finding, sc, summary, _encode(sc)
 
 
 def _current_class_stand_ins(
@@ -563,15 +571,21 @@ def _build_report(
 ) -> Built | None:
     """The study's SR over every finding; a finding that breaks it is left out, with the reason."""
     findings, retired = _current_class_stand_ins(findings)
+
+    def make(group: list[ImageFinding]) -> tuple[Dataset, bytes]:
+        sr = build_structured_report(group, ident, series_uid, series_number)
+        restore_classes(sr, retired)
+        return sr, _encode(sr)
+
     kept = dict(findings)
     try:
-        sr = build_structured_report(list(kept.values()), ident, series_uid, series_number)
+        sr, data = make(list(kept.values()))
     except Exception as exc:  # noqa: BLE001 - find the instance(s) that break it, keep the others
         _reraise_if_machine(exc)
         log.warning("study report failed (%s); finding the image that breaks it", describe(exc))
         for instance_id, finding in findings.items():
             try:
-                build_structured_report([finding], ident, series_uid, series_number)
+                make([finding])
             except Exception as alone:  # noqa: BLE001
                 _reraise_if_machine(alone)
                 reason = f"left out of the study report: {describe(alone)}"
@@ -584,13 +598,12 @@ def _build_report(
                 run.note(instance_id, f"no study report: {describe(exc)}")
             return None
         try:
-            sr = build_structured_report(list(kept.values()), ident, series_uid, series_number)
+            sr, data = make(list(kept.values()))
         except Exception as again:  # noqa: BLE001
             _reraise_if_machine(again)
             for instance_id in kept:
                 run.note(instance_id, f"no study report: {describe(again)}")
             return None
-    restore_classes(sr, retired)
     included = list(kept.values())
     top = most_suspicious(included)
     return Built(
@@ -612,6 +625,7 @@ def _build_report(
         },
         top.model_name,
         top.model_version,
+        data,
     )
 
 
@@ -621,10 +635,8 @@ def _write_objects(settings: Settings, study_uid: str, built: list[Built]) -> li
     for obj in built:
         ds = obj.ds
         rel = Path("results") / study_uid / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
         # durable (rename and folder fsync'ed) before the row that points at it is committed
-        write_durably(settings.storage.root / rel, buffer.getvalue())
+        write_durably(settings.storage.root / rel, obj.data)
         rows.append(
             {
                 "kind": obj.kind,
