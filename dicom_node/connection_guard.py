@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -115,11 +116,15 @@ class ConnectionGuard:
             )
         return True
 
-    def replace_socket(self, old: socket.socket, new: socket.socket) -> None:
+    def wrap(self, raw: socket.socket, wrap: Callable[[socket.socket], socket.socket]) -> socket.socket:
+        """Swap a connection's socket for its TLS wrapper (which detaches ``raw``) without it ever
+        looking closed to ``admit``; ``wrap`` must not handshake (that may take long)."""
         with self._lock:
+            wrapped = wrap(raw)
             for conn in self._conns:
-                if conn.sock is old:
-                    conn.sock = new
+                if conn.sock is raw:
+                    conn.sock = wrapped
+        return wrapped
 
     def attach(self, sock: socket.socket, assoc: Association) -> _Connection | None:
         with self._lock:
@@ -254,16 +259,24 @@ class GuardedServer(ThreadedAssociationServer):
         return self.guard.admit(request, str(client_address[0]))
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        if self.ssl_context is not None:
+        context = self.ssl_context
+        if context is not None:
             try:
-                request.settimeout(self.guard.request_timeout)
-                wrapped = self.ssl_context.wrap_socket(request, server_side=True)
-                wrapped.settimeout(None)
+                wrapped = self.guard.wrap(
+                    request, lambda raw: context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+                )
             except (OSError, ValueError) as exc:
                 self.guard.report("tls_handshake_failed", str(client_address[0]), type(exc).__name__)
                 self.shutdown_request(request)
                 return
-            self.guard.replace_socket(request, wrapped)
+            try:
+                wrapped.settimeout(self.guard.request_timeout)  # a silent TLS peer is a half-open one
+                cast(ssl.SSLSocket, wrapped).do_handshake()
+                wrapped.settimeout(None)
+            except (OSError, ValueError) as exc:
+                self.guard.report("tls_handshake_failed", str(client_address[0]), type(exc).__name__)
+                self.shutdown_request(wrapped)
+                return
             request = wrapped
         super().process_request_thread(request, client_address)
 

@@ -201,3 +201,37 @@ def test_a_4_gb_pdu_and_silent_or_trickling_peers_are_closed_within_the_bound(
     events = {r.event: r.detail or "" for r in audit_rows(settings) if r.event.startswith("pdu_")}
     assert "4294967295-byte PDU" in events.get("pdu_refused", "")
     assert "PDU not complete in time" in events.get("pdu_timeout", "")
+
+
+@pytest.mark.timeout(90)  # the old behaviour hangs (the accept loop never comes back): fail, not hang
+def test_silent_tls_peers_do_not_stall_the_accept_loop(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """pynetdicom handshakes TLS in its accept loop, with no timeout: one silent peer used to
+    stop every later connection. The handshake now runs in the connection's thread, bounded."""
+    import ssl
+
+    from tests.support.tls_front import self_signed_pem
+
+    try:
+        pem = self_signed_pem(tmp_path / "server.pem")
+    except ImportError as exc:
+        pytest.skip(f"cannot make a certificate: {exc}")
+    settings = make_settings(dicom={"tls_cert": pem, "tls_key": pem, "acse_timeout": 4})
+    client = ssl.create_default_context(cafile=str(pem))
+    client.check_hostname = False
+    with running_listener(settings) as listener:
+        silent = [_connect(listener.port, f"127.0.2.{1 + i // 5}") for i in range(40)]  # no ClientHello
+        ae = AE(ae_title="PACS")
+        ae.add_requested_context(VERIFICATION)
+        start = time.monotonic()
+        assoc = ae.associate("127.0.0.1", listener.port, ae_title="SONOPACS", tls_args=(client, "localhost"))
+        established = assoc.is_established
+        status = int(assoc.send_c_echo().Status) if established else None
+        if established:
+            assoc.release()
+        seconds = time.monotonic() - start
+        closed = [_closed_by_peer(s, within=8) for s in silent[-5:]]  # the handshake timeout (acse_timeout)
+        for s in silent:
+            s.close()
+    assert established and status == 0x0000
+    assert seconds < 5, f"the TLS PACS waited {seconds:.1f}s"
+    assert all(c is not None for c in closed), closed
