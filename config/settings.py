@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -146,6 +154,12 @@ class ExportSettings(_Section):
         if not str(value).startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return str(value).rstrip("/")
+
+    @model_validator(mode="after")
+    def _dicomweb_needs_url(self) -> ExportSettings:
+        if self.kind == "dicomweb" and not self.dicomweb_url:
+            raise ValueError("kind dicomweb needs export.dicomweb_url (the STOW-RS service root)")
+        return self
 
     @property
     def enabled(self) -> bool:
