@@ -4,6 +4,7 @@ comes back through WADO-RS byte for byte. Credentials and TLS are checked agains
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -165,3 +166,26 @@ def test_target_hides_credentials_and_sends_the_bearer_token() -> None:
     basic = StowTarget("http://pacs/dicom-web", username="u", password="p", verify_tls=False)
     with basic.session() as session:
         assert session.auth == ("u", "p") and session.verify is False
+
+
+def test_dicomweb_settings_are_checked_and_secrets_masked() -> None:
+    from sonopacs.config import load_settings
+    from sonopacs.config.settings import ConfigError, masked_dump
+
+    with pytest.raises(ConfigError, match="dicomweb_url"):
+        load_settings(export={"kind": "dicomweb"})
+    with pytest.raises(ConfigError, match="dicomweb_url"):
+        load_settings(export={"kind": "dicomweb", "dicomweb_url": "pacs.example/dicom-web"})
+    settings = load_settings(
+        export={
+            "kind": "dicomweb",
+            "dicomweb_url": "https://pacs/dicom-web/",
+            "password": "pw",
+            "bearer_token": "tok",
+        }
+    )
+    assert settings.export.enabled and settings.export.dicomweb_url == "https://pacs/dicom-web"
+    shown = json.dumps(masked_dump(settings)["export"], default=str)  # what `sonopacs config show` prints
+    assert '"pw"' not in shown and '"tok"' not in shown
+    target = target_from_settings(settings.export)
+    assert target.password == "pw" and target.bearer_token == "tok"
