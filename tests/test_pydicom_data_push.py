@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from sonopacs.config import Settings
 from sonopacs.db import AuditEvent, Database, Instance, InstanceState, ResultObject, Study, StudyState
 from tests.support.net import free_port, wait_until
 from tests.support.orthanc import Orthanc
 from tests.support.pydicom_data import us_and_sc_files
-from tests.support.sonopacs_proc import analyzer_or_skip, sonopacs_serve
+from tests.support.sonopacs_proc import analyzer_or_skip, results_in_orthanc, sonopacs_serve
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.slow]
 
@@ -136,6 +136,14 @@ def test_every_pydicom_data_scanner_file_gets_results_or_a_reason(
                 )
             )
         )
+        sc_per_study = dict(
+            session.execute(
+                select(Study.study_instance_uid, func.count(ResultObject.id))
+                .join(ResultObject, ResultObject.study_id == Study.id)
+                .where(ResultObject.kind == "sc", ResultObject.superseded.is_(False))
+                .group_by(Study.study_instance_uid)
+            ).all()
+        )
         refusals = {
             str(uid): detail
             for uid, detail in session.execute(
@@ -175,10 +183,7 @@ def test_every_pydicom_data_scanner_file_gets_results_or_a_reason(
     assert not unexplained, unexplained
     # a study with at least one SC has its SR
     assert sc_studies and sc_studies <= sr_studies, sc_studies - sr_studies
-    # our results went back to the PACS: one SC per processed instance, as new series
-    ours = [
-        s
-        for s in pacs.get("/series")
-        if str(pacs.get(f"/series/{s}")["MainDicomTags"].get("SeriesDescription", "")).startswith("sonopacs")
-    ]
-    assert ours
+    # our results went back to the PACS: every SC and the study's SR, as new series
+    for uid, sc_count in sc_per_study.items():
+        found = results_in_orthanc(pacs, uid)
+        assert (len(found["OT"]), len(found["SR"])) == (sc_count, 1), (uid, found)

@@ -84,9 +84,16 @@ def build_secondary_capture(
 def _derivation(finding: ImageFinding) -> str:
     band = "; result banner in a band below the frame"
     if not finding.assessed:
-        return f"{DISCLAIMER}. Source frame, not assessed (reason in the banner){band}"
+        return f"{DISCLAIMER}. Source frame{_which_frame(finding)}, not assessed (reason in the banner){band}"
     heat = " and Grad-CAM heat map" if finding.heatmap is not None else ""
-    return f"{DISCLAIMER}. Source frame with lesion contour{heat}{band}"
+    return f"{DISCLAIMER}. Source frame{_which_frame(finding)} with lesion contour{heat}{band}"
+
+
+def _which_frame(finding: ImageFinding) -> str:
+    """Names the frame where the reference cannot (several frames in a single-frame class)."""
+    if finding.is_multiframe and finding.frame_number is None:
+        return f" {finding.frame_index + 1} of {int(finding.source.NumberOfFrames)}"
+    return ""
 
 
 def _comment(finding: ImageFinding) -> str:
