@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import socket
 import ssl
 import threading
@@ -215,6 +216,10 @@ class DeadlineSocket(AssociationSocket):
         finally:
             if raw.fileno() != -1:
                 raw.settimeout(previous)
+        if len(out) < nr_bytes and assoc.dul.state_machine.current_state in _BEFORE_REQUEST:
+            # pynetdicom's acceptor waits acse_timeout for an A-ASSOCIATE-RQ even after the
+            # connection is gone (two threads and a socket each); wake it: it then closes and exits.
+            cast("queue.Queue[Any]", assoc.dul.to_user_queue).put(None)
         return out
 
 

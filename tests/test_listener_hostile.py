@@ -132,11 +132,13 @@ def test_pacs_gets_in_while_300_trickling_connections_are_held(
     dicom = settings.dicom
     one_address = ["127.0.0.2"] * 150  # one hostile host: the per-address limit
     many = [f"127.0.1.{1 + i // 10}" for i in range(150)]  # 15 hosts x 10: the half-open bound
+    baseline = threading.active_count()
     with running_listener(settings) as listener, trickling(listener.port, one_address + many) as hostile:
-        attempts = []
-        for _ in range(3):
+        attempts, threads = [], []
+        for _ in range(4):
             time.sleep(3)
             attempts.append(_pacs_echo_and_store(listener.port, tmp_path))
+            threads.append(threading.active_count() - baseline)
         guard = listener.guard
         assert guard is not None
         open_now, half_open = guard.counts()
@@ -146,6 +148,8 @@ def test_pacs_gets_in_while_300_trickling_connections_are_held(
     assert half_open <= dicom.max_half_open
     assert open_now <= dicom.max_half_open + dicom.max_associations
     assert hostile.reconnects > 0  # the listener closed hostile connections (and they came back)
+    # Two threads per open connection, none left behind by closed ones (they used to linger 30 s).
+    assert max(threads) < 2 * (dicom.max_half_open + dicom.max_associations) + 20, threads
     refused = audit_rows(settings, "connection_refused")
     evicted = audit_rows(settings, "connection_evicted")
     assert any("peer=127.0.0.2" in (r.detail or "") for r in refused)
