@@ -204,35 +204,49 @@ def test_study_stuck_again_after_its_recovery_fails_with_the_reason(
         db.dispose()
 
 
-def test_poison_input_fails_after_n_worker_deaths(
+@pytest.mark.slow
+def test_poison_instance_fails_alone_after_n_worker_deaths(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    """A pool process killed each time it works on the study (an OOM kill): after
-    `max_worker_deaths` deaths the study is failed instead of being redelivered forever."""
+    """An instance whose decoding kills the pool process each time (an OOM kill): after
+    `max_worker_deaths` deaths that instance is failed with the reason, the rest of the study goes
+    on, and the message is not redelivered forever."""
+    from sonopacs.db import Instance, InstanceState
+
     settings = make_settings("sqlite", recovery={**RECOVERY, "stuck_seconds": 600, "max_worker_deaths": 2})
     upgrade(settings.database_url)
     db = Database(settings.database_url)
-    study_id, fifo = held_study(db, tmp_path / "in")
+    study_id, fifo = held_study(db, tmp_path / "in")  # read first: it blocks the stage
+    [image] = write_us_study(tmp_path / "good", n_images=1)
+    good = add_instance(db, study_id, image)
     config = write_config(settings, tmp_path / "sonopacs.yaml")
     try:
         with worker_process(config, tmp_path / "worker.log", concurrency=1) as proc:
             assert enqueue_stable_studies(settings, db) == [study_id]
             for death in range(2):
 
-                def running(n: int = death + 1) -> bool:
+                def reading_the_pipe(n: int = death + 1) -> bool:
                     clean = jobs(db, study_id, "clean")
-                    return len(clean) == n and clean[-1].state == JobState.RUNNING
+                    return len(clean) == n and clean[-1].state == JobState.RUNNING and bool(
+                        (clean[-1].detail or {}).get("working_on_instance")
+                    )
 
-                wait_until(running, timeout=60)
+                wait_until(reading_the_pipe, timeout=60)
                 [pool] = children_of(proc.pid)
                 os.kill(pool, signal.SIGKILL)
             wait_until(lambda: study(db, study_id).state in TERMINAL, timeout=60)
             assert proc.poll() is None  # the worker itself keeps serving
         final = study(db, study_id)
-        assert final.state == StudyState.FAILED
-        assert final.state_reason == "worker died 2 times while processing (clean)"
+        assert final.state == StudyState.RESULTS_READY, final.state_reason
+        with db.session() as session:
+            states = dict(session.execute(select(Instance.id, Instance.state)).tuples().all())
+            reason = session.scalar(select(Instance.state_reason).where(Instance.state == InstanceState.FAILED))
+        # The rest of the study was analysed (the synthetic image may be out of the model's scope).
+        assert states[good] in (InstanceState.PROCESSED, InstanceState.NOT_ASSESSED)
+        assert [s for i, s in states.items() if i != good] == [InstanceState.FAILED]
+        assert reason and "worker died 2 times while processing this instance" in reason
         clean = jobs(db, study_id, "clean")
-        assert [j.state for j in clean] == [JobState.FAILED] * 3
+        assert [j.state for j in clean] == [JobState.FAILED, JobState.FAILED, JobState.SUCCEEDED]
         assert all((j.error or "").startswith(LOST) for j in clean[:2])
     finally:
         release(fifo)

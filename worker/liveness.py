@@ -10,8 +10,12 @@ earlier running row is either
 * alive: another process still runs this very message (Redis handed it out twice); this copy
   stops without touching anything.
 
-The number of deaths for (study, stage, generation) is how poison inputs end: a stage whose
-process died `recovery.max_worker_deaths` times fails its study instead of looping forever.
+The number of deaths for (study, stage, generation) is how poison inputs end. A stage tells which
+instance it is working on (`working_on`, written on its Job before the instance is touched), so a
+death is charged to that instance: one that was in progress at `recovery.max_worker_deaths` deaths
+is failed on its own ("worker died N times while processing this instance") and the stage goes on
+with the rest of the study. Deaths charged to no instance fail the study instead. Either way the
+message is not redelivered forever.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
 from sonopacs.config import Settings
 from sonopacs.db import Database, Job, JobState
@@ -83,12 +88,21 @@ def running_elsewhere(job: Job, settings: Settings, now: datetime) -> bool:
     return seen is not None and seen > now - stale
 
 
+INSTANCE_KEY = "working_on_instance"
+
+
+class PoisonInstance(RuntimeError):
+    """Raised by `working_on` for an instance that killed its worker process too often."""
+
+
 @dataclass(frozen=True)
 class Delivery:
-    """What start-up of a delivered message found: its Job, or None when another process runs it."""
+    """What start-up of a delivered message found: its Job (None when another process runs it),
+    the worker deaths charged to no instance, and per instance id the deaths charged to it."""
 
     job_id: int | None
     deaths: int
+    instance_deaths: dict[int, int] = field(default_factory=dict)
 
 
 def begin(
@@ -131,16 +145,24 @@ def begin(
         job.heartbeat_at = now
         job.worker = me
         session.flush()
-        deaths = session.scalar(
-            select(func.count(Job.id)).where(
+        lost = session.scalars(
+            select(Job.detail).where(
                 Job.study_id == study_id,
                 Job.stage == stage,
                 Job.generation == generation,
                 Job.state == JobState.FAILED,
                 Job.error.like(f"{LOST}%"),
             )
-        )
-        return Delivery(int(job.id), int(deaths or 0))
+        ).all()
+        unattributed = 0
+        per_instance: dict[int, int] = {}
+        for detail in lost:
+            instance = (detail or {}).get(INSTANCE_KEY)
+            if isinstance(instance, int):
+                per_instance[instance] = per_instance.get(instance, 0) + 1
+            else:
+                unattributed += 1
+        return Delivery(int(job.id), unattributed, per_instance)
 
 
 def close_lost(job: Job, now: datetime, why: str) -> None:
@@ -175,3 +197,34 @@ def heartbeat(db: Database, job_id: int, interval: float) -> Iterator[None]:
     finally:
         stop.set()
         thread.join(timeout=interval + 5)
+
+
+_tracked: dict[str, Any] = {}
+
+
+@contextmanager
+def tracking(db: Database, job_id: int, poisoned: dict[int, int]) -> Iterator[None]:
+    """While a stage body runs in this process: where `working_on` writes, and what it refuses."""
+    _tracked.update(db=db, job_id=job_id, poisoned=dict(poisoned))
+    try:
+        yield
+    finally:
+        _tracked.clear()
+
+
+def working_on(instance_id: int) -> None:
+    """A stage is about to read/decode this instance: note it on the running Job (so a death is
+    charged to it), or raise PoisonInstance when it already killed the worker too often.
+    Outside a task (direct calls, `sonopacs analyze`) it does nothing."""
+    if not _tracked:
+        return
+    deaths = _tracked["poisoned"].get(instance_id)
+    if deaths:
+        raise PoisonInstance(
+            f"worker died {deaths} times while processing this instance (a crash or an out-of-memory kill)"
+        )
+    db: Database = _tracked["db"]
+    with db.session() as session:
+        job = session.get(Job, _tracked["job_id"])
+        if job is not None:
+            job.detail = {**(job.detail or {}), INSTANCE_KEY: instance_id}

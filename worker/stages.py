@@ -55,7 +55,7 @@ from sonopacs.worker.findings import (
 )
 from sonopacs.worker.pools import apply_torch_threads
 from sonopacs.worker.records import FieldRecord, StageManifest, jsonable, read_manifest, write_manifest
-from sonopacs.worker.state import describe
+from sonopacs.worker.state import describe, working_on
 
 if TYPE_CHECKING:
     from sonopacs.config import Settings
@@ -147,6 +147,7 @@ def clean_study(settings: Settings, db: Database, study_id: int, generation: int
     for instance_id, raw_path, sop_uid, _state in rows:
         t_read = time.perf_counter()
         try:
+            working_on(instance_id)  # a worker death from here on is charged to this instance
             ds = pydicom.dcmread(_instance_path(settings, raw_path))
         except Exception as exc:  # noqa: BLE001 - any unreadable file is one failed instance
             _fail_instance(db, instance_id, f"unreadable DICOM: {exc}", counts, failures)

@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 from sonopacs.db import Database, Job, JobState, Study, StudyState
 from sonopacs.db.audit import record
 from sonopacs.db.models import utcnow
+from sonopacs.worker.liveness import working_on as working_on  # stages call it through here
 
 _REASON_STATES = (StudyState.FAILED, StudyState.EXPORT_FAILED)
 

@@ -87,7 +87,11 @@ def _superseded(db: Database, study_id: int, generation: int, job_id: int) -> bo
 
 
 def begin(task: Task, stage: str, study_id: int, generation: int, attempt: int | None = None) -> int:
-    """Start this delivery's Job; Ignore for a duplicate, a superseded run or a poison input."""
+    """Start this delivery's Job; Ignore for a duplicate, a superseded run or a poison input.
+
+    Deaths charged to single instances do not stop the stage: those instances fail on their own
+    when the stage reaches them (`_poisoned`); deaths charged to no instance fail the study.
+    """
     settings, db = _context(task)
     delivery = liveness.begin(
         db, settings, study_id, stage, generation, task.request.id,
@@ -118,7 +122,15 @@ def begin(task: Task, stage: str, study_id: int, generation: int, attempt: int |
             ),
         )
         raise Ignore()
+    limit = settings.recovery.max_worker_deaths
+    poisoned = {i: n for i, n in delivery.instance_deaths.items() if n >= limit}
+    if poisoned:
+        _poisoned[job_id] = poisoned
     return job_id
+
+
+# Per running Job (this process): instances that killed the worker `max_worker_deaths` times.
+_poisoned: dict[int, dict[int, int]] = {}
 
 
 def _fail(db: Database, job_id: int, study_id: int, generation: int, stage: str, exc: BaseException) -> None:
@@ -170,7 +182,10 @@ def _run_stage(
     settings, db = _context(task)
     job_id = begin(task, stage, study_id, generation)
     try:
-        with liveness.heartbeat(db, job_id, settings.recovery.heartbeat_seconds):
+        with (
+            liveness.heartbeat(db, job_id, settings.recovery.heartbeat_seconds),
+            liveness.tracking(db, job_id, _poisoned.pop(job_id, {})),
+        ):
             body(settings, db, study_id, generation)
     except Exception as exc:  # noqa: BLE001 - any stage error ends this run, recorded with its reason
         retries = int(task.request.retries)
