@@ -89,6 +89,7 @@ def running_elsewhere(job: Job, settings: Settings, now: datetime) -> bool:
 
 
 INSTANCE_KEY = "working_on_instance"
+RETRIES_KEY = "celery_retries"
 
 
 class PoisonInstance(RuntimeError):
@@ -113,8 +114,14 @@ def begin(
     generation: int,
     task_id: str | None,
     attempt: int = 1,
+    retries: int = 0,
 ) -> Delivery:
-    """Mark this delivery's Job running (closing lost earlier runs) and count worker deaths."""
+    """Mark this delivery's Job running (closing lost earlier runs) and count worker deaths.
+
+    `retries` is Celery's retry count of this message: a running row left by an earlier retry
+    round of the same task id ended when it raised (database trouble in the bookkeeping), so it is
+    closed as interrupted, neither a duplicate nor a worker death.
+    """
     now = utcnow()
     me = identity()
     with db.session() as session:
@@ -125,6 +132,11 @@ def begin(
                     Job.celery_task_id == task_id, Job.stage == stage, Job.state == JobState.RUNNING
                 )
             ):
+                if int((earlier.detail or {}).get(RETRIES_KEY, 0)) < retries:
+                    earlier.state = JobState.FAILED
+                    earlier.finished_at = now
+                    earlier.error = earlier.error or "interrupted; the task was retried"
+                    continue
                 if running_elsewhere(earlier, settings, now):
                     log.warning("study %s %s: task %s already runs in %s; this copy stops",
                                 study_id, stage, task_id, earlier.worker)
@@ -144,6 +156,7 @@ def begin(
         job.started_at = now
         job.heartbeat_at = now
         job.worker = me
+        job.detail = {**(job.detail or {}), RETRIES_KEY: retries}
         session.flush()
         lost = session.scalars(
             select(Job.detail).where(

@@ -93,9 +93,10 @@ def begin(task: Task, stage: str, study_id: int, generation: int, attempt: int |
     when the stage reaches them (`_poisoned`); deaths charged to no instance fail the study.
     """
     settings, db = _context(task)
+    retries = int(task.request.retries or 0)
     delivery = liveness.begin(
         db, settings, study_id, stage, generation, task.request.id,
-        attempt if attempt is not None else task.request.retries + 1,
+        attempt if attempt is not None else retries + 1, retries,
     )
     if delivery.job_id is None:
         raise Ignore()
