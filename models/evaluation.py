@@ -127,7 +127,7 @@ def analyse_image(analyzer: Analyzer, img: np.ndarray, truth: np.ndarray, clean:
         return mark_not_assessed(analyzer.analyze(to_gray(img)), str(exc)), truth
     results = analyzer.analyze_batch([to_gray(f.image) for f in fields])
     for f, r in zip(fields, results, strict=True):
-        reason = colour_reason(f.summary) if analyzer.scope_bank is not None else None
+        reason = colour_reason(f.summary)  # as the pipeline's clean_frame: whatever model.scope_gate says
         if reason is not None and r.assessed:
             mark_not_assessed(r, reason)
     best = max(range(len(results)), key=lambda k: (results[k].assessed, results[k].malignancy_probability, -k))
