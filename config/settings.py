@@ -265,7 +265,8 @@ class ModelSettings(_Section):
     expected_normal_fraction: float = Field(0.4, gt=0, lt=1)
     # A site calibration file from `sonopacs calibrate` (None: the shipped calibration).
     site_calibration: Path | None = None
-    # Scope gate: images the model cannot vouch for are "not assessed" with a reason.
+    # Image-content scope gate (sector-shaped field, feature-space distance to the training images):
+    # such images are "not assessed" with a reason. Header and colour evidence apply regardless.
     scope_gate: bool = True
 
 
