@@ -220,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="sonopacs study stability monitor")
     parser.add_argument("--config")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from sonopacs.config.logs import configure_logging
+
+    configure_logging(logging.INFO)  # the same format, warnings captured, PHI redacted
     return run_monitor_until_signalled(load_settings(args.config))
 
 
