@@ -144,3 +144,55 @@ def test_reading_pixels_and_writing_results_logs_no_phi(guarded_log: io.StringIO
     assert text.count("[redacted]") >= 4  # name, ID, accession, traceback
     assert "ValueError" in text
     assert _leaks(text) == []
+
+
+@pytest.mark.slow
+def test_the_whole_pipeline_under_serve_logs_no_phi(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """`sonopacs -v serve` (listener, both worker pools, monitor, dashboard: one log) runs the study
+    through clean, analyze and publish (highdicom writes the SC and SR); no line names the patient."""
+    from sqlalchemy import select
+
+    from sonopacs.db.models import Study
+    from sonopacs.db.session import Database
+    from tests.support.net import wait_until
+    from tests.support.sonopacs_proc import analyzer_or_skip
+    from tests.support.us_realistic import write_realistic_study
+    from tests.support.worker_proc import sonopacs_process, write_config
+
+    settings = make_settings(
+        dicom={"port": free_port(), "host": "127.0.0.1"},
+        study={"stable_seconds": 1, "poll_seconds": 0.2},
+        dashboard={"port": free_port()},
+        worker={"inference_concurrency": 1, "light_concurrency": 1},
+    )
+    analyzer_or_skip(settings)
+    files = write_realistic_study(tmp_path / "study", n_images=2, jpeg_every=2)
+    for path in files:
+        ds = dcmread(path)
+        ds.PatientName, ds.PatientID, ds.AccessionNumber = NAME, PATIENT_ID, ACCESSION
+        ds.save_as(path, enforce_file_format=True)
+    study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    config = write_config(settings, tmp_path / "sonopacs.yaml")
+    log_file = tmp_path / "serve.log"
+    done = {"results_ready", "exported", "export_failed", "failed"}
+    db = Database(settings.database_url)
+    try:
+        with sonopacs_process(["-v", "--config", str(config), "serve"], log_file, stop_timeout=60):
+            wait_for_port(settings.dicom.port, timeout=90)
+            statuses = [raw_c_store(settings.dicom.port, f).status for f in files]
+
+            def finished() -> str | None:
+                with db.session() as session:
+                    state = session.scalar(select(Study.state).where(Study.study_instance_uid == study_uid))
+                return str(state) if state is not None and str(state) in done else None
+
+            final = wait_until(finished, timeout=240, interval=1.0)
+    finally:
+        db.dispose()
+    text = log_file.read_text(errors="replace")
+
+    assert statuses == [0, 0]
+    assert final in ("results_ready", "exported"), (final, text[-3000:])
+    # highdicom's single-component name warning fired in the worker, without the name:
+    assert any("highdicom" in line and "withheld" in line for line in text.splitlines())
+    assert _leaks(text) == []
