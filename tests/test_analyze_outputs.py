@@ -25,7 +25,7 @@ def test_analyze_writes_pr_and_seg_when_the_settings_ask(
     settings = make_settings(pipeline={"presentation_state": True, "segmentation": True, "max_frames": 2})
     analyzer_or_skip(settings)
     files = write_realistic_study(tmp_path / "study", n_images=2, jpeg_every=2)
-    cine = Path(get_testdata_file("OBXXXX1A_rle_2frame.dcm"))  # palette-colour cine: PR used to raise
+    cine = Path(str(get_testdata_file("OBXXXX1A_rle_2frame.dcm")))  # palette-colour cine: PR used to raise
     out = tmp_path / "out"
     records = analyze_files(settings, [*files, cine], out)
 

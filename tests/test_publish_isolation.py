@@ -44,7 +44,7 @@ def copy_into_one_study(names: list[str], folder: Path, study_uid: str) -> list[
     for name in names:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(get_testdata_file(name))
+            ds = pydicom.dcmread(str(get_testdata_file(name)))
         ds.StudyInstanceUID = study_uid
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
         path = folder / name
