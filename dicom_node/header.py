@@ -24,6 +24,7 @@ from pydicom.uid import UID
 from sonopacs.config.logs import remember_phi
 from sonopacs.dicom_node import status
 from sonopacs.dicom_node.limits import PixelLimitError, PixelLimits
+from sonopacs.dicom_node.pixels import SUPPORTED_PHOTOMETRIC
 
 _PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
 _ITEM = (0xFFFE, 0xE000)
@@ -187,6 +188,20 @@ def _check_pixel_attributes(ds: Dataset, sop_uid: str) -> None:
         problems.append(f"BitsAllocated {allocated} is not 1, 8, 16, 32 or 64")
     if stored is not None and allocated is not None and not 1 <= stored <= allocated:
         problems.append(f"BitsStored {stored} is not within 1..BitsAllocated")
+    if "NumberOfFrames" in ds and not ((frames := _int(ds, "NumberOfFrames")) and frames > 0):
+        problems.append(f"NumberOfFrames {str(ds.get('NumberOfFrames'))[:16]!r} is not a positive integer")
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric not in SUPPORTED_PHOTOMETRIC:  # the worker could not decode it: never a Success
+        problems.append(f"PhotometricInterpretation {photometric[:16] or 'missing'!r} is not one we can decode")
+    wanted = 3 if photometric.startswith(("RGB", "YBR")) else 1
+    if photometric in SUPPORTED_PHOTOMETRIC and samples is not None and samples != wanted:
+        problems.append(f"{photometric} needs SamplesPerPixel {wanted}, not {samples}")
+    if photometric == "PALETTE COLOR" and not all(
+        f"{c}PaletteColorLookupTableDescriptor" in ds
+        and (f"{c}PaletteColorLookupTableData" in ds or f"Segmented{c}PaletteColorLookupTableData" in ds)
+        for c in ("Red", "Green", "Blue")
+    ):
+        problems.append("PALETTE COLOR without its lookup tables")
     if problems:
         raise HeaderError(status.CANNOT_UNDERSTAND_MISSING_ATTRIBUTE, "; ".join(problems), sop_uid)
 
@@ -202,6 +217,8 @@ def _check_native_length(ds: Dataset, length: int, sop_uid: str) -> None:
         raise HeaderError(
             status.CANNOT_UNDERSTAND_MISSING_ATTRIBUTE, f"image attributes unusable: {exc}", sop_uid
         ) from exc
+    if not isinstance(expected, int):  # e.g. NumberOfFrames sent with a text VR: "2" * rows * ...
+        raise HeaderError(status.CANNOT_UNDERSTAND_MISSING_ATTRIBUTE, "image attributes of the wrong VR", sop_uid)
     # As pydicom's decoder judges it: short data cannot be decoded; a few trailing bytes are padding
     # it drops (PS3.5 8.1.1), accepted; a whole frame or more too much means the attributes are wrong
     # (frames, samples, bits) and the image would be decoded as something it is not.
