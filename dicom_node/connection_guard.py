@@ -248,6 +248,9 @@ class GuardedServer(ThreadedAssociationServer):
 
     # socketserver's listen backlog is 5: a burst of hostile SYNs would make the PACS's connect wait.
     request_queue_size = 128
+    # A connection thread may sit in a TLS handshake (bounded): stopping must not wait for it.
+    daemon_threads = True
+    block_on_close = False
 
     def __init__(self, *args: Any, guard: ConnectionGuard, **kwargs: Any) -> None:
         self.guard = guard
