@@ -3,6 +3,7 @@ for end-to-end tests and the pipeline benchmark."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,29 +51,28 @@ def results_in_orthanc(pacs: Orthanc, study_uid: str) -> dict[str, list[str]]:
     return found
 
 
-def sr_findings(sr: pydicom.Dataset) -> dict[str, tuple[str, float]]:
-    """Per source SOP Instance UID: (finding meaning, probability of cancer) from a TID 1500 SR."""
-    out: dict[str, tuple[str, float]] = {}
-    measurements = sr.ContentSequence[-1]  # Imaging Measurements container
-    for group in measurements.ContentSequence:
-        items = list(_walk(group.ContentSequence))
-        named = {i.ConceptNameCodeSequence[0].CodeMeaning: i for i in items}
-        if "Finding" not in named or "Probability of cancer" not in named:
-            continue
-        finding = [
-            i
-            for i in items
-            if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeMeaning == "Finding"
-        ]
-        label = next(
-            i.ConceptCodeSequence[0].CodeMeaning
-            for i in finding
-            if i.ConceptCodeSequence[0].CodeValue != "4147007"
-        )
-        image = next(i for i in items if i.ValueType == "IMAGE")
-        uid = image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
-        prob = float(named["Probability of cancer"].MeasuredValueSequence[0].NumericValue)
-        out[str(uid)] = (label.lower(), prob)
+def sr_findings(sr: pydicom.Dataset) -> dict[str, tuple[str, float, float]]:
+    """Per source SOP Instance UID: (label, probability of cancer, its precision) from our TID 1500 SR,
+    read as highdicom reads it: outlined lesions from their planar ROI groups (Classification and
+    Probability of cancer in %), images without an outline from the report-level text lines."""
+    import highdicom as hd
+
+    from sonopacs.dicom_node.results import codes
+
+    report = hd.sr.ComprehensiveSR.from_dataset(sr, copy=True).content
+    out: dict[str, tuple[str, float, float]] = {}
+    for group in report.get_planar_roi_measurement_groups():
+        assert group.roi is not None
+        uid = str(group.roi.ContentSequence[0].referenced_sop_instance_uid)
+        evaluations = {e.name: e.value for e in group.get_qualitative_evaluations()}
+        label = str(evaluations[codes.CLASSIFICATION].meaning).lower()
+        prob = {m.name: m.value for m in group.get_measurements()}[codes.PROBABILITY_OF_CANCER] / 100
+        out[uid] = (label, float(prob), 1e-3)
+    (container,) = [i for i in report[0].ContentSequence if i.name == codes.QUALITATIVE_EVALUATIONS]
+    for item in container.ContentSequence:
+        m = re.search(r"\(([0-9.]+)\)[^;]*: no lesion outlined; AI: (\w+); P\(malignant\) ([0-9.]+)%", str(item.value))
+        if item.value_type == hd.sr.ValueTypeValues.TEXT and m:
+            out[m.group(1)] = (m.group(2), float(m.group(3)) / 100, 0.006)  # printed as a whole percent
     return out
 
 
