@@ -255,3 +255,44 @@ def test_analyze_upload_and_cli_input_refuse_pixel_bombs_from_the_header(tmp_pat
     assert codes == [413, 413, 413], reasons
     assert "6000x6000x3 samples over limit" in reasons[1]
     assert growth < 100, f"grew by {growth:.0f} MB"
+
+
+def _square(size: int) -> Dataset:
+    pixels = np.random.default_rng(size).integers(0, 255, (size, size), dtype=np.uint8)
+    return us_dataset(pixels, study_uid=generate_uid(), series_uid=generate_uid())
+
+
+def _patched_codestream(ts: str, rows: int, cols: int) -> Dataset:
+    """A real JPEG 2000 / JPEG-LS frame whose own header is patched to claim rows x cols."""
+    from pydicom.encaps import generate_frames
+
+    ds = _square(64)
+    ds.compress(ts)
+    frame = bytearray(next(generate_frames(ds.PixelData)))
+    if frame.startswith(b"\xff\x4f"):  # J2K: SIZ Xsiz, Ysiz after marker, Lsiz, Rsiz
+        siz = frame.index(b"\xff\x51")
+        frame[siz + 6 : siz + 14] = cols.to_bytes(4, "big") + rows.to_bytes(4, "big")
+    else:  # JPEG-LS SOF55: P, Y, X
+        sof = frame.index(b"\xff\xf7")
+        frame[sof + 5 : sof + 9] = rows.to_bytes(2, "big") + cols.to_bytes(2, "big")
+    ds.PixelData = encapsulate([bytes(frame)])
+    return ds
+
+
+@pytest.mark.parametrize("ts", ["1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.80"])  # J2K lossless, JPEG-LS
+def test_jpeg2000_and_jpeg_ls_frame_headers_are_read_at_the_door(
+    ts: str, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    try:
+        honest = _square(64)
+        honest.compress(ts)
+        bomb = _patched_codestream(ts, 30000, 30000)
+    except (RuntimeError, NotImplementedError) as exc:
+        pytest.skip(f"no encoder for {ts}: {exc}")
+    settings = make_settings()
+    with running_listener(settings) as listener:
+        ok = raw_c_store(listener.port, _write(honest, tmp_path / "honest.dcm"))
+        refused = raw_c_store(listener.port, _write(bomb, tmp_path / "bomb.dcm"))
+    assert ok.status == status.SUCCESS  # its real frame header matches Rows/Columns
+    assert refused.status == status.CANNOT_UNDERSTAND_TOO_LARGE
+    assert "compressed frame header" in (refused.comment or "")
