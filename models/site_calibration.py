@@ -241,3 +241,10 @@ def describe(site: SiteCalibration) -> str:
     ]
     lines += [f"WARNING: {w}" for w in site.warnings]
     return "\n".join(lines)
+
+
+def check_site_calibration(path: Path, weights_dir: Path) -> SiteCalibration:
+    """Refuse, before any service starts, a site calibration made for another model than the one in
+    ``weights_dir`` (its manifest names it), so the operator sees it once instead of on every image."""
+    manifest = json.loads((Path(weights_dir) / "model.json").read_text())
+    return load_site_calibration(path, str(manifest["name"]), str(manifest["version"]))

@@ -63,16 +63,21 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
-    from sonopacs.dicom_node.scu import AssociationError, Peer, echo
+    from sonopacs.dicom_node.scu import AssociationError, echo
+    from sonopacs.worker.export import echo_destination
 
     settings = _settings(args)
-    if args.to:
-        peer = _peer(args.to, args.aet or "ANY-SCP")
-    elif settings.export.host:
-        peer = Peer(settings.export.host, settings.export.port, args.aet or settings.export.ae_title)
-    else:
-        print("no destination: give --to HOST:PORT or configure export.host", file=sys.stderr)
-        return 2
+    if not args.to:
+        if not settings.export.enabled:
+            print("no destination: give --to HOST:PORT or configure the export destination", file=sys.stderr)
+            return 2
+        try:  # the configured destination, C-STORE (C-ECHO) or DICOMweb (a QIDO-RS query)
+            print(echo_destination(settings, timeout=args.timeout))
+        except Exception as exc:  # noqa: BLE001 - any failure is the answer here
+            print(f"destination check failed: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    peer = _peer(args.to, args.aet or "ANY-SCP")
     try:
         status = echo(peer, calling_ae=settings.dicom.ae_title, timeout=args.timeout)  # type: ignore[arg-type]
     except AssociationError as exc:

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sonopacs.config import Settings
+from sonopacs.models.analyzer import DEFAULT_WEIGHTS
+from sonopacs.models.site_calibration import SiteCalibrationError, check_site_calibration
 from sonopacs.worker.celery_app import prepare_embedded_broker
 from sonopacs.worker.pools import serve_pools
 
@@ -84,6 +86,12 @@ def serve(settings: Settings, config_file: str | Path | None = None) -> int:
     from sonopacs.db.migrate import upgrade
     from sonopacs.worker.stability import run_monitor
 
+    if settings.model.site_calibration is not None:
+        try:
+            check_site_calibration(settings.model.site_calibration, settings.model.weights_dir or DEFAULT_WEIGHTS)
+        except SiteCalibrationError as exc:
+            log.error("not starting: %s", exc)
+            return 2
     settings.storage.root.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
     prepare_embedded_broker(settings.broker_url)

@@ -4,12 +4,15 @@ Analyzer (analyze, evaluate, pipeline) through model.site_calibration, refused f
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from sonopacs.config import Settings
 from sonopacs.models.calibration import Calibration, expected_calibration_error
 from sonopacs.models.site_calibration import (
     SiteCalibrationError,
@@ -141,3 +144,19 @@ def test_dashboard_model_page_names_the_active_calibration(tmp_path: Path, monke
     site.model_version = "other"
     site.save(path)
     assert "refuses" in model_info(load_settings(None))["calibration"]["problem"]
+
+
+def test_serve_refuses_to_start_with_another_models_calibration(
+    tmp_path: Path, make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Said once at start-up, before anything listens, instead of failing every image later."""
+    from sonopacs.serve import serve
+
+    logits, labels = _site_logits(120, seed=3)
+    path = tmp_path / "site.json"
+    _fit(logits, labels).save(path)  # made for model "m" 1, not the shipped one
+    settings = make_settings(model={"site_calibration": path})
+    with caplog.at_level(logging.ERROR):
+        assert serve(settings) == 2
+    assert "made for model m 1" in caplog.text
+    assert not settings.storage.root.exists()  # nothing was started or created
