@@ -172,7 +172,7 @@ def _analyze_one(settings: Settings, analyzer: Any, path: Path, out_dir: Path, n
     points = dict(getattr(analyzer, "operating_points", {}) or {})
     arrays: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
     for it, res in zip(items, analyses, strict=True):
-        it.analysis = analysis_record(res, points)
+        it.analysis = analysis_record(res, points, it.summary)
         arrays[it.order] = (result_mask(res), result_heatmap(res))
     best = pick_most_suspicious(items)
     frame = frames[indices.index(best.frame_index)]

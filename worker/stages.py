@@ -272,7 +272,7 @@ def analyze_study(settings: Settings, db: Database, study_id: int, generation: i
         detail["model"] = f"{analyzer.name} {analyzer.version}"
         points = dict(getattr(analyzer, "operating_points", {}) or {})
         for it, result in zip(items, results, strict=True):
-            it.analysis = analysis_record(result, points)
+            it.analysis = analysis_record(result, points, it.summary)
             heat = result_heatmap(result)
             if heat is None:
                 np.savez_compressed(out_dir / str(it.file), mask=result_mask(result))
