@@ -99,7 +99,7 @@ def _unique_name(path: Path, used: set[str]) -> str:
 
 
 def load_input(
-    path: Path, max_frames: int, uid_root: str
+    path: Path, max_frames: int, uid_root: str, limits: PixelLimits | None = None
 ) -> tuple[Dataset | None, list[int], list[np.ndarray], list[UltrasoundRegion]]:
     """(DICOM header or None, frame indices, display frames, regions) for a DICOM or PNG/JPEG file."""
     if not path.is_file():
@@ -116,13 +116,13 @@ def load_input(
             make_conformant(ds)  # in memory: the input file is never rewritten
         except SourceHeaderError as exc:
             raise InputError(f"not analysed: {exc}") from exc
-        frames = read_frames(ds, max_frames)
+        frames = read_frames(ds, max_frames, limits)
         return ds, frames.indices, frames.images, read_regions(ds)
     if ds is not None:
         raise InputError("DICOM file without pixel data")
     try:
         with Image.open(path) as im:  # the header only: a pixel bomb is refused before it is decoded
-            bomb = _over_limits(im)
+            bomb = _over_limits(im, limits or PixelLimits())
             if bomb is None:
                 im.load()
                 image = _pil_to_array(im)
@@ -133,9 +133,9 @@ def load_input(
     return None, [0], [image], []
 
 
-def _over_limits(im: Image.Image) -> str | None:
+def _over_limits(im: Image.Image, limits: PixelLimits) -> str | None:
     try:
-        PixelLimits().check(im.size[1], im.size[0], len(im.getbands()))
+        limits.check(im.size[1], im.size[0], len(im.getbands()))
     except PixelLimitError as exc:
         return str(exc)
     return None
@@ -150,7 +150,9 @@ def _pil_to_array(im: Image.Image) -> np.ndarray:
 
 
 def _analyze_one(settings: Settings, analyzer: Any, path: Path, out_dir: Path, name: str) -> dict[str, Any]:
-    ds, indices, frames, regions = load_input(path, settings.pipeline.max_frames, settings.pipeline.uid_root)
+    ds, indices, frames, regions = load_input(
+        path, settings.pipeline.max_frames, settings.pipeline.uid_root, PixelLimits.of(settings.dicom)
+    )
     items: list[FieldRecord] = []
     crops: list[np.ndarray] = []
     for frame_index, frame in zip(indices, frames, strict=True):

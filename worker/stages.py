@@ -31,6 +31,7 @@ from sonopacs.db import Instance, InstanceState, Job, JobState, ResultObject, Se
 from sonopacs.db.audit import set_instance_state
 from sonopacs.db.models import utcnow
 from sonopacs.dicom_node.eligibility import is_our_result, skip_reason
+from sonopacs.dicom_node.limits import PixelLimits
 from sonopacs.dicom_node.pixels import PixelReadError, read_frame, read_frames
 from sonopacs.dicom_node.regions import read_regions
 from sonopacs.dicom_node.results.overlay_render import render_overlay
@@ -159,7 +160,7 @@ def clean_study(settings: Settings, db: Database, study_id: int, generation: int
             _set_state(db, instance_id, InstanceState.SKIPPED, reason)
             continue
         try:
-            frames = read_frames(ds, settings.pipeline.max_frames)
+            frames = read_frames(ds, settings.pipeline.max_frames, PixelLimits.of(settings.dicom))
         except PixelReadError as exc:
             _fail_instance(db, instance_id, str(exc), counts, failures)
             continue
@@ -530,7 +531,7 @@ def _build_sc(
     repairs = make_conformant(ds)  # in memory only: the received file is never rewritten
     if repairs:
         run.header_repairs[uid] = repairs[:20]
-    frame = read_frame(ds, best.frame_index)
+    frame = read_frame(ds, best.frame_index, PixelLimits.of(settings.dicom))
     arrays = np.load(work / "analysis" / str(best.file))
     finding = finding_from_record(
         ds,
