@@ -113,6 +113,12 @@ def _enumerated(ds: Dataset) -> list[str]:
     charsets = ds.get("SpecificCharacterSet")
     if charsets:
         values = [charsets] if isinstance(charsets, str) else list(charsets)
+        if len(values) > 1 and not str(values[0]).strip():
+            # an empty first value is the default repertoire (PS3.3 C.12.1.1.2); with code extensions
+            # its defined term is ISO 2022 IR 6, which highdicom accepts where it refuses the empty one
+            values[0] = "ISO 2022 IR 6"
+            ds.SpecificCharacterSet = values
+            notes.append("SpecificCharacterSet: empty first value written as ISO 2022 IR 6")
         if any(str(v).strip() and str(v).strip() not in _CHARSETS for v in values):
             # pydicom already decoded the text (falling back where it had to); ours are written in UTF-8
             notes.append(f"SpecificCharacterSet {values!r} unknown, written as ISO_IR 192")

@@ -48,6 +48,7 @@ def ellipse_finding(path: Path, frame_index: int = 0, label: str = "malignant", 
 
 def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
     """(errors, warnings) reported by dicom3tools' dciodvfy for one file."""
-    out = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True, timeout=60)
+    # it echoes attribute values in their own character set: decode leniently
+    out = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True, errors="replace", timeout=60)
     lines = (out.stdout + out.stderr).splitlines()
     return [x for x in lines if x.startswith("Error")], [x for x in lines if x.startswith("Warning")]
