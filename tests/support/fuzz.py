@@ -43,7 +43,7 @@ def _encode(ds: Dataset, transfer_syntax: str) -> bytes:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.file_meta.MediaStorageSOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    meta.TransferSyntaxUID = transfer_syntax
+    meta.TransferSyntaxUID = UID(transfer_syntax)
     head = DicomBytesIO()
     head.write(b"\0" * 128 + b"DICM")
     write_file_meta_info(head, meta, enforce_standard=True)

@@ -60,6 +60,7 @@ def sr_findings(sr: pydicom.Dataset) -> dict[str, tuple[str, float, float]]:
     from sonopacs.dicom_node.results import codes
 
     report = hd.sr.ComprehensiveSR.from_dataset(sr, copy=True).content
+    assert isinstance(report, hd.sr.MeasurementReport)
     out: dict[str, tuple[str, float, float]] = {}
     for group in report.get_planar_roi_measurement_groups():
         assert group.roi is not None
