@@ -66,7 +66,7 @@ def sr_findings(sr: pydicom.Dataset) -> dict[str, tuple[str, float, float]]:
         assert group.roi is not None
         uid = str(group.roi.ContentSequence[0].referenced_sop_instance_uid)
         evaluations = {e.name: e.value for e in group.get_qualitative_evaluations()}
-        label = str(evaluations[codes.CLASSIFICATION].meaning).lower()
+        label = str(getattr(evaluations[codes.CLASSIFICATION], "meaning", "")).lower()
         prob = {m.name: m.value for m in group.get_measurements()}[codes.PROBABILITY_OF_CANCER] / 100
         out[uid] = (label, float(prob), 1e-3)
     (container,) = [i for i in report[0].ContentSequence if i.name == codes.QUALITATIVE_EVALUATIONS]
