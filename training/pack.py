@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from sonopacs.models.data import build_pack, read_index, save_pack
+from sonopacs.training.normal_crops import crop_pack_path, crop_settings, load_or_build_crops, wants_crops
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,14 @@ def pack_config(config_path: Path, force: bool = False) -> list[Path]:
         save_pack(build_pack(recs, size), out)
         log.info("packed %d images of %s into %s", len(recs), ds["name"], out)
         written.append(out)
+    crops = crop_settings(cfg)
+    for ds in cfg["data"]["datasets"] if crops is not None else []:
+        out = crop_pack_path(ds, crops, size)
+        if not wants_crops(ds, crops) or (out.exists() and not force):
+            continue
+        load_or_build_crops(ds, None, crops, size, force=True)
+        if out.exists():
+            written.append(out)
     return written
 
 

@@ -34,6 +34,13 @@ from sonopacs.models.measure import lesion_mask
 from sonopacs.models.metrics import dice_iou, withhold_masks
 from sonopacs.models.networks import SonoNet, build_network
 from sonopacs.training.augment import Augmenter
+from sonopacs.training.normal_crops import (
+    add_crops_to_train,
+    crop_settings,
+    is_crop,
+    load_or_build_crops,
+    wants_crops,
+)
 from sonopacs.training.synthetic import stamp_bank
 
 log = logging.getLogger(__name__)
@@ -75,11 +82,15 @@ def load_data(cfg: dict[str, Any]) -> Packed:
             save_pack(p, pack_path)
             p = load_pack(pack_path)  # train on exactly what a later run will read
         packs.append(p)
+    crops = crop_settings(cfg)
+    if crops is not None:  # opt-in: lesion-free crops as extra normals (training sides only, see make_jobs)
+        packs += [load_or_build_crops(ds, None, crops, size) for ds in cfg["data"]["datasets"] if wants_crops(ds, crops)]
     return concat_packs(packs)
 
 
 def eligible(data: Packed, cfg: dict[str, Any]) -> np.ndarray:
-    keep = data.labels >= 0
+    """Images that may be split into jobs (normal crops are not: they join training sides only)."""
+    keep = (data.labels >= 0) & ~is_crop(data)
     if cfg["data"].get("drop_label_conflict", True):
         keep &= ~data.conflicts
     return np.flatnonzero(keep)
@@ -108,6 +119,7 @@ def make_jobs(data: Packed, cfg: dict[str, Any]) -> dict[str, dict[str, np.ndarr
                 "train": idx[data.datasets[idx] == c["train"]],
                 "test": idx[data.datasets[idx] == c["test"]],
             }
+    add_crops_to_train(data, jobs)  # no-op unless data.normal_crops packed some
     for j in jobs.values():  # guard the one rule that makes validation honest
         assert not set(data.groups[j["train"]]) & set(data.groups[j["test"]]), "group leak"
     return jobs

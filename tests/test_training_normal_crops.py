@@ -1,0 +1,75 @@
+"""Lesion-free crops as extra normals (training/normal_crops.py): geometry, determinism, honest splits."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sonopacs.models.data import Packed
+from sonopacs.training.normal_crops import add_crops_to_train, crop_settings, is_crop, lesion_free_crops
+from sonopacs.training.train import eligible, make_jobs
+
+
+def _mask(h: int = 120, w: int = 200) -> np.ndarray:
+    m = np.zeros((h, w), np.uint8)
+    m[40:80, 120:170] = 1  # lesion on the right: the left side is free
+    return m
+
+
+def test_crops_miss_the_dilated_lesion_and_are_large_enough() -> None:
+    m = _mask()
+    for seed in range(20):
+        boxes = lesion_free_crops(m, 3, 0.4, np.random.default_rng(seed), dilate_fraction=0.05)
+        assert boxes
+        for y0, y1, x0, x1 in boxes:
+            assert y1 - y0 >= 0.4 * 120 and x1 - x0 >= 0.4 * 200
+            assert 0 <= y0 < y1 <= 120 and 0 <= x0 < x1 <= 200
+            assert not m[y0:y1, x0:x1].any()
+            # the 10 px dilation margin is kept too
+            assert not m[max(0, y0 - 9):y1 + 9, max(0, x0 - 9):x1 + 9].any()
+
+
+def test_crops_are_deterministic_by_seed() -> None:
+    m = _mask()
+    a = lesion_free_crops(m, 2, 0.4, np.random.default_rng(7))
+    b = lesion_free_crops(m, 2, 0.4, np.random.default_rng(7))
+    c = lesion_free_crops(m, 2, 0.4, np.random.default_rng(8))
+    assert a == b
+    assert a != c
+
+
+def test_no_crop_when_the_lesion_leaves_no_room_or_there_is_no_mask() -> None:
+    big = np.zeros((100, 100), np.uint8)
+    big[20:80, 20:80] = 1
+    assert lesion_free_crops(big, 1, 0.4, np.random.default_rng(0)) == []
+    assert lesion_free_crops(np.zeros((50, 50), np.uint8), 1, 0.4, np.random.default_rng(0)) == []
+
+
+def test_option_is_off_by_default() -> None:
+    assert crop_settings({"data": {}}) is None
+    assert crop_settings({"data": {"normal_crops": {"enabled": False}}}) is None
+    s = crop_settings({"data": {"normal_crops": {"per_image": 2, "seed": 3}}})
+    assert s is not None and s["per_image"] == 2 and s["min_fraction"] == 0.4
+
+
+def _packed() -> Packed:
+    names = ["a.png", "b.png", "c.png", "d.png", "a.png#normal_crop0", "c.png#normal_crop0"]
+    n = len(names)
+    return Packed(images=np.zeros((n, 8, 8), np.uint8), masks=np.zeros((n, 8, 8), np.uint8),
+                  labels=np.array([1, 2, 1, 0, 0, 0]),
+                  groups=np.array(["x:p1", "x:p2", "y:g1", "y:g2", "x:p1", "y:g1"]),
+                  datasets=np.array(["x", "x", "y", "y", "x", "y"]),
+                  conflicts=np.zeros(n, bool), names=np.array(names))
+
+
+def test_crops_join_only_the_training_side_of_their_source_group() -> None:
+    data = _packed()
+    assert list(is_crop(data)) == [False] * 4 + [True] * 2
+    cfg = {"data": {}, "jobs": ["cross"], "cross": [{"train": "x", "test": "y"}]}
+    assert list(eligible(data, cfg)) == [0, 1, 2, 3]
+    jobs = make_jobs(data, cfg)
+    j = jobs["cross_x_to_y"]
+    assert sorted(j["train"].tolist()) == [0, 1, 4]  # x's crop joins; y's crop (test group) does not
+    assert sorted(j["test"].tolist()) == [2, 3]      # never a crop in a test set
+    jobs2 = {"k": {"train": np.array([2]), "test": np.array([0])}}
+    add_crops_to_train(data, jobs2)
+    assert jobs2["k"]["train"].tolist() == [2, 5]

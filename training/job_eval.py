@@ -1,0 +1,84 @@
+"""One trained job's network through the shipped Analyzer and ``evaluate`` on a held-out index.
+
+    python -m sonopacs.training.job_eval runs/RUN/jobs/JOB --index ../shared/datasets/busi/index.csv \\
+        --drop-label-conflict --out runs/RUN/eval_busi
+
+A job has no calibration of its own (it trained on one dataset; no out-of-fold predictions), so its
+weights folder gets the identity calibration (T = 1, no class biases), class priors 1/3 each (the
+balanced class weights teach equal priors) and the shipped lesion-presence rule: a lesion is given
+when the post-processed mask covers >= 0.2 % of the image and P(normal), prior-shifted to the
+Analyzer's default 40 % normal images, is < 0.5. ``normal_false_lesion_rate`` and
+``lesion_sensitivity`` are then measured exactly as ``sonopacs evaluate`` measures them for the
+shipped model (same cleaning path, same Analyzer); no scope bank, so only cleaning and the colour
+gate can leave an image not assessed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sonopacs.models.analyzer import Analyzer
+from sonopacs.models.evaluation import evaluate_index
+
+KEYS = ("n_images", "normal_false_lesion_rate", "lesion_sensitivity", "auc_benign_vs_malignant",
+        "auc_malignant_vs_rest", "dice", "macro_f1", "accuracy", "ece", "not_assessed_rate")
+
+
+def job_weights(job_dir: Path, out: Path, image_size: int = 160, name: str = "lodo-job", version: str = "0.0.0") -> Path:
+    """A weights folder (half-precision state dict + manifest) for a job's ``model.pt``."""
+    ck = torch.load(job_dir / "model.pt", map_location="cpu", weights_only=True)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({k: (v.half() if v.is_floating_point() else v) for k, v in ck["state_dict"].items()}, out / "model.pt")
+    manifest: dict[str, Any] = {
+        "name": name, "version": version, "image_size": image_size,
+        "model": ck["model"], "temperature": 1.0, "class_bias": [0.0, 0.0, 0.0],
+        "operating_points": {"default": 0.5, "high_sensitivity": 0.5},
+        "calibration_class_priors": [1 / 3, 1 / 3, 1 / 3],
+        "lesion_presence": {"min_area_fraction": 0.002, "max_p_normal": 0.5},
+        "best_epoch": ck.get("best_epoch"), "source_job": str(job_dir),
+    }
+    (out / "model.json").write_text(json.dumps(manifest, indent=2))
+    return out
+
+
+def held_out_index(index_csv: Path, out_csv: Path, drop_label_conflict: bool) -> Path:
+    """The index with absolute paths, label-conflict rows left out when asked (as training does)."""
+    root = index_csv.resolve().parent
+    with index_csv.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    keep = [r for r in rows if not (drop_label_conflict and (r.get("label_conflict") or "0").strip() == "1")]
+    for r in keep:
+        r["image"] = str(root / r["image"].strip())
+        r["mask"] = "|".join(str(root / m.strip()) for m in (r.get("mask") or "").split("|") if m.strip())
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    with out_csv.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(keep)
+    return out_csv
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("job_dir", type=Path)
+    ap.add_argument("--index", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--drop-label-conflict", action="store_true")
+    ap.add_argument("--expected-normal-fraction", type=float, default=0.4)
+    ap.add_argument("--image-size", type=int, default=160)
+    a = ap.parse_args()
+    wdir = job_weights(a.job_dir, a.out / "weights", a.image_size)
+    index = held_out_index(a.index, a.out / "index.csv", a.drop_label_conflict)
+    analyzer = Analyzer.load(wdir, device="cpu", expected_normal_fraction=a.expected_normal_fraction, scope_gate=False)
+    m = evaluate_index(index, a.out, analyzer=analyzer)
+    print(json.dumps({k: m.get(k) for k in KEYS}))
+
+
+if __name__ == "__main__":
+    main()
