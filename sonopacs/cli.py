@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -111,16 +112,24 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return run_dashboard(_settings(args))
 
 
-def cmd_resend(args: argparse.Namespace) -> int:
-    from sonopacs.worker.actions import ActionError, resend_study
+def _study_action(name: str, run: Callable[[], object], done: str) -> int:
+    """Run a worker action on one study: its refusal is a message and exit 1, never a traceback."""
+    from sonopacs.worker.actions import ActionError
 
     try:
-        resend_study(_settings(args), args.study_uid, actor="cli")
+        run()
     except ActionError as exc:
-        print(f"resend refused: {exc}", file=sys.stderr)
+        print(f"{name} refused: {exc}", file=sys.stderr)
         return 1
-    print(f"export of {args.study_uid} queued again")
+    print(done)
     return 0
+
+
+def cmd_resend(args: argparse.Namespace) -> int:
+    from sonopacs.worker.actions import resend_study
+
+    return _study_action("resend", lambda: resend_study(_settings(args), args.study_uid, actor="cli"),
+                         f"export of {args.study_uid} queued again")
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
@@ -139,27 +148,17 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 
 def cmd_pin(args: argparse.Namespace) -> int:
-    from sonopacs.worker.actions import ActionError, set_pinned
+    from sonopacs.worker.actions import set_pinned
 
-    try:
-        set_pinned(_settings(args), args.study_uid, not args.unpin, actor="cli")
-    except ActionError as exc:
-        print(f"pin refused: {exc}", file=sys.stderr)
-        return 1
-    print(f"study {args.study_uid} {'unpinned' if args.unpin else 'pinned: retention will keep it'}")
-    return 0
+    return _study_action("pin", lambda: set_pinned(_settings(args), args.study_uid, not args.unpin, actor="cli"),
+                         f"study {args.study_uid} {'unpinned' if args.unpin else 'pinned: retention will keep it'}")
 
 
 def cmd_reprocess(args: argparse.Namespace) -> int:
-    from sonopacs.worker.actions import ActionError, reprocess_study
+    from sonopacs.worker.actions import reprocess_study
 
-    try:
-        reprocess_study(_settings(args), args.study_uid, actor="cli")
-    except ActionError as exc:
-        print(f"reprocess refused: {exc}", file=sys.stderr)
-        return 1
-    print(f"{args.study_uid} queued for processing again")
-    return 0
+    return _study_action("reprocess", lambda: reprocess_study(_settings(args), args.study_uid, actor="cli"),
+                         f"{args.study_uid} queued for processing again")
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
