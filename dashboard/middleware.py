@@ -78,14 +78,13 @@ class BodyLimitMiddleware:
 
 
 async def _reject(send: Send, limit: int) -> None:
-    body = b'{"detail":"request body larger than %d MiB"}' % max(1, limit // (1024 * 1024))
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
+    await _send_json(send, 413, b'{"detail":"request body larger than %d MiB"}' % max(1, limit // (1024 * 1024)))
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    """A whole JSON response sent by a middleware that stopped the app before it answered."""
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -114,10 +113,7 @@ class ErrorShieldMiddleware:
             error_log.exception("unhandled error in %s %s", scope["method"], scope["path"])
             if started:
                 raise
-            body = b'{"detail":"internal error"}'
-            await send({"type": "http.response.start", "status": 500, "headers": [
-                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+            await _send_json(send, 500, b'{"detail":"internal error"}')
 
 
 class SecurityHeadersMiddleware:
