@@ -28,7 +28,13 @@ from highdicom.pr import (
 from pydicom.dataset import Dataset
 
 from sonopacs.dicom_node.results.geometry import polyline_xy
-from sonopacs.dicom_node.results.types import DISCLAIMER, PR_SERIES_DESCRIPTION, ImageFinding, ResultIdentity
+from sonopacs.dicom_node.results.types import (
+    DISCLAIMER,
+    PR_SERIES_DESCRIPTION,
+    ImageFinding,
+    ResultIdentity,
+    result_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +60,7 @@ def build_presentation_state(
             )
         )
     text = TextObject(
-        text_value=f"{_summary(finding)} ({finding.model_name} {finding.model_version}). {DISCLAIMER}",
+        text_value=f"{result_text(finding)} ({finding.model_name} {finding.model_version}). {DISCLAIMER}",
         units=AnnotationUnitsValues.PIXEL,
         bounding_box=(2.0, 2.0, float(cols - 2), float(min(rows - 2, 40))),
     )
@@ -81,16 +87,6 @@ def build_presentation_state(
         pr.Laterality = str(getattr(finding.source, "Laterality", "") or "")
     pr.SeriesDescription = PR_SERIES_DESCRIPTION
     return pr
-
-
-def _summary(finding: ImageFinding) -> str:
-    """The annotation text: the result, or why the image was not assessed."""
-    if not finding.assessed:
-        return f"AI: not assessed: {finding.not_assessed_reason or 'no reason given'}"
-    text = f"AI: {finding.label} P(malignant) {finding.malignancy_probability:.2f}"
-    if finding.likelihood_category:
-        text += f", AI category {finding.likelihood_category} (not BI-RADS)"
-    return text
 
 
 def _grayscale(source: Dataset, common: dict[str, Any]) -> Dataset:

@@ -13,6 +13,7 @@ from sonopacs.dicom_node.results.types import (
     OVERLAY_SERIES_DESCRIPTION,
     ImageFinding,
     ResultIdentity,
+    result_text,
 )
 
 # DICOM CID 7203 "Image Derivation": 113076 Segmentation, plus DCM 113072 "Multiplanar reformatting" no;
@@ -70,7 +71,7 @@ def build_secondary_capture(
     sc.DerivationDescription = (_derivation(finding) + f" by {finding.model_name} {finding.model_version}")[
         :1024
     ]
-    sc.ImageComments = f"{DISCLAIMER}. {_comment(finding)}"[:10240]
+    sc.ImageComments = f"{DISCLAIMER}. {result_text(finding)}"[:10240]
     code = Dataset()
     code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = DERIVATION_CODE
     sc.DerivationCodeSequence = Sequence([code])
@@ -94,15 +95,6 @@ def _which_frame(finding: ImageFinding) -> str:
     if finding.is_multiframe and finding.frame_number is None:
         return f" {finding.frame_index + 1} of {int(finding.source.NumberOfFrames)}"
     return ""
-
-
-def _comment(finding: ImageFinding) -> str:
-    if not finding.assessed:
-        return f"AI: not assessed: {finding.not_assessed_reason or 'no reason given'}"
-    text = f"AI: {finding.label}, P(malignant) {finding.malignancy_probability:.2f}"
-    if finding.likelihood_category:
-        text += f", AI likelihood category {finding.likelihood_category} (not a BI-RADS assessment)"
-    return text
 
 
 def source_reference(finding: ImageFinding) -> Dataset:

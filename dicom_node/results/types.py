@@ -137,3 +137,13 @@ class ResultIdentity:
             "content_label": "SONOPACS_AI",
             "content_description": DISCLAIMER[:64],
         }
+
+
+def result_text(finding: ImageFinding) -> str:
+    """The one-line result that SC comments and PR annotations carry: the finding, or why not assessed."""
+    if not finding.assessed:
+        return f"AI: not assessed: {finding.not_assessed_reason or 'no reason given'}"
+    text = f"AI: {finding.label}, P(malignant) {finding.malignancy_probability:.2f}"
+    if finding.likelihood_category:
+        text += f", AI likelihood category {finding.likelihood_category} (not a BI-RADS assessment)"
+    return text
