@@ -290,7 +290,7 @@ def test_export_retry_survives_kill_9_and_lands_once(
         assert study(db, study_id).state == StudyState.EXPORTING
         pacs.start()
         with worker_process(config, tmp_path / "worker2.log", concurrency=1), monitor(settings):
-            wait_until(lambda: study(db, study_id).state in TERMINAL, timeout=90)
+            wait_until(lambda: study(db, study_id).state in TERMINAL, timeout=240)  # worker + monitor start-up on a loaded 2-core machine
         final = study(db, study_id)
         assert final.state == StudyState.EXPORTED, final.state_reason
         assert len(pacs.sop_instance_uids()) == len(files)  # one result set, nothing twice
