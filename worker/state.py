@@ -106,46 +106,6 @@ def queue_job(
         return int(job.id)
 
 
-def start_job(
-    db: Database, study_id: int, stage: str, generation: int, task_id: str | None, attempt: int = 1
-) -> int:
-    """Mark the queued row of this message running, or create one (redelivery, retry, direct send)."""
-    now = utcnow()
-    with db.session() as session:
-        job = None
-        if task_id:
-            # Still running under this task id: the process running it died and the broker handed
-            # the message back (acks_late). Close that row so it does not look busy forever.
-            for lost in session.scalars(
-                select(Job).where(
-                    Job.celery_task_id == task_id, Job.stage == stage, Job.state == JobState.RUNNING
-                )
-            ):
-                lost.state = JobState.FAILED
-                lost.finished_at = now
-                lost.error = "worker lost while running; the task was handed back and runs again"
-            job = session.execute(
-                select(Job)
-                .where(Job.celery_task_id == task_id, Job.stage == stage, Job.state == JobState.QUEUED)
-                .order_by(Job.id.desc())
-                .limit(1)
-            ).scalar_one_or_none()
-        if job is None:
-            job = Job(
-                study_id=study_id,
-                stage=stage,
-                generation=generation,
-                celery_task_id=task_id,
-                queued_at=now,
-            )
-            session.add(job)
-        job.state = JobState.RUNNING
-        job.attempt = attempt
-        job.started_at = now
-        session.flush()
-        return int(job.id)
-
-
 def publish_with_job(
     db: Database, study_id: int, stage: str, generation: int, task_id: str, signature: Any
 ) -> None:
