@@ -22,7 +22,7 @@ from sonopacs.config import Settings
 from sonopacs.db import Database, Instance, InstanceState, Job, JobState, ResultObject, Study
 from sonopacs.db.migrate import upgrade
 from sonopacs.worker import stages, state
-from tests.support.pipeline_db import register_files, run_stages
+from tests.support.pipeline_db import register_files, run_stages, running_job
 from tests.support.sonopacs_proc import analyzer_or_skip
 from tests.support.us_realistic import write_realistic_study
 
@@ -149,7 +149,7 @@ def test_one_bad_instance_and_failing_seg_never_cost_the_study_its_sc_and_sr(
         assert study is not None
         study.generation = 1
     for stage in ("clean", "analyze"):
-        job_id = state.start_job(db, study_id, stage, 1, None)
+        job_id = running_job(settings, db, study_id, stage, 1)
         getattr(stages, f"{stage}_study")(settings, db, study_id, 1)
         state.finish_job(db, job_id, JobState.SUCCEEDED)
     # the stored copy of one instance goes bad between analysis and publishing
@@ -157,7 +157,7 @@ def test_one_bad_instance_and_failing_seg_never_cost_the_study_its_sc_and_sr(
     broken_uid = str(pydicom.dcmread(broken, stop_before_pixels=True).SOPInstanceUID)
     stored = broken.read_bytes()
     broken.write_bytes(stored[: len(stored) // 2])
-    job_id = state.start_job(db, study_id, "publish", 1, None)
+    job_id = running_job(settings, db, study_id, "publish", 1)
     stages.publish_study(settings, db, study_id, 1)
     state.finish_job(db, job_id, JobState.SUCCEEDED)
 

@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 
 from sonopacs.config import Settings
 from sonopacs.db import Database, Instance, JobState, Series, Study
-from sonopacs.worker import stages, state
+from sonopacs.worker import liveness, stages, state
 
 
 def register_files(db: Database, paths: list[Path]) -> int:
@@ -53,6 +53,13 @@ def register_files(db: Database, paths: list[Path]) -> int:
     return int(study_id)
 
 
+def running_job(settings: Settings, db: Database, study_id: int, stage: str, generation: int) -> int:
+    """The Job a worker would mark running for this stage (direct call: no task id, no redelivery)."""
+    job_id = liveness.begin(db, settings, study_id, stage, generation, None).job_id
+    assert job_id is not None
+    return job_id
+
+
 def run_stages(settings: Settings, db: Database, study_id: int, generation: int) -> dict[str, int]:
     """clean -> analyze -> publish for one generation; returns the Job ids by stage.
 
@@ -62,7 +69,7 @@ def run_stages(settings: Settings, db: Database, study_id: int, generation: int)
         session.execute(update(Study).where(Study.id == study_id).values(generation=generation))
     jobs = {}
     for stage in ("clean", "analyze", "publish"):
-        job_id = state.start_job(db, study_id, stage, generation, None)
+        job_id = running_job(settings, db, study_id, stage, generation)
         getattr(stages, f"{stage}_study")(settings, db, study_id, generation)
         state.finish_job(db, job_id, JobState.SUCCEEDED)
         jobs[stage] = job_id
