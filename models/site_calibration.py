@@ -179,42 +179,6 @@ def _bootstrap(logits: np.ndarray, labels: np.ndarray, shipped: Calibration, shi
     return {k: [float(np.quantile(v, 0.025)), float(np.quantile(v, 0.975))] for k, v in draws.items() if len(v) >= 10}
 
 
-def calibrate_index(index_csv: Path, out_file: Path, analyzer: Any, n_boot: int = 200, seed: int = 0
-                    ) -> SiteCalibration:
-    """``sonopacs calibrate``: clean + analyse every labelled image of ``index_csv`` (the one cleaning
-    path, as ``evaluate``), fit on the network's raw logits, write ``out_file``.
-
-    ``analyzer`` must carry the shipped calibration (its biases are kept for normal-vs-lesion when
-    the site set has too few normal images). Images not assessed by the scope gate are left out
-    of the fit.
-    """
-    from sonopacs.models.data import load_image, load_mask, read_index
-    from sonopacs.models.evaluation import analyse_image
-
-    logits, labels = [], []
-    skipped = 0
-    for rec in read_index(Path(index_csv)):
-        if rec.label is None:
-            continue
-        img = load_image(rec.image)
-        res, _ = analyse_image(analyzer, img, load_mask([], img.shape[:2]))
-        if not res.assessed:
-            skipped += 1
-            continue
-        logits.append(res.extra["logits"])
-        labels.append(rec.label)
-    if not labels:
-        raise SiteCalibrationError(f"no assessed labelled image in {index_csv}")
-    site = fit_site_calibration(np.asarray(logits), np.asarray(labels), model_name=analyzer.name,
-                                model_version=analyzer.version, shipped=analyzer.calibration,
-                                shipped_priors=analyzer.class_priors,
-                                normal_fraction=analyzer.expected_normal_fraction, n_boot=n_boot, seed=seed)
-    if skipped:
-        site.warnings.append(f"{skipped} images not assessed by the scope gate were left out")
-    site.save(out_file)
-    return site
-
-
 def describe(site: SiteCalibration) -> str:
     """A few lines for the operator: what was fitted, with 95 % bootstrap intervals, and warnings."""
     ci = site.intervals

@@ -221,7 +221,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from sonopacs.models.site_calibration import calibrate_index, describe
+    from sonopacs.models.calibrate_site import calibrate_index
+    from sonopacs.models.site_calibration import describe
 
     site = calibrate_index(Path(args.index), Path(args.out), _analyzer(args, site=False), n_boot=args.bootstrap)
     print(describe(site))

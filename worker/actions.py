@@ -15,6 +15,7 @@ from sonopacs.db.models import utcnow
 from sonopacs.worker import state
 from sonopacs.worker.celery_app import get_app
 from sonopacs.worker.context import database_for
+from sonopacs.worker.enqueue import release_claim, send_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,6 @@ def resend_study(settings: Settings, study_uid: str, actor: str) -> str:
 
 def reprocess_study(settings: Settings, study_uid: str, actor: str) -> int:
     """Run the whole pipeline again as a new generation; returns that generation."""
-    from sonopacs.worker.stability import release_claim, send_pipeline
-
     db = database_for(settings)
     study_id, _, current = _study(db, study_uid)
     if current in (StudyState.RECEIVING, StudyState.QUEUED):

@@ -34,7 +34,9 @@ from sonopacs.db import Database, Job, JobState, Study, StudyState
 from sonopacs.db.audit import record
 from sonopacs.db.models import utcnow
 from sonopacs.worker import liveness, state
+from sonopacs.worker.actions import send_export
 from sonopacs.worker.celery_app import embedded_waiting, is_embedded_broker
+from sonopacs.worker.enqueue import release_claim, send_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,6 @@ def retry_grace(settings: Settings) -> timedelta:
 
 def send_due_exports(settings: Settings, db: Database, now: datetime | None = None) -> list[int]:
     """Send every overdue scheduled export try whose Celery message never ran; returns study ids."""
-    from sonopacs.worker.actions import send_export
     from sonopacs.worker.export import schedule_retry, take_retry
 
     now = now or utcnow()
@@ -204,8 +205,6 @@ def recover(settings: Settings, db: Database, app: Celery, stuck: Stuck, now: da
 
 
 def _rerun(settings: Settings, db: Database, app: Celery, stuck: Stuck) -> str:
-    from sonopacs.worker.stability import release_claim, send_pipeline
-
     new = stuck.generation + 1
     with db.session() as session:
         result = session.execute(
@@ -236,8 +235,6 @@ def _rerun(settings: Settings, db: Database, app: Celery, stuck: Stuck) -> str:
 
 
 def _resend(settings: Settings, db: Database, stuck: Stuck) -> str:
-    from sonopacs.worker.actions import send_export
-
     with db.session() as session:
         result = session.execute(
             update(Study)
