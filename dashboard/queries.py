@@ -1,7 +1,7 @@
 """Read-only database queries behind the pages, the API and the metrics; plain dicts out.
 
 Written in portable SQLAlchemy so they run the same on SQLite and PostgreSQL. SQLite hands back naive
-datetimes; `aware()` treats them as UTC, which is how the models write them.
+datetimes; `as_utc()` treats them as UTC, which is how the models write them.
 """
 
 from __future__ import annotations
@@ -23,16 +23,11 @@ from sonopacs.db.models import (
     Series,
     Study,
     StudyState,
+    as_utc,
 )
 
 STATES = [s.value for s in StudyState]
 FAILED_STATES = (StudyState.FAILED, StudyState.EXPORT_FAILED)
-
-
-def aware(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _day_start(day: date) -> datetime:
@@ -86,7 +81,7 @@ def latencies(session: Session, since: datetime) -> list[float]:
     out: list[float] = []
     queued_at: dict[int, datetime] = {}
     for study_id, raw_time, to_state in session.execute(stmt):
-        when = aware(raw_time)
+        when = as_utc(raw_time)
         if study_id is None or when is None:
             continue
         if to_state == StudyState.QUEUED.value:
@@ -119,7 +114,7 @@ def recent_failures(session: Session, limit: int = 10) -> list[dict[str, Any]]:
                 "accession_number": s.accession_number,
                 "what": f"study {s.state.value.replace('_', ' ')}",
                 "reason": s.state_reason,
-                "time": aware(s.updated_at),
+                "time": as_utc(s.updated_at),
             }
         )
     jobs = session.execute(
@@ -136,7 +131,7 @@ def recent_failures(session: Session, limit: int = 10) -> list[dict[str, Any]]:
                 "accession_number": accession,
                 "what": f"{job.stage} failed (attempt {job.attempt})",
                 "reason": job.error,
-                "time": aware(job.finished_at or job.queued_at),
+                "time": as_utc(job.finished_at or job.queued_at),
             }
         )
     rows.sort(key=lambda r: r["time"] or datetime.min.replace(tzinfo=UTC), reverse=True)
@@ -181,9 +176,9 @@ def _study_row(s: Study, n_instances: int) -> dict[str, Any]:
         "state_reason": s.state_reason,
         "n_instances": n_instances,
         "run_count": s.run_count,
-        "first_received_at": aware(s.first_received_at),
-        "last_received_at": aware(s.last_received_at),
-        "updated_at": aware(s.updated_at),
+        "first_received_at": as_utc(s.first_received_at),
+        "last_received_at": as_utc(s.last_received_at),
+        "updated_at": as_utc(s.updated_at),
     }
 
 
@@ -240,7 +235,7 @@ def study_state(session: Session, study_id: int) -> dict[str, Any] | None:
     s = session.get(Study, study_id)
     if s is None:
         return None
-    return {"id": s.id, "state": s.state.value, "state_reason": s.state_reason, "updated_at": aware(s.updated_at)}
+    return {"id": s.id, "state": s.state.value, "state_reason": s.state_reason, "updated_at": as_utc(s.updated_at)}
 
 
 def _result_row(r: ResultObject) -> dict[str, Any]:
@@ -255,7 +250,7 @@ def _result_row(r: ResultObject) -> dict[str, Any]:
         "model_version": r.model_version,
         "summary": r.summary or {},
         "superseded": r.superseded,
-        "created_at": aware(r.created_at),
+        "created_at": as_utc(r.created_at),
     }
 
 
@@ -293,7 +288,7 @@ def study_detail(session: Session, study_id: int) -> dict[str, Any] | None:
             "size_bytes": i.size_bytes,
             "state": i.state.value,
             "state_reason": i.state_reason,
-            "received_at": aware(i.received_at),
+            "received_at": as_utc(i.received_at),
         }
         for i, series_number, modality in instances
     ]
@@ -310,9 +305,9 @@ def study_detail(session: Session, study_id: int) -> dict[str, Any] | None:
                     "state": j.state.value,
                     "generation": j.generation,
                     "attempt": j.attempt,
-                    "queued_at": aware(j.queued_at),
-                    "started_at": aware(j.started_at),
-                    "finished_at": aware(j.finished_at),
+                    "queued_at": as_utc(j.queued_at),
+                    "started_at": as_utc(j.started_at),
+                    "finished_at": as_utc(j.finished_at),
                     "seconds": j.seconds,
                     "error": j.error,
                 }
@@ -324,8 +319,8 @@ def study_detail(session: Session, study_id: int) -> dict[str, Any] | None:
                     "id": e.id,
                     "destination": e.destination,
                     "attempt": e.attempt,
-                    "started_at": aware(e.started_at),
-                    "finished_at": aware(e.finished_at),
+                    "started_at": as_utc(e.started_at),
+                    "finished_at": as_utc(e.finished_at),
                     "success": e.success,
                     "n_sent": e.n_sent,
                     "n_failed": e.n_failed,
@@ -342,7 +337,7 @@ def study_detail(session: Session, study_id: int) -> dict[str, Any] | None:
 def _audit_row(a: AuditEvent, accession: str | None = None) -> dict[str, Any]:
     return {
         "id": a.id,
-        "time": aware(a.time),
+        "time": as_utc(a.time),
         "actor": a.actor,
         "event": a.event,
         "study_id": a.study_id,

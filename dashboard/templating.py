@@ -8,6 +8,8 @@ from typing import Any
 
 from fastapi.templating import Jinja2Templates
 
+from sonopacs.db.models import as_utc
+
 DISCLAIMER = "AI result, for assistance only, not for diagnosis"
 
 STATE_LABELS = {
@@ -31,9 +33,7 @@ STATE_LABELS = {
 def fmt_time(value: datetime | None, with_date: bool = True) -> str:
     if value is None:
         return "–"
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    value = value.astimezone(UTC)
+    value = as_utc(value).astimezone(UTC)
     return value.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S")
 
 

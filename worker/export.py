@@ -48,7 +48,10 @@ EXPORT_STATES = (
 
 
 def backoff_seconds(settings: Settings, retries: int) -> float:
-    """Countdown before retry number `retries + 1`: base * 2**retries, at most backoff_max_seconds."""
+    """Countdown before retry number `retries + 1`: base * 2**retries, at most backoff_max_seconds.
+
+    Not Celery's retry_backoff: the same delay is also written to the database (the kill -9-safe
+    schedule), so it is computed here once for both."""
     base = settings.export.backoff_base_seconds
     return float(min(settings.export.backoff_max_seconds, base * (2**retries)))
 

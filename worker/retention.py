@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from sonopacs.config import Settings
 from sonopacs.db import Database, ExportAttempt, Instance, ResultObject, Study, StudyState
 from sonopacs.db.audit import record
-from sonopacs.db.models import utcnow
+from sonopacs.db.models import as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def plan(settings: Settings, db: Database, now: datetime | None = None) -> list[
             .order_by(exported_at.c.at)
         ).all()
         for study, at in rows:
-            at = at if at.tzinfo else at.replace(tzinfo=now.tzinfo)  # raw aggregate: naive on SQLite
+            at = as_utc(at)  # a raw aggregate: naive on SQLite
             if study.originals_purged_at is None and now - at >= timedelta(days=policy.originals_days):
                 paths = session.execute(select(Instance.path).where(Instance.study_id == study.id)).scalars()
                 items.append(
