@@ -10,7 +10,8 @@ when the post-processed mask covers >= 0.2 % of the image and P(normal), prior-s
 Analyzer's default 40 % normal images, is < 0.5. ``normal_false_lesion_rate`` and
 ``lesion_sensitivity`` are then measured exactly as ``sonopacs evaluate`` measures them for the
 shipped model (same cleaning path, same Analyzer); no scope bank, so only cleaning and the colour
-gate can leave an image not assessed.
+gate can leave an image not assessed. ``presence_tradeoff.json``: the same rule offline from the
+job's ``preds.npz``, with the P(normal) cut moved to reach 95 % lesion sensitivity.
 """
 
 from __future__ import annotations
@@ -21,10 +22,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from sonopacs.models.analyzer import Analyzer
+from sonopacs.models.calibration import Calibration
 from sonopacs.models.evaluation import evaluate_index
+from sonopacs.models.lesion_shape import SHAPE_FEATURES
+from sonopacs.models.metrics import _auc
+from sonopacs.models.priors import shift_priors, target_priors
 
 KEYS = ("n_images", "normal_false_lesion_rate", "lesion_sensitivity", "auc_benign_vs_malignant",
         "auc_malignant_vs_rest", "dice", "macro_f1", "accuracy", "ece", "not_assessed_rate")
@@ -64,6 +70,33 @@ def held_out_index(index_csv: Path, out_csv: Path, drop_label_conflict: bool) ->
     return out_csv
 
 
+def presence_tradeoff(preds: Path, normal_fraction: float = 0.4, sensitivity: float = 0.95,
+                      min_area_fraction: float = 0.002) -> dict[str, Any]:
+    """From a job's ``preds.npz`` (offline, the 160 px letterboxed frame, not the Analyzer's
+    full-resolution mask): AUC of P(normal) for normal vs lesion images, and the share of normal
+    images given a lesion when the P(normal) cut is moved until >= ``sensitivity`` of lesion images
+    get one (mask >= ``min_area_fraction`` of the frame AND shifted P(normal) < cut)."""
+    d = dict(np.load(preds))
+    prior = [1 / 3, 1 / 3, 1 / 3]
+    pn = shift_priors(Calibration().probs(d["logits"]), prior, target_priors(prior, normal_fraction))[:, 0]
+    area = np.exp(d["shape_features"][:, SHAPE_FEATURES.index("log_area_fraction")])
+    has_mask = (d["shape_features"][:, SHAPE_FEATURES.index("lesion_present")] > 0) & (area >= min_area_fraction)
+    lesion = d["labels"] > 0
+    out: dict[str, Any] = {"auc_normal_vs_lesion": _auc(~lesion, pn), "n_normal": int((~lesion).sum()),
+                           "n_lesion": int(lesion.sum())}
+    at_half = has_mask & (pn < 0.5)
+    out["at_0.5"] = {"normal_given_lesion": float(at_half[~lesion].mean()), "lesion_sensitivity": float(at_half[lesion].mean())}
+    best = None
+    for cut in np.unique(np.concatenate([pn, [1.0 + 1e-9]])):
+        given = has_mask & (pn < cut)
+        if given[lesion].mean() >= sensitivity:
+            best = {"p_normal_cut": float(cut), "normal_given_lesion": float(given[~lesion].mean()),
+                    "lesion_sensitivity": float(given[lesion].mean())}
+            break
+    out[f"at_sensitivity_{sensitivity}"] = best  # None: the masks alone miss more than 1 - sensitivity
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("job_dir", type=Path)
@@ -78,6 +111,10 @@ def main() -> None:
     analyzer = Analyzer.load(wdir, device="cpu", expected_normal_fraction=a.expected_normal_fraction, scope_gate=False)
     m = evaluate_index(index, a.out, analyzer=analyzer)
     print(json.dumps({k: m.get(k) for k in KEYS}))
+    if (a.job_dir / "preds.npz").exists():
+        trade = presence_tradeoff(a.job_dir / "preds.npz", a.expected_normal_fraction)
+        (a.out / "presence_tradeoff.json").write_text(json.dumps(trade, indent=2))
+        print(json.dumps(trade))
 
 
 if __name__ == "__main__":
