@@ -1,4 +1,4 @@
-"""Typed ORM models. States follow ARCHITECTURE.md; every transition is also an AuditEvent row."""
+"""Typed ORM models. States follow docs/architecture.md; every transition is also an AuditEvent row."""
 
 from __future__ import annotations
 

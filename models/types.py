@@ -37,7 +37,7 @@ class AnalysisResult:
     model_name: str
     model_version: str
     extra: dict[str, object] = field(default_factory=dict)
-    # Scope gate (see ARCHITECTURE.md): False where the image is not one the model can vouch for.
+    # Scope gate (see docs/architecture.md): False where the image is not one the model can vouch for.
     assessed: bool = True
     not_assessed_reason: str | None = None
     # "1", "3", "4A", "4B", "4C", "5" from the calibrated P(malignant); None where not assessed.

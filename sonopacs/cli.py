@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model from a recorded config")
     p.add_argument("config_file", nargs="?", help="models/configs/NAME.yaml")
-    # here --config names the training recipe (the contract in ARCHITECTURE.md)
+    # here --config names the training recipe (the contract in docs/architecture.md)
     p.add_argument("--config", dest="train_config", help="models/configs/NAME.yaml")
     p.add_argument("--out", help="output folder (default: from the config)")
     p.add_argument("--device", default="auto")

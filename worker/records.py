@@ -47,7 +47,7 @@ class AnalysisRecord(_Record):
     model_name: str
     model_version: str
     lesion: LesionRecord | None = None
-    # scope gate and likelihood category (models.AnalysisResult / ARCHITECTURE.md)
+    # scope gate and likelihood category (models.AnalysisResult / docs/architecture.md)
     assessed: bool = True
     not_assessed_reason: str | None = None
     likelihood_category: str | None = None
