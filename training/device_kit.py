@@ -4,7 +4,7 @@ That machine has PyTorch but not MONAI, cannot download, and a call carries at m
 working tree. ``prepare`` packs the data at training resolution (``.pack/``), puts the MONAI wheel
 and the ImageNet start (the encoder's tensors in fp16: 7-9 MB instead of a 17-23-MB wheel) in
 ``.device/``, checks that everything that will travel fits, and prints the call to make.
-``models/device_run.sh`` is the other half: it runs on that machine.
+``training/device_run.sh`` is the other half: it runs on that machine.
 
     python -m sonopacs.training.device_kit prepare --config models/configs/sonopacs_bus_v4.yaml [--minutes 6]
 """
@@ -71,7 +71,7 @@ def prepare(config: Path, minutes: float) -> int:
     print(f"{'total (limit 64 MiB)':36s} {total / 2**20:6.1f} MiB; wheels: {', '.join(w.name for w in wheels)}")
     carry = [*(str(p) for p in packs), str(DEVICE_DIR)]  # the files, not .pack/: it may hold other sizes
     print("\ndevice call (run tool):")
-    print(f"  command: bash models/device_run.sh {config} {minutes:g}")
+    print(f"  command: bash training/device_run.sh {config} {minutes:g}")
     print(f"  carry:   {carry}")
     print("  timeout_s: 600")
     if total > LIMIT_BYTES:

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Runs ON the lent accelerator machine (device tool), from the repository root, after
 # `python -m sonopacs.training.device_kit prepare --config CONFIG` here, with the carry list it prints.
-#   bash models/device_run.sh CONFIG [MINUTES]
+#   bash training/device_run.sh CONFIG [MINUTES]
 # Trains every job of CONFIG at once on the GPU, with the schedule fitted so that the timing probe
 # and the training take MINUTES (models.parallel --minutes), finalizes (calibration, operating
 # points, weights folder), times the new and the shipped model at batch 64 beside a ViT-B/16, and
 # leaves in $OUT: gpu.txt, train.log, run.tar.gz (the run without per-job checkpoints; unpack it
 # under runs/ here), card_tables.md, bench.json. The whole call takes about MINUTES + 2.
-# Dry run here: DEVICE=cpu PROCS=2 bash models/device_run.sh CONFIG 1
+# Dry run here: DEVICE=cpu PROCS=2 bash training/device_run.sh CONFIG 1
 set -uo pipefail
 CONFIG=${1:?usage: device_run.sh CONFIG [MINUTES]}
 MINUTES=${2:-6}
@@ -23,6 +23,9 @@ pack_run() {
 
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/sonopacs-site \
   .device/whl/*.whl || exit 1
+# the checkout itself, so that `python3 -m sonopacs.training...` finds the namespace the packaging maps
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --upgrade \
+  --target /tmp/sonopacs-site . || exit 1
 export PYTHONPATH=/tmp/sonopacs-site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export SONOPACS_IMAGENET_DIR=$PWD/.device/imagenet
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true; python3 --version
