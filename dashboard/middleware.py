@@ -53,7 +53,7 @@ class BodyLimitMiddleware:
             await _reject(send, limit)
             return
         seen = 0
-        started = False
+        tracking_send = _StartTracker(send)
 
         async def limited_receive() -> Message:
             nonlocal seen
@@ -64,17 +64,24 @@ class BodyLimitMiddleware:
                     raise _TooLarge()
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
         try:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
-            if not started:
+            if not tracking_send.started:
                 await _reject(send, limit)
+
+
+class _StartTracker:
+    """A send that remembers whether the response has started (after that, no other answer fits)."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self.send(message)
 
 
 async def _reject(send: Send, limit: int) -> None:
@@ -99,19 +106,13 @@ class ErrorShieldMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+        tracking_send = _StartTracker(send)
 
         try:
             await self.app(scope, receive, tracking_send)
         except Exception:
             error_log.exception("unhandled error in %s %s", scope["method"], scope["path"])
-            if started:
+            if tracking_send.started:
                 raise
             await _send_json(send, 500, b'{"detail":"internal error"}')
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from celery import Celery
 from sqlalchemy import select, update
@@ -204,17 +205,23 @@ def recover(settings: Settings, db: Database, app: Celery, stuck: Stuck, now: da
     return _resend(settings, db, stuck)
 
 
+def _unchanged(stuck: Stuck) -> tuple[Any, ...]:
+    """Still as the reconciler found it, and not yet recovered in this generation: the condition
+    that makes a recovery happen once even with two monitors."""
+    return (
+        Study.id == stuck.study_id,
+        Study.generation == stuck.generation,
+        Study.state == stuck.state,
+        Study.recovered_generation < stuck.generation,
+    )
+
+
 def _rerun(settings: Settings, db: Database, app: Celery, stuck: Stuck) -> str:
     new = stuck.generation + 1
     with db.session() as session:
         result = session.execute(
             update(Study)
-            .where(
-                Study.id == stuck.study_id,
-                Study.generation == stuck.generation,
-                Study.state == stuck.state,
-                Study.recovered_generation < stuck.generation,
-            )
+            .where(*_unchanged(stuck))
             .values(
                 generation=new, enqueued_generation=new, recovered_generation=new,
                 state=StudyState.QUEUED, state_reason=None, updated_at=utcnow(),
@@ -238,12 +245,7 @@ def _resend(settings: Settings, db: Database, stuck: Stuck) -> str:
     with db.session() as session:
         result = session.execute(
             update(Study)
-            .where(
-                Study.id == stuck.study_id,
-                Study.generation == stuck.generation,
-                Study.state == stuck.state,
-                Study.recovered_generation < stuck.generation,
-            )
+            .where(*_unchanged(stuck))
             .values(recovered_generation=stuck.generation, updated_at=utcnow())
             .execution_options(synchronize_session=False)
         )
