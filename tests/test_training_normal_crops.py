@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from sonopacs.models.data import Packed
-from sonopacs.training.normal_crops import add_crops_to_train, crop_settings, is_crop, lesion_free_crops
+from sonopacs.training.normal_crops import (
+    _drawn,
+    add_crops_to_train,
+    crop_settings,
+    is_crop,
+    lesion_free_crops,
+)
 from sonopacs.training.train import eligible, make_jobs
 
 
@@ -49,6 +55,18 @@ def test_option_is_off_by_default() -> None:
     assert crop_settings({"data": {"normal_crops": {"enabled": False}}}) is None
     s = crop_settings({"data": {"normal_crops": {"per_image": 2, "seed": 3}}})
     assert s is not None and s["per_image"] == 2 and s["min_fraction"] == 0.4
+
+
+def test_fraction_draws_that_share_of_images_per_image_and_is_absent_by_default() -> None:
+    s = crop_settings({"data": {"normal_crops": {"fraction": 0.6, "seed": 3}}})
+    assert s is not None and s["fraction"] == 0.6
+    assert "fraction" not in (crop_settings({"data": {"normal_crops": {"seed": 3}}}) or {})
+    draws = [_drawn(np.random.default_rng([3, i]), s) for i in range(2000)]
+    assert 0.56 < np.mean(draws) < 0.64
+    assert draws == [_drawn(np.random.default_rng([3, i]), s) for i in range(2000)]
+    # without the option every image gives crops and the image's random stream is left untouched
+    rng = np.random.default_rng(5)
+    assert _drawn(rng, {"seed": 3}) and rng.random() == np.random.default_rng(5).random()
 
 
 def _packed() -> Packed:

@@ -23,6 +23,28 @@ def _p(n: int, p: float, g: torch.Generator, dev: torch.device) -> torch.Tensor:
     return torch.rand(n, generator=g, device=dev) < p
 
 
+def _scanner_gain(x: torch.Tensor, on: torch.Tensor, strength: float, g: torch.Generator) -> torch.Tensor:
+    """Multiply by exp(a smooth random curve over depth plus a gentler one across): TGC and lateral gain."""
+    b, _, s, _ = x.shape
+    dev = x.device
+    depth = F.interpolate(torch.randn(b, 1, 4, 1, generator=g, device=dev) * strength,
+                          size=(s, 1), mode="bicubic", align_corners=True)
+    lateral = F.interpolate(torch.randn(b, 1, 1, 3, generator=g, device=dev) * strength * 0.5,
+                            size=(1, s), mode="bicubic", align_corners=True)
+    gain = torch.exp((depth + lateral) * on.float()[:, None, None, None])
+    return x * gain
+
+
+def _sharpen(x: torch.Tensor, on: torch.Tensor, amount: list[float], g: torch.Generator) -> torch.Tensor:
+    """Unsharp mask with a random amount (negative: softer): vendors' edge enhancement differs."""
+    b = x.shape[0]
+    k1 = torch.tensor([1.0, 2.0, 1.0], device=x.device)
+    k = (k1[:, None] * k1[None, :]) / 16.0
+    smooth = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k[None, None])
+    amt = _u(b, amount[0], amount[1], g, x.device) * on.float()
+    return x + amt[:, None, None, None] * (x - smooth)
+
+
 class Augmenter:
     """Call with x (B,1,S,S in [0,1]) and y (B,1,S,S {0,1}); returns augmented copies."""
 
@@ -85,6 +107,12 @@ class Augmenter:
             small = F.interpolate(x, scale_factor=1 / f, mode="area")
             up = F.interpolate(small, size=(s, s), mode="bilinear", align_corners=False)
             x = torch.where(lr[:, None, None, None], up, x)
+        # --- scanner-style gain (opt-in): a smooth depth (TGC) and lateral gain curve, and edge
+        # enhancement or softening, as one vendor's post-processing differs from another's
+        if c.get("tgc", 0.0) > 0:
+            x = _scanner_gain(x, _p(b, c["tgc"], g, dev), c.get("tgc_strength", 0.35), g)
+        if c.get("sharpen", 0.0) > 0:
+            x = _sharpen(x, _p(b, c["sharpen"], g, dev), c.get("sharpen_amount", [-0.5, 1.0]), g)
         # --- synthetic burned-in annotations (bright overlays the model must ignore)
         an = _p(b, c.get("annotations", 0.3), g, dev)
         if an.any() and self.stamps.shape[0] > 0:

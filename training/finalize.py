@@ -21,6 +21,7 @@ from sonopacs.models.calibration import Calibration, expected_calibration_error,
 from sonopacs.models.lesion_shape import SHAPE_FEATURES
 from sonopacs.models.metrics import classification_metrics, withhold_masks
 from sonopacs.models.plots import plot_confusion, plot_reliability, plot_roc
+from sonopacs.models.presence import PresenceRule
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,8 @@ def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
         report["cross_dataset"][p.parent.name] = metrics_for(d, sel, Calibration(), ops)
     for info in sorted(jobs.glob("*/info.json")):
         report["jobs"][info.parent.name] = json.loads(info.read_text())
+    counts = np.bincount(oof["labels"], minlength=3)
+    class_mix = counts / counts.sum()
     final = jobs / "final" / "model.pt"
     if final.exists():
         wdir = out / "weights"
@@ -195,6 +198,12 @@ def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
             "config_sha256": hashlib.sha256(cfg_text.encode()).hexdigest(),
             "seed": cfg["seed"],
             "overrides": cfg.get("_overrides", []),
+            # the class mix the calibration's biases encode: the Analyzer shifts from it to the
+            # site's expected share of normal images (models.priors)
+            "calibration_class_priors": class_mix.tolist(),
+            "calibration_class_priors_note": "class mix of the out-of-fold predictions the calibration was fitted on "
+                                             f"({', '.join(f'{int(n)} {c}' for n, c in zip(counts, ('normal', 'benign', 'malignant'), strict=True))})",
+            "lesion_presence": PresenceRule.from_dict(cfg.get("lesion_presence")).to_dict(),
         }
         seg_from = (cfg.get("ship") or {}).get("segmentation_from")
         if seg_from:  # pair this classifier with an already trained segmenter (its own folder)

@@ -11,6 +11,8 @@ Opt-in with ``data.normal_crops`` in a training config, e.g.::
     data:
       normal_crops: {per_image: 1, min_fraction: 0.4, dilate_fraction: 0.05, seed: 7}
 
+``fraction`` (optional, 0-1): only that share of the lesion images, drawn per image, gives crops.
+
 Crops are packed next to the dataset's pack (``<pack>.normal_crops_<key>.npz``). Each keeps its
 source's dataset and group (near-duplicate set / patient), and ``train.make_jobs`` adds a crop only
 to the *training* side of a job whose training groups include its source: never to a test set.
@@ -44,7 +46,8 @@ def crop_settings(cfg: dict[str, Any]) -> dict[str, Any] | None:
     raw = raw if isinstance(raw, dict) else {}
     return {"per_image": int(raw.get("per_image", 1)), "min_fraction": float(raw.get("min_fraction", 0.4)),
             "dilate_fraction": float(raw.get("dilate_fraction", 0.05)), "seed": int(raw.get("seed", 0)),
-            "tries": int(raw.get("tries", 8)), "datasets": raw.get("datasets")}
+            "tries": int(raw.get("tries", 8)), "datasets": raw.get("datasets"),
+            **({"fraction": float(raw["fraction"])} if "fraction" in raw else {})}
 
 
 def lesion_free_crops(mask: np.ndarray, n: int, min_fraction: float, rng: np.random.Generator,
@@ -91,6 +94,12 @@ def _record_rng(seed: int, rec: Record) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(f"{rec.dataset}/{rec.image.name}".encode())])
 
 
+def _drawn(rng: np.random.Generator, settings: dict[str, Any]) -> bool:
+    """Does this image give crops? Only ``fraction`` of them do (fewer extra normals, less training
+    time); no draw at all without the option, so configs without it crop exactly as before."""
+    return "fraction" not in settings or bool(rng.random() < settings["fraction"])
+
+
 def build_crop_pack(records: list[Record], size: int, settings: dict[str, Any]) -> Packed:
     """Normal crops of every lesion record with a mask (cleaned originals, letterboxed to ``size``)."""
     imgs, names, groups, datasets, conflicts = [], [], [], [], []
@@ -98,11 +107,14 @@ def build_crop_pack(records: list[Record], size: int, settings: dict[str, Any]) 
     for rec in records:
         if rec.label is None or rec.label == 0 or not rec.masks:
             continue
+        rng = _record_rng(settings["seed"], rec)
+        if not _drawn(rng, settings):
+            continue
         try:
             g, m = load_clean_pair(rec)
         except CleaningFailed:
             continue  # the main pack leaves it out too
-        boxes = lesion_free_crops(m, settings["per_image"], settings["min_fraction"], _record_rng(settings["seed"], rec),
+        boxes = lesion_free_crops(m, settings["per_image"], settings["min_fraction"], rng,
                                   settings["dilate_fraction"], settings["tries"])
         n_src += bool(boxes)
         for k, (y0, y1, x0, x1) in enumerate(boxes):
