@@ -22,6 +22,7 @@ from sonopacs.models.lesion_shape import SHAPE_FEATURES
 from sonopacs.models.metrics import classification_metrics, withhold_masks
 from sonopacs.models.plots import plot_confusion, plot_reliability, plot_roc
 from sonopacs.models.presence import PresenceRule
+from sonopacs.models.priors import shift_priors, target_priors
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,43 @@ def nested_calibration(folds: list[dict[str, np.ndarray]], target: float, cal_cf
     return out
 
 
+def fit_presence(oof: dict[str, np.ndarray], probs: np.ndarray, class_mix: np.ndarray,
+                 cfg: dict[str, Any]) -> tuple[PresenceRule, dict[str, Any]]:
+    """The lesion-presence rule, its P(normal) cut fitted on the OOF predictions.
+
+    ``calibration.lesion_sensitivity_target`` (absent: the config's rule as written): the lowest
+    cut on the prior-shifted P(normal) (at ``model.expected_normal_fraction``'s default) at which
+    every dataset's lesion images are given a lesion at >= the target, so the fewest normal images
+    get one. Like the malignancy operating points: fitted on the same OOF data it is reported on.
+    """
+    base = PresenceRule.from_dict(cfg.get("lesion_presence"))
+    cal_cfg = cfg.get("calibration") or {}
+    target = cal_cfg.get("lesion_sensitivity_target")
+    normal_fraction = float(cal_cfg.get("presence_normal_fraction", 0.4))
+    pn = shift_priors(probs, class_mix, target_priors(class_mix, normal_fraction))[:, 0]
+    sf = oof["shape_features"]
+    area = np.exp(sf[:, SHAPE_FEATURES.index("log_area_fraction")]) * (sf[:, SHAPE_FEATURES.index("lesion_present")] > 0)
+    has_mask = area >= base.min_area_fraction
+    lesion = oof["labels"] > 0
+    rule = base
+    if target is not None:
+        cut = 1.0
+        for c in np.unique(np.concatenate([pn, [1.0]])):
+            given = has_mask & (pn < c)
+            if all(given[lesion & (oof["datasets"] == ds)].mean() >= float(target)
+                   for ds in set(oof["datasets"][lesion].tolist())):
+                cut = float(c)
+                break
+        rule = PresenceRule(min_area_fraction=base.min_area_fraction, max_p_normal=cut)
+    given = has_mask & (pn < rule.max_p_normal)
+    report: dict[str, Any] = {"rule": rule.to_dict(), "sensitivity_target": target, "normal_fraction": normal_fraction}
+    for ds in ["all", *sorted(set(oof["datasets"].tolist()))]:
+        sel = np.ones(len(lesion), bool) if ds == "all" else oof["datasets"] == ds
+        report[ds] = {"lesion_sensitivity": float(given[sel & lesion].mean()) if (sel & lesion).any() else None,
+                      "normal_false_lesion_rate": float(given[sel & ~lesion].mean()) if (sel & ~lesion).any() else None}
+    return rule, report
+
+
 def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     jobs = out / "jobs"
     cv = sorted(jobs.glob("cv*/preds.npz"))
@@ -177,6 +215,7 @@ def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
         report["jobs"][info.parent.name] = json.loads(info.read_text())
     counts = np.bincount(oof["labels"], minlength=3)
     class_mix = counts / counts.sum()
+    presence, report["oof_lesion_presence"] = fit_presence(oof, probs, class_mix, cfg)
     final = jobs / "final" / "model.pt"
     if final.exists():
         wdir = out / "weights"
@@ -203,7 +242,7 @@ def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
             "calibration_class_priors": class_mix.tolist(),
             "calibration_class_priors_note": "class mix of the out-of-fold predictions the calibration was fitted on "
                                              f"({', '.join(f'{int(n)} {c}' for n, c in zip(counts, ('normal', 'benign', 'malignant'), strict=True))})",
-            "lesion_presence": PresenceRule.from_dict(cfg.get("lesion_presence")).to_dict(),
+            "lesion_presence": presence.to_dict(),
         }
         seg_from = (cfg.get("ship") or {}).get("segmentation_from")
         if seg_from:  # pair this classifier with an already trained segmenter (its own folder)

@@ -1,0 +1,47 @@
+"""finalize's lesion-presence cut (training/finalize.fit_presence): fitted per dataset, the lowest that reaches the target."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sonopacs.models.lesion_shape import SHAPE_FEATURES
+from sonopacs.training.finalize import fit_presence
+
+
+def _oof(seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    n = 400
+    labels = rng.choice([0, 1, 2], n, p=[0.2, 0.5, 0.3])
+    datasets = np.where(np.arange(n) % 2 == 0, "a", "b")
+    p_normal = np.clip(np.where(labels == 0, rng.uniform(0.2, 1.0, n), rng.uniform(0.0, 0.7, n)), 1e-3, 1 - 1e-3)
+    rest = 1 - p_normal
+    probs = np.stack([p_normal, rest * 0.6, rest * 0.4], 1)
+    sf = np.zeros((n, len(SHAPE_FEATURES)))
+    sf[:, SHAPE_FEATURES.index("lesion_present")] = 1.0
+    sf[:, SHAPE_FEATURES.index("log_area_fraction")] = np.log(0.05)
+    return {"labels": labels, "datasets": datasets, "shape_features": sf}, probs
+
+
+def test_cut_reaches_the_target_on_every_dataset_and_no_lower_cut_does() -> None:
+    oof, probs = _oof()
+    mix = np.bincount(oof["labels"], minlength=3) / len(oof["labels"])
+    cfg = {"calibration": {"lesion_sensitivity_target": 0.95, "presence_normal_fraction": 0.4}}
+    rule, report = fit_presence(oof, probs, mix, cfg)
+    for ds in ("a", "b"):
+        assert report[ds]["lesion_sensitivity"] >= 0.95
+    assert min(report["a"]["lesion_sensitivity"], report["b"]["lesion_sensitivity"]) < 0.95 + 0.02
+    stricter = {"calibration": {**cfg["calibration"], "lesion_sensitivity_target": 0.99}}
+    rule99, report99 = fit_presence(oof, probs, mix, stricter)
+    assert rule99.max_p_normal > rule.max_p_normal
+    assert report99["all"]["normal_false_lesion_rate"] >= report["all"]["normal_false_lesion_rate"]
+
+
+def test_without_a_target_the_configured_rule_is_kept() -> None:
+    oof, probs = _oof(1)
+    mix = np.bincount(oof["labels"], minlength=3) / len(oof["labels"])
+    rule, report = fit_presence(oof, probs, mix, {"lesion_presence": {"max_p_normal": 0.5, "min_area_fraction": 0.002}})
+    assert rule.max_p_normal == 0.5 and report["sensitivity_target"] is None
+    # no mask on any image: nothing is given a lesion whatever the cut
+    oof["shape_features"][:, SHAPE_FEATURES.index("lesion_present")] = 0.0
+    rule, report = fit_presence(oof, probs, mix, {"calibration": {"lesion_sensitivity_target": 0.95}})
+    assert report["all"]["lesion_sensitivity"] == 0.0 and rule.max_p_normal == 1.0
