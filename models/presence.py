@@ -9,8 +9,11 @@ P(normal) is below ``max_p_normal``. A normal decision withholds the contour.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -27,3 +30,18 @@ class PresenceRule:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> PresenceRule:
         return cls(**{k: float(v) for k, v in (d or {}).items() if k in cls.__dataclass_fields__})
+
+
+def fit_p_normal_cut(p_normal: np.ndarray, has_mask: np.ndarray, lesion: np.ndarray, target: float,
+                     strata: Iterable[np.ndarray] | None = None) -> float:
+    """The lowest cut on P(normal) at which lesion images with a mask are given a lesion at >=
+    ``target`` (in every stratum, e.g. every dataset, when given): the fewest normal images get one
+    at that sensitivity. 1.0 when even no cut reaches it (the masks alone miss more)."""
+    p_normal, has_mask, lesion = (np.asarray(a) for a in (p_normal, has_mask, lesion))
+    groups = [np.asarray(s, bool) & lesion for s in strata] if strata is not None else [lesion]
+    groups = [g for g in groups if g.any()]
+    for cut in np.unique(np.concatenate([p_normal[lesion], [1.0]])):
+        given = has_mask & (p_normal < cut)
+        if all(given[g].mean() >= target for g in groups):
+            return float(cut)
+    return 1.0

@@ -1,5 +1,6 @@
-"""Site calibration: temperature, class biases (the site's class priors) and both malignancy operating
-points, fitted on a hospital's own labelled images before go-live (``sonopacs calibrate``).
+"""Site calibration: temperature, class biases (the site's class priors), both malignancy operating
+points and the lesion-presence cut, fitted on a hospital's own labelled images before go-live
+(``sonopacs calibrate``).
 
 The file names the model (name and version) it belongs to; ``load_site_calibration`` refuses a file
 made for another model. Bootstrap intervals are taken out-of-bag: each resample refits everything
@@ -19,6 +20,7 @@ import numpy as np
 
 from sonopacs.models.calibration import Calibration, expected_calibration_error, operating_points
 from sonopacs.models.metrics import _auc
+from sonopacs.models.presence import fit_p_normal_cut
 from sonopacs.models.priors import shift_priors, target_priors
 
 FORMAT = "sonopacs-site-calibration/1"
@@ -46,6 +48,9 @@ class SiteCalibration:
     intervals: dict[str, list[float | None]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     created: str = ""
+    # the P(normal) cut of the lesion-presence rule fitted on the site's lesion images
+    # (``max_p_normal``), with the target and what it gave on the set; empty: the shipped rule
+    lesion_presence: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "model": {"name": self.model_name, "version": self.model_version},
@@ -53,7 +58,7 @@ class SiteCalibration:
                 "operating_points": self.operating_points,
                 "expected_normal_fraction": self.expected_normal_fraction, "n_images": self.n_images,
                 "class_counts": self.class_counts, "intervals_95": self.intervals, "warnings": self.warnings,
-                "created": self.created}
+                "created": self.created, "lesion_presence": self.lesion_presence}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SiteCalibration:
@@ -65,7 +70,7 @@ class SiteCalibration:
                    (pri[0], pri[1], pri[2]), {k: float(v) for k, v in d["operating_points"].items()},
                    float(d["expected_normal_fraction"]), int(d["n_images"]),
                    {k: int(v) for k, v in d["class_counts"].items()}, d.get("intervals_95", {}),
-                   list(d.get("warnings", [])), str(d.get("created", "")))
+                   list(d.get("warnings", [])), str(d.get("created", "")), dict(d.get("lesion_presence") or {}))
 
     def save(self, path: Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -116,10 +121,28 @@ def reported_probs(cal: Calibration, priors: Sequence[float], logits: np.ndarray
     return shift_priors(cal.probs(logits), priors, target_priors(priors, normal_fraction))
 
 
+def fit_presence_cut(cal: Calibration, priors: Sequence[float], logits: np.ndarray, labels: np.ndarray,
+                     normal_fraction: float, mask_area: np.ndarray, min_area_fraction: float,
+                     target: float) -> dict[str, Any]:
+    """The lesion-presence P(normal) cut for this site: the lowest at which >= ``target`` of the
+    set's lesion images are given a lesion (so the fewest of its normal images get one)."""
+    p_normal = reported_probs(cal, priors, logits, normal_fraction)[:, 0]
+    has_mask = np.asarray(mask_area) >= min_area_fraction
+    lesion = labels > 0
+    cut = fit_p_normal_cut(p_normal, has_mask, lesion, target)
+    given = has_mask & (p_normal < cut)
+    return {"max_p_normal": cut, "lesion_sensitivity_target": target,
+            "lesion_sensitivity": float(given[lesion].mean()),
+            "normal_false_lesion_rate": float(given[~lesion].mean()) if (~lesion).any() else None}
+
+
 def fit_site_calibration(logits: np.ndarray, labels: np.ndarray, *, model_name: str, model_version: str,
                          shipped: Calibration, shipped_priors: Sequence[float], normal_fraction: float,
-                         n_boot: int = 200, seed: int = 0) -> SiteCalibration:
-    """Fit on (raw mirror-mean logits, labels 0/1/2); bootstrap 95 % intervals out-of-bag."""
+                         n_boot: int = 200, seed: int = 0, mask_area: np.ndarray | None = None,
+                         min_area_fraction: float = 0.002, lesion_sensitivity_target: float = 0.95
+                         ) -> SiteCalibration:
+    """Fit on (raw mirror-mean logits, labels 0/1/2); bootstrap 95 % intervals out-of-bag. With the
+    images' lesion-mask areas (``mask_area``) the presence cut is fitted too."""
     logits = np.asarray(logits, np.float64)
     labels = np.asarray(labels, np.int64)
     counts = np.bincount(labels, minlength=3)
@@ -140,9 +163,16 @@ def fit_site_calibration(logits: np.ndarray, labels: np.ndarray, *, model_name: 
     if None not in width and width[1] - width[0] > 0.2:  # type: ignore[operator]
         warnings.append("the 95 % interval of the high-sensitivity operating point's sensitivity is wider "
                         "than 0.2: label more malignant images")
+    presence: dict[str, Any] = {}
+    if mask_area is not None:
+        presence = fit_presence_cut(cal, pri, logits, labels, nf, np.asarray(mask_area, np.float64),
+                                    min_area_fraction, lesion_sensitivity_target)
+        if counts[0] < 20:
+            warnings.append(f"the lesion-presence cut was fitted on lesion images and checked on only {counts[0]} "
+                            f"normal images: its normal-image rate is a rough figure")
     return SiteCalibration(model_name, model_version, cal, pri, points, nf, int(len(labels)),
                            {"normal": int(counts[0]), "benign": int(counts[1]), "malignant": int(counts[2])},
-                           intervals, warnings, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                           intervals, warnings, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), presence)
 
 
 def _bootstrap(logits: np.ndarray, labels: np.ndarray, shipped: Calibration, shipped_priors: Sequence[float],
@@ -203,6 +233,12 @@ def describe(site: SiteCalibration) -> str:
                                          "specificity_malignant", "sensitivity_malignant_high",
                                          "specificity_malignant_high") if k in ci),
     ]
+    lp = site.lesion_presence
+    if lp:
+        nfl = lp.get("normal_false_lesion_rate")
+        lines.append(f"  lesion presence: shifted P(normal) < {lp['max_p_normal']:.4f} (lesion images given a lesion "
+                     f"{lp['lesion_sensitivity']:.3f}, target {lp['lesion_sensitivity_target']:.2f}; normal images "
+                     f"given one {'n/a' if nfl is None else f'{nfl:.3f}'}, on this set)")
     lines += [f"WARNING: {w}" for w in site.warnings]
     return "\n".join(lines)
 

@@ -59,6 +59,22 @@ def test_fit_recovers_temperature_and_improves_calibration() -> None:
     assert not any("only" in w for w in site.warnings)
 
 
+def test_presence_cut_is_the_lowest_that_finds_the_target_share_of_lesions() -> None:
+    logits, labels = _site_logits(300, seed=3)
+    rng = np.random.default_rng(3)
+    area = np.where(labels > 0, rng.uniform(0.0, 0.1, len(labels)), rng.uniform(0.0, 0.02, len(labels)))
+    site = _fit(logits, labels, mask_area=area, min_area_fraction=0.002)
+    lp = site.lesion_presence
+    p_normal = reported_probs(site.calibration, site.class_priors, logits, site.expected_normal_fraction)[:, 0]
+    lesion, has = labels > 0, area >= 0.002
+    assert lp["lesion_sensitivity"] >= 0.95
+    assert (has & (p_normal < lp["max_p_normal"]))[lesion].mean() == lp["lesion_sensitivity"]
+    lower = p_normal[lesion & (p_normal < lp["max_p_normal"])].max()  # the next cut down finds fewer
+    assert (has & (p_normal < lower))[lesion].mean() < 0.95
+    assert lp["normal_false_lesion_rate"] == (has & (p_normal < lp["max_p_normal"]))[~lesion].mean()
+    assert _fit(logits, labels).lesion_presence == {}  # no mask areas: the shipped rule stays
+
+
 def test_small_or_lesion_only_sets_warn() -> None:
     logits, labels = _site_logits(30, seed=2, normals=False)
     site = _fit(logits, labels)
@@ -114,6 +130,11 @@ def test_calibrate_cli_then_applied_by_evaluate_and_the_pipeline(tmp_path: Path,
 
     an = get_analyzer(load_settings(None))
     assert an.calibration_source.startswith(f"site: {out}")
+    # the presence cut fitted on the site's images replaces the shipped one (same mask rule)
+    assert saved["lesion_presence"]["lesion_sensitivity_target"] == 0.95
+    assert an.presence.max_p_normal == saved["lesion_presence"]["max_p_normal"]
+    assert an.presence.min_area_fraction == shipped.presence.min_area_fraction
+    assert "lesion presence: shifted P(normal) <" in printed
     assert an.operating_points == saved["operating_points"]
     assert an.calibration.temperature == saved["calibration"]["temperature"]
     assert main(["evaluate", "--index", str(idx), "--out", str(tmp_path / "ev"), "--device", "cpu"]) == 0

@@ -21,7 +21,7 @@ from sonopacs.models.calibration import Calibration, expected_calibration_error,
 from sonopacs.models.lesion_shape import SHAPE_FEATURES
 from sonopacs.models.metrics import classification_metrics, withhold_masks
 from sonopacs.models.plots import plot_confusion, plot_reliability, plot_roc
-from sonopacs.models.presence import PresenceRule
+from sonopacs.models.presence import PresenceRule, fit_p_normal_cut
 from sonopacs.models.priors import shift_priors, target_priors
 
 log = logging.getLogger(__name__)
@@ -157,13 +157,8 @@ def fit_presence(oof: dict[str, np.ndarray], probs: np.ndarray, class_mix: np.nd
     lesion = oof["labels"] > 0
     rule = base
     if target is not None:
-        cut = 1.0
-        for c in np.unique(np.concatenate([pn, [1.0]])):
-            given = has_mask & (pn < c)
-            if all(given[lesion & (oof["datasets"] == ds)].mean() >= float(target)
-                   for ds in set(oof["datasets"][lesion].tolist())):
-                cut = float(c)
-                break
+        strata = [oof["datasets"] == ds for ds in sorted(set(oof["datasets"].tolist()))]
+        cut = fit_p_normal_cut(pn, has_mask, lesion, float(target), strata)
         rule = PresenceRule(min_area_fraction=base.min_area_fraction, max_p_normal=cut)
     given = has_mask & (pn < rule.max_p_normal)
     report: dict[str, Any] = {"rule": rule.to_dict(), "sensitivity_target": target, "normal_fraction": normal_fraction}
