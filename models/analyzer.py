@@ -188,7 +188,8 @@ class Analyzer:
         self.target_priors = target_priors(self.class_priors, self.expected_normal_fraction)
         self.presence = PresenceRule.from_dict(manifest.get("lesion_presence"))
         if site_calibration is not None and site.lesion_presence.get("max_p_normal") is not None:
-            self.presence = PresenceRule(self.presence.min_area_fraction, float(site.lesion_presence["max_p_normal"]))
+            self.presence = PresenceRule.from_dict({"min_area_fraction": self.presence.min_area_fraction,
+                                                    **site.lesion_presence})
         self.scope_bank = scope_bank
         self._pooled: torch.Tensor | None = None
         self.net.pool.register_forward_hook(self._keep_pooled)

@@ -45,3 +45,32 @@ def fit_p_normal_cut(p_normal: np.ndarray, has_mask: np.ndarray, lesion: np.ndar
         if all(given[g].mean() >= target for g in groups):
             return float(cut)
     return 1.0
+
+
+AREA_CANDIDATES = (0.002, 0.005, 0.01, 0.02)  # mask share of the image: 0.3.0's 0.2 % up to 2 %
+
+
+def fit_rule(p_normal: np.ndarray, area: np.ndarray, lesion: np.ndarray, target: float,
+             strata: Iterable[np.ndarray] | None = None, base: PresenceRule | None = None) -> PresenceRule:
+    """Both thresholds of the rule: for each candidate mask-area floor the lowest P(normal) cut
+    that reaches ``target`` (``fit_p_normal_cut``), then the pair that gives the fewest normal
+    images a lesion (ties: the smaller floor). Without normal images only the cut is fitted, on
+    ``base``'s floor: nothing would show what a higher floor saves."""
+    p_normal, area, lesion = (np.asarray(a) for a in (p_normal, area, lesion))
+    base = base or PresenceRule()
+    strata = list(strata) if strata is not None else None
+    floors = sorted(set(AREA_CANDIDATES) | {base.min_area_fraction}) if (~lesion).any() else [base.min_area_fraction]
+    best: tuple[float, float, PresenceRule] | None = None
+    for floor in floors:
+        has_mask = area >= floor
+        cut = fit_p_normal_cut(p_normal, has_mask, lesion, target, strata)
+        given = has_mask & (p_normal < cut)
+        groups = [g for g in ([np.asarray(s, bool) & lesion for s in strata] if strata else [lesion]) if g.any()]
+        sensitivity = min(float(given[g].mean()) for g in groups) if groups else 0.0
+        false_rate = float(given[~lesion].mean()) if (~lesion).any() else 0.0
+        # reached: fewest normal images given a lesion; not reached anywhere: the most lesions found
+        key = (0.0, false_rate) if sensitivity >= target else (1.0, -sensitivity)
+        if best is None or key < best[:2]:
+            best = (key[0], key[1], PresenceRule(float(floor), cut))
+    assert best is not None
+    return best[2]

@@ -20,7 +20,7 @@ import numpy as np
 
 from sonopacs.models.calibration import Calibration, expected_calibration_error, operating_points
 from sonopacs.models.metrics import _auc
-from sonopacs.models.presence import fit_p_normal_cut
+from sonopacs.models.presence import PresenceRule, fit_rule
 from sonopacs.models.priors import shift_priors, target_priors
 
 FORMAT = "sonopacs-site-calibration/1"
@@ -124,14 +124,14 @@ def reported_probs(cal: Calibration, priors: Sequence[float], logits: np.ndarray
 def fit_presence_cut(cal: Calibration, priors: Sequence[float], logits: np.ndarray, labels: np.ndarray,
                      normal_fraction: float, mask_area: np.ndarray, min_area_fraction: float,
                      target: float) -> dict[str, Any]:
-    """The lesion-presence P(normal) cut for this site: the lowest at which >= ``target`` of the
-    set's lesion images are given a lesion (so the fewest of its normal images get one)."""
+    """The lesion-presence rule for this site (``models.presence.fit_rule``): mask-area floor and
+    P(normal) cut at which >= ``target`` of the set's lesion images are given a lesion and the
+    fewest of its normal images get one."""
     p_normal = reported_probs(cal, priors, logits, normal_fraction)[:, 0]
-    has_mask = np.asarray(mask_area) >= min_area_fraction
     lesion = labels > 0
-    cut = fit_p_normal_cut(p_normal, has_mask, lesion, target)
-    given = has_mask & (p_normal < cut)
-    return {"max_p_normal": cut, "lesion_sensitivity_target": target,
+    rule = fit_rule(p_normal, mask_area, lesion, target, base=PresenceRule(min_area_fraction, 0.5))
+    given = (np.asarray(mask_area) >= rule.min_area_fraction) & (p_normal < rule.max_p_normal)
+    return {**rule.to_dict(), "lesion_sensitivity_target": target,
             "lesion_sensitivity": float(given[lesion].mean()),
             "normal_false_lesion_rate": float(given[~lesion].mean()) if (~lesion).any() else None}
 
@@ -236,7 +236,8 @@ def describe(site: SiteCalibration) -> str:
     lp = site.lesion_presence
     if lp:
         nfl = lp.get("normal_false_lesion_rate")
-        lines.append(f"  lesion presence: shifted P(normal) < {lp['max_p_normal']:.4f} (lesion images given a lesion "
+        lines.append(f"  lesion presence: mask >= {100 * lp['min_area_fraction']:.1f} % of the image and shifted "
+                     f"P(normal) < {lp['max_p_normal']:.4f} (lesion images given a lesion "
                      f"{lp['lesion_sensitivity']:.3f}, target {lp['lesion_sensitivity_target']:.2f}; normal images "
                      f"given one {'n/a' if nfl is None else f'{nfl:.3f}'}, on this set)")
     lines += [f"WARNING: {w}" for w in site.warnings]

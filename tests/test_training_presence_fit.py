@@ -36,6 +36,20 @@ def test_cut_reaches_the_target_on_every_dataset_and_no_lower_cut_does() -> None
     assert report99["all"]["normal_false_lesion_rate"] >= report["all"]["normal_false_lesion_rate"]
 
 
+def test_mask_floor_is_raised_only_when_it_spares_normal_images() -> None:
+    oof, probs = _oof(2)
+    mix = np.bincount(oof["labels"], minlength=3) / len(oof["labels"])
+    cfg = {"calibration": {"lesion_sensitivity_target": 0.95}}
+    rule, _ = fit_presence(oof, probs, mix, cfg)
+    assert rule.min_area_fraction == 0.002  # every mask is 5 %: a higher floor changes nothing
+    # normal images' masks small (0.4 %), lesions' large: the floor rises above them
+    sf = oof["shape_features"]
+    sf[oof["labels"] == 0, SHAPE_FEATURES.index("log_area_fraction")] = np.log(0.004)
+    rule, report = fit_presence(oof, probs, mix, cfg)
+    assert rule.min_area_fraction == 0.005 and report["all"]["normal_false_lesion_rate"] == 0.0
+    assert report["a"]["lesion_sensitivity"] >= 0.95
+
+
 def test_without_a_target_the_configured_rule_is_kept() -> None:
     oof, probs = _oof(1)
     mix = np.bincount(oof["labels"], minlength=3) / len(oof["labels"])

@@ -21,7 +21,7 @@ from sonopacs.models.calibration import Calibration, expected_calibration_error,
 from sonopacs.models.lesion_shape import SHAPE_FEATURES
 from sonopacs.models.metrics import classification_metrics, withhold_masks
 from sonopacs.models.plots import plot_confusion, plot_reliability, plot_roc
-from sonopacs.models.presence import PresenceRule, fit_p_normal_cut
+from sonopacs.models.presence import PresenceRule, fit_rule
 from sonopacs.models.priors import shift_priors, target_priors
 
 log = logging.getLogger(__name__)
@@ -141,10 +141,10 @@ def fit_presence(oof: dict[str, np.ndarray], probs: np.ndarray, class_mix: np.nd
                  cfg: dict[str, Any]) -> tuple[PresenceRule, dict[str, Any]]:
     """The lesion-presence rule, its P(normal) cut fitted on the OOF predictions.
 
-    ``calibration.lesion_sensitivity_target`` (absent: the config's rule as written): the lowest
-    cut on the prior-shifted P(normal) (at ``model.expected_normal_fraction``'s default) at which
-    every dataset's lesion images are given a lesion at >= the target, so the fewest normal images
-    get one. Like the malignancy operating points: fitted on the same OOF data it is reported on.
+    ``calibration.lesion_sensitivity_target`` (absent: the config's rule as written): the mask-area
+    floor and the cut on the prior-shifted P(normal) (at ``model.expected_normal_fraction``'s
+    default) at which every dataset's lesion images are given a lesion at >= the target and the
+    fewest normal images get one (``models.presence.fit_rule``). Like the malignancy operating points: fitted on the same OOF data it is reported on.
     """
     base = PresenceRule.from_dict(cfg.get("lesion_presence"))
     cal_cfg = cfg.get("calibration") or {}
@@ -153,14 +153,12 @@ def fit_presence(oof: dict[str, np.ndarray], probs: np.ndarray, class_mix: np.nd
     pn = shift_priors(probs, class_mix, target_priors(class_mix, normal_fraction))[:, 0]
     sf = oof["shape_features"]
     area = np.exp(sf[:, SHAPE_FEATURES.index("log_area_fraction")]) * (sf[:, SHAPE_FEATURES.index("lesion_present")] > 0)
-    has_mask = area >= base.min_area_fraction
     lesion = oof["labels"] > 0
     rule = base
     if target is not None:
         strata = [oof["datasets"] == ds for ds in sorted(set(oof["datasets"].tolist()))]
-        cut = fit_p_normal_cut(pn, has_mask, lesion, float(target), strata)
-        rule = PresenceRule(min_area_fraction=base.min_area_fraction, max_p_normal=cut)
-    given = has_mask & (pn < rule.max_p_normal)
+        rule = fit_rule(pn, area, lesion, float(target), strata, base)
+    given = (area >= rule.min_area_fraction) & (pn < rule.max_p_normal)
     report: dict[str, Any] = {"rule": rule.to_dict(), "sensitivity_target": target, "normal_fraction": normal_fraction}
     for ds in ["all", *sorted(set(oof["datasets"].tolist()))]:
         sel = np.ones(len(lesion), bool) if ds == "all" else oof["datasets"] == ds
