@@ -38,10 +38,14 @@ def test_result_is_well_formed(analyzer: Analyzer, image: np.ndarray) -> None:
     r = analyzer.analyze(image, spacing_mm=(0.1, 0.12))
     assert list(r.probabilities) == list(CLASSES)
     assert abs(sum(r.probabilities.values()) - 1) < 1e-6
-    assert r.label == max(r.probabilities, key=r.probabilities.__getitem__)
+    # normal exactly when no lesion is present (models.presence), else the likelier lesion class
+    present = r.label != "normal"
+    assert r.mask.any() == present
+    if present:
+        assert r.label == max(("benign", "malignant"), key=r.probabilities.__getitem__)
     assert r.malignancy_probability == r.probabilities["malignant"]
     for name, t in analyzer.operating_points.items():
-        assert r.decisions[name] == (r.malignancy_probability >= t)
+        assert r.decisions[name] == (present and r.malignancy_probability >= t)
     assert r.mask.shape == image.shape and r.mask.dtype == bool
     assert r.heatmap.shape == image.shape and r.heatmap.dtype == np.float32
     assert r.heatmap.min() >= 0 and r.heatmap.max() <= 1
