@@ -41,6 +41,7 @@ from sonopacs.training.normal_crops import (
     load_or_build_crops,
     wants_crops,
 )
+from sonopacs.training.presence_loss import presence_loss
 from sonopacs.training.synthetic import stamp_bank
 
 log = logging.getLogger(__name__)
@@ -214,6 +215,8 @@ def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[s
     opt = torch.optim.AdamW(net.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
     cw = class_weights(data.labels[fit], tcfg.get("class_weights", "balanced")).to(device)
     seg_loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    presence_weight = float(tcfg.get("presence_weight", 0.0))
+    presence_top = float(tcfg.get("presence_top_fraction", 0.005))
     bs = min(int(tcfg["batch_size"]), len(fit))
     steps_per_epoch = max(1, len(fit) // bs)
     epochs = int(tcfg["epochs"])
@@ -231,7 +234,7 @@ def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[s
         net.train()
         t0 = time.time()
         perm = torch.from_numpy(fit)[torch.randperm(len(fit), generator=cpu_gen)].to(device)
-        tot: dict[str, torch.Tensor | float] = {"loss": 0.0, "cls": 0.0, "seg": 0.0}
+        tot: dict[str, torch.Tensor | float] = {"loss": 0.0, "cls": 0.0, "seg": 0.0, "presence": 0.0}
         for s in range(steps_per_epoch):
             b = perm[s * bs : (s + 1) * bs]
             x = imgs[b].float()[:, None] / 255.0
@@ -246,6 +249,10 @@ def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[s
                                  label_smoothing=float(tcfg.get("label_smoothing", 0.0)))
             ls = seg_loss(seg.float(), y)
             loss = float(tcfg.get("cls_weight", 1.0)) * lc + float(tcfg.get("seg_weight", 1.0)) * ls
+            if presence_weight:  # opt-in: empty masks on images without a lesion (training/presence_loss.py)
+                lp = presence_loss(seg.float(), y, presence_top)
+                loss = loss + presence_weight * lp
+                tot["presence"] += lp.detach()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
