@@ -176,6 +176,7 @@ class Analyzer:
         self.class_priors: tuple[float, ...] = tuple(float(x) for x in manifest.get(
             "calibration_class_priors", (1 / 3, 1 / 3, 1 / 3)))
         self.calibration_source = "shipped"
+        self.presence = PresenceRule.from_dict(manifest.get("lesion_presence"))
         if site_calibration is not None:
             site = load_site_calibration(Path(site_calibration), self.name, self.version)
             if self.calibration.uses_features:
@@ -184,12 +185,11 @@ class Analyzer:
             self.operating_points = dict(site.operating_points)
             self.calibration_source = f"site: {site_calibration} ({site.n_images} images, {site.created})"
             expected_normal_fraction = site.expected_normal_fraction  # the site's own mix when it had normals
+            if site.lesion_presence.get("max_p_normal") is not None:  # the site's rule, on the shipped floor
+                self.presence = PresenceRule.from_dict({"min_area_fraction": self.presence.min_area_fraction,
+                                                        **site.lesion_presence})
         self.expected_normal_fraction = float(expected_normal_fraction)
         self.target_priors = target_priors(self.class_priors, self.expected_normal_fraction)
-        self.presence = PresenceRule.from_dict(manifest.get("lesion_presence"))
-        if site_calibration is not None and site.lesion_presence.get("max_p_normal") is not None:
-            self.presence = PresenceRule.from_dict({"min_area_fraction": self.presence.min_area_fraction,
-                                                    **site.lesion_presence})
         self.scope_bank = scope_bank
         self._pooled: torch.Tensor | None = None
         self.net.pool.register_forward_hook(self._keep_pooled)

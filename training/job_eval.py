@@ -5,9 +5,10 @@
 
 A job has no calibration of its own (it trained on one dataset; no out-of-fold predictions), so its
 weights folder gets the identity calibration (T = 1, no class biases), class priors 1/3 each (the
-balanced class weights teach equal priors) and the shipped lesion-presence rule: a lesion is given
+balanced class weights teach equal priors) and a fixed lesion-presence rule: a lesion is given
 when the post-processed mask covers >= 0.2 % of the image and P(normal), prior-shifted to the
-Analyzer's default 40 % normal images, is < 0.5. ``normal_false_lesion_rate`` and
+Analyzer's default 40 % normal images, is < 0.5 (``--presence-from model.json``: the rule that
+run's finalize fitted on its out-of-fold predictions instead). ``normal_false_lesion_rate`` and
 ``lesion_sensitivity`` are then measured exactly as ``sonopacs evaluate`` measures them for the
 shipped model (same cleaning path, same Analyzer); no scope bank, so only cleaning and the colour
 gate can leave an image not assessed. ``presence_tradeoff.json``: the same rule offline from the
@@ -36,8 +37,10 @@ KEYS = ("n_images", "normal_false_lesion_rate", "lesion_sensitivity", "auc_benig
         "auc_malignant_vs_rest", "dice", "macro_f1", "accuracy", "ece", "not_assessed_rate")
 
 
-def job_weights(job_dir: Path, out: Path, image_size: int = 160, name: str = "lodo-job", version: str = "0.0.0") -> Path:
-    """A weights folder (half-precision state dict + manifest) for a job's ``model.pt``."""
+def job_weights(job_dir: Path, out: Path, image_size: int = 160, name: str = "lodo-job", version: str = "0.0.0",
+                presence: dict[str, float] | None = None) -> Path:
+    """A weights folder (half-precision state dict + manifest) for a job's ``model.pt``; ``presence``
+    replaces the default lesion-presence rule (e.g. the one a run's finalize fitted)."""
     ck = torch.load(job_dir / "model.pt", map_location="cpu", weights_only=True)
     out.mkdir(parents=True, exist_ok=True)
     torch.save({k: (v.half() if v.is_floating_point() else v) for k, v in ck["state_dict"].items()}, out / "model.pt")
@@ -46,7 +49,7 @@ def job_weights(job_dir: Path, out: Path, image_size: int = 160, name: str = "lo
         "model": ck["model"], "temperature": 1.0, "class_bias": [0.0, 0.0, 0.0],
         "operating_points": {"default": 0.5, "high_sensitivity": 0.5},
         "calibration_class_priors": [1 / 3, 1 / 3, 1 / 3],
-        "lesion_presence": {"min_area_fraction": 0.002, "max_p_normal": 0.5},
+        "lesion_presence": presence or {"min_area_fraction": 0.002, "max_p_normal": 0.5},
         "best_epoch": ck.get("best_epoch"), "source_job": str(job_dir),
     }
     (out / "model.json").write_text(json.dumps(manifest, indent=2))
@@ -105,8 +108,11 @@ def main() -> None:
     ap.add_argument("--drop-label-conflict", action="store_true")
     ap.add_argument("--expected-normal-fraction", type=float, default=0.4)
     ap.add_argument("--image-size", type=int, default=160)
+    ap.add_argument("--presence-from", type=Path, default=None,
+                    help="a model.json whose lesion_presence rule to use (default: floor 0.2 %%, cut 0.5)")
     a = ap.parse_args()
-    wdir = job_weights(a.job_dir, a.out / "weights", a.image_size)
+    presence = json.loads(a.presence_from.read_text())["lesion_presence"] if a.presence_from else None
+    wdir = job_weights(a.job_dir, a.out / "weights", a.image_size, presence=presence)
     index = held_out_index(a.index, a.out / "index.csv", a.drop_label_conflict)
     analyzer = Analyzer.load(wdir, device="cpu", expected_normal_fraction=a.expected_normal_fraction, scope_gate=False)
     m = evaluate_index(index, a.out, analyzer=analyzer)
