@@ -22,7 +22,11 @@ class PresenceRule:
     max_p_normal: float = 0.5
 
     def lesion_present(self, p_normal: float, mask_area_fraction: float) -> bool:
-        return mask_area_fraction >= self.min_area_fraction and p_normal < self.max_p_normal
+        return bool(self.given(p_normal, mask_area_fraction))
+
+    def given(self, p_normal: Any, mask_area_fraction: Any) -> np.ndarray:
+        """The rule on arrays (or scalars): where a lesion is given. The one place it is written."""
+        return (np.asarray(mask_area_fraction) >= self.min_area_fraction) & (np.asarray(p_normal) < self.max_p_normal)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,12 +64,11 @@ def fit_rule(p_normal: np.ndarray, area: np.ndarray, lesion: np.ndarray, target:
     base = base or PresenceRule()
     strata = list(strata) if strata is not None else None
     floors = sorted(set(AREA_CANDIDATES) | {base.min_area_fraction}) if (~lesion).any() else [base.min_area_fraction]
+    groups = [g for g in ([np.asarray(s, bool) & lesion for s in strata] if strata else [lesion]) if g.any()]
     best: tuple[float, float, PresenceRule] | None = None
     for floor in floors:
-        has_mask = area >= floor
-        cut = fit_p_normal_cut(p_normal, has_mask, lesion, target, strata)
-        given = has_mask & (p_normal < cut)
-        groups = [g for g in ([np.asarray(s, bool) & lesion for s in strata] if strata else [lesion]) if g.any()]
+        cut = fit_p_normal_cut(p_normal, area >= floor, lesion, target, strata)
+        given = PresenceRule(float(floor), cut).given(p_normal, area)
         sensitivity = min(float(given[g].mean()) for g in groups) if groups else 0.0
         false_rate = float(given[~lesion].mean()) if (~lesion).any() else 0.0
         # reached: fewest normal images given a lesion; not reached anywhere: the most lesions found

@@ -130,7 +130,7 @@ def fit_presence_cut(cal: Calibration, priors: Sequence[float], logits: np.ndarr
     p_normal = reported_probs(cal, priors, logits, normal_fraction)[:, 0]
     lesion = labels > 0
     rule = fit_rule(p_normal, mask_area, lesion, target, base=PresenceRule(min_area_fraction, 0.5))
-    given = (np.asarray(mask_area) >= rule.min_area_fraction) & (p_normal < rule.max_p_normal)
+    given = rule.given(p_normal, mask_area)
     return {**rule.to_dict(), "lesion_sensitivity_target": target,
             "lesion_sensitivity": float(given[lesion].mean()),
             "normal_false_lesion_rate": float(given[~lesion].mean()) if (~lesion).any() else None}

@@ -158,7 +158,7 @@ def fit_presence(oof: dict[str, np.ndarray], probs: np.ndarray, class_mix: np.nd
     if target is not None:
         strata = [oof["datasets"] == ds for ds in sorted(set(oof["datasets"].tolist()))]
         rule = fit_rule(pn, area, lesion, float(target), strata, base)
-    given = (area >= rule.min_area_fraction) & (pn < rule.max_p_normal)
+    given = rule.given(pn, area)
     report: dict[str, Any] = {"rule": rule.to_dict(), "sensitivity_target": target, "normal_fraction": normal_fraction}
     for ds in ["all", *sorted(set(oof["datasets"].tolist()))]:
         sel = np.ones(len(lesion), bool) if ds == "all" else oof["datasets"] == ds

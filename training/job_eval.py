@@ -31,6 +31,7 @@ from sonopacs.models.calibration import Calibration
 from sonopacs.models.evaluation import evaluate_index
 from sonopacs.models.lesion_shape import SHAPE_FEATURES
 from sonopacs.models.metrics import _auc
+from sonopacs.models.presence import PresenceRule
 from sonopacs.models.priors import shift_priors, target_priors
 
 KEYS = ("n_images", "normal_false_lesion_rate", "lesion_sensitivity", "auc_benign_vs_malignant",
@@ -49,7 +50,7 @@ def job_weights(job_dir: Path, out: Path, image_size: int = 160, name: str = "lo
         "model": ck["model"], "temperature": 1.0, "class_bias": [0.0, 0.0, 0.0],
         "operating_points": {"default": 0.5, "high_sensitivity": 0.5},
         "calibration_class_priors": [1 / 3, 1 / 3, 1 / 3],
-        "lesion_presence": presence or {"min_area_fraction": 0.002, "max_p_normal": 0.5},
+        "lesion_presence": presence or PresenceRule().to_dict(),  # floor 0.2 %, cut 0.5
         "best_epoch": ck.get("best_epoch"), "source_job": str(job_dir),
     }
     (out / "model.json").write_text(json.dumps(manifest, indent=2))

@@ -27,7 +27,7 @@ def presence_loss(seg_logits: torch.Tensor, masks: torch.Tensor, top_fraction: f
     """Binary cross-entropy of ``presence_score`` against "the truth mask is non-empty".
 
     ``masks`` is N x 1 x H x W (or N x H x W) after augmentation, so a lesion moved out of the
-    frame counts as absent. 0.5 % of a 160 px frame is 128 pixels, below the smallest reported
-    lesion (``models.presence`` floors at 0.2 % after post-processing)."""
+    frame counts as absent. 0.5 % of a 160 px frame is 128 pixels; a lesion smaller than that (the
+    service reports lesions down to 0.2 %, ``models.presence``) pools some background too."""
     present = (masks.flatten(1) > 0.5).any(dim=1).to(seg_logits.dtype)
     return F.binary_cross_entropy_with_logits(presence_score(seg_logits, top_fraction), present)
