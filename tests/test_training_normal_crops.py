@@ -1,4 +1,5 @@
-"""Lesion-free crops as extra normals (training/normal_crops.py): geometry, determinism, honest splits."""
+"""Lesion-free crops and lesion-filled fields as extra normals (training/normal_crops.py): geometry,
+determinism, honest splits."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from sonopacs.training.normal_crops import (
     add_crops_to_train,
     crop_settings,
     is_crop,
+    lesion_filled,
     lesion_free_crops,
 )
 from sonopacs.training.train import eligible, make_jobs
@@ -91,3 +93,50 @@ def test_crops_join_only_the_training_side_of_their_source_group() -> None:
     jobs2 = {"k": {"train": np.array([2]), "test": np.array([0])}}
     add_crops_to_train(data, jobs2)
     assert jobs2["k"]["train"].tolist() == [2, 5]
+
+
+def _field_with_lesion() -> tuple[np.ndarray, np.ndarray]:
+    """Depth-layered tissue (brightness varies by row, texture by column) with a dark lesion."""
+    rows = np.linspace(60, 200, 120)[:, None]
+    texture = 20 * np.sin(np.arange(200) / 3.0)[None, :]
+    g = np.clip(rows + texture, 0, 255).astype(np.uint8)
+    m = _mask()
+    g[m > 0] = 5
+    return g, m
+
+
+def test_fill_covers_the_lesion_with_matching_tissue_and_leaves_the_rest() -> None:
+    g, m = _field_with_lesion()
+    out = lesion_filled(g, m, np.random.default_rng(1), dilate_fraction=0.05)
+    assert out is not None and out.shape == g.shape and out.dtype == np.uint8
+    assert out[m > 0].min() > 40  # no lesion pixel left (the darkest tissue row is 60 - 20)
+    # the best-matching surroundings are at the same depth: each lesion row keeps its brightness
+    for y in (45, 60, 75):
+        assert abs(float(out[y, 130:160].mean()) - float(g[y, :100].mean())) < 12
+    far = np.zeros_like(m, bool)
+    far[:, :90] = True  # beyond the box and its feather margin nothing changed
+    assert np.array_equal(out[far], g[far])
+
+
+def test_fill_is_deterministic_and_gives_none_without_room_or_lesion() -> None:
+    g, m = _field_with_lesion()
+    a = lesion_filled(g, m, np.random.default_rng(4))
+    b = lesion_filled(g, m, np.random.default_rng(4))
+    assert a is not None and b is not None and np.array_equal(a, b)
+    wide = np.zeros_like(m)
+    wide[30:90, 10:190] = 1  # as wide as the field: no lesion-free box of its size exists
+    assert lesion_filled(g, wide, np.random.default_rng(0)) is None
+    assert lesion_filled(g, np.zeros_like(m), np.random.default_rng(0)) is None
+
+
+def test_fill_mode_is_opt_in_and_checked() -> None:
+    assert "mode" not in (crop_settings({"data": {"normal_crops": {"seed": 3}}}) or {})
+    assert "mode" not in (crop_settings({"data": {"normal_crops": {"mode": "crop"}}}) or {})
+    s = crop_settings({"data": {"normal_crops": {"mode": "fill"}}})
+    assert s is not None and s["mode"] == "fill"
+    try:
+        crop_settings({"data": {"normal_crops": {"mode": "inpaint"}}})
+    except ValueError as e:
+        assert "inpaint" in str(e)
+    else:
+        raise AssertionError("an unknown mode must be refused")

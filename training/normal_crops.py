@@ -13,6 +13,12 @@ Opt-in with ``data.normal_crops`` in a training config, e.g.::
 
 ``fraction`` (optional, 0-1): only that share of the lesion images, drawn per image, gives crops.
 
+``mode: fill`` (optional; default ``crop``): instead of a zoomed-in crop, the whole cleaned field
+with its lesion covered by tissue from a lesion-free box of the same image at the nearest depth
+(feathered edges), letterboxed like its source. A crop is a zoomed view that a network can tell
+from a whole field by its scale alone; a filled field has the scale, skin line and depth of every
+real image, and differs from its source only where the lesion was.
+
 Crops are packed next to the dataset's pack (``<pack>.normal_crops_<key>.npz``). Each keeps its
 source's dataset and group (near-duplicate set / patient), and ``train.make_jobs`` adds a crop only
 to the *training* side of a job whose training groups include its source: never to a test set.
@@ -47,7 +53,30 @@ def crop_settings(cfg: dict[str, Any]) -> dict[str, Any] | None:
     return {"per_image": int(raw.get("per_image", 1)), "min_fraction": float(raw.get("min_fraction", 0.4)),
             "dilate_fraction": float(raw.get("dilate_fraction", 0.05)), "seed": int(raw.get("seed", 0)),
             "tries": int(raw.get("tries", 8)), "datasets": raw.get("datasets"),
-            **({"fraction": float(raw["fraction"])} if "fraction" in raw else {})}
+            **({"fraction": float(raw["fraction"])} if "fraction" in raw else {}),
+            **({"mode": _mode(raw["mode"])} if raw.get("mode", "crop") != "crop" else {})}
+
+
+def _mode(value: Any) -> str:
+    if value not in ("crop", "fill"):
+        raise ValueError(f"data.normal_crops.mode must be 'crop' or 'fill', not {value!r}")
+    return str(value)
+
+
+def _dilated(mask: np.ndarray, dilate_fraction: float) -> np.ndarray:
+    m = np.asarray(mask) > 0
+    r = int(round(dilate_fraction * max(m.shape)))
+    if r <= 0:
+        return m
+    return cv2.dilate(m.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))) > 0
+
+
+def _box_sums(m: np.ndarray, bh: int, bw: int) -> np.ndarray:
+    """Count of ``m`` pixels in every bh x bw box, indexed by the box's top-left corner."""
+    h, w = m.shape
+    integral = np.zeros((h + 1, w + 1), np.int64)
+    integral[1:, 1:] = m.astype(np.int64).cumsum(0).cumsum(1)
+    return integral[bh:, bw:] - integral[:-bh, bw:] - integral[bh:, :-bw] + integral[:-bh, :-bw]
 
 
 def lesion_free_crops(mask: np.ndarray, n: int, min_fraction: float, rng: np.random.Generator,
@@ -60,20 +89,14 @@ def lesion_free_crops(mask: np.ndarray, n: int, min_fraction: float, rng: np.ran
     the minimum box does not fit. Deterministic for the same ``rng`` state. An empty mask gives
     no crops (the image is normal already, or its lesion is not outlined).
     """
-    m = np.asarray(mask) > 0
-    if not m.any() or n <= 0:
+    if not np.asarray(mask).any() or n <= 0:
         return []
+    m = _dilated(mask, dilate_fraction)
     h, w = m.shape
-    r = int(round(dilate_fraction * max(h, w)))
-    if r > 0:
-        m = cv2.dilate(m.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))) > 0
-    integral = np.zeros((h + 1, w + 1), np.int64)
-    integral[1:, 1:] = m.astype(np.int64).cumsum(0).cumsum(1)
     hmin, wmin = max(1, int(np.ceil(min_fraction * h))), max(1, int(np.ceil(min_fraction * w)))
 
     def valid_origins(bh: int, bw: int) -> np.ndarray:
-        s = (integral[bh:, bw:] - integral[:-bh, bw:] - integral[bh:, :-bw] + integral[:-bh, :-bw])
-        return np.argwhere(s == 0)  # rows: (y0, x0) of boxes with no dilated-lesion pixel
+        return np.argwhere(_box_sums(m, bh, bw) == 0)  # (y0, x0) of boxes with no dilated-lesion pixel
 
     boxes: list[tuple[int, int, int, int]] = []
     for _ in range(n):
@@ -87,6 +110,54 @@ def lesion_free_crops(mask: np.ndarray, n: int, min_fraction: float, rng: np.ran
         else:
             break  # not even the smallest box fits: no more tries will
     return boxes
+
+
+def lesion_filled(gray: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+                  dilate_fraction: float = 0.05, candidates: int = 256) -> np.ndarray | None:
+    """``gray`` with its (dilated) lesion covered by a lesion-free patch of the same image, or None.
+
+    The patch is the lesion's bounding box plus a feather margin, taken from wherever the whole box
+    misses the dilated lesion and its tissue best matches the target's surroundings (mean absolute
+    difference over the box's lesion-free ring, plus how far the patch's centre departs from the
+    ring's mean and spread, among up to ``candidates`` positions drawn by ``rng``), so a shadow or
+    a fat lobule is not pasted in place of the lesion. It is blended in
+    through the dilated mask blurred over that margin, so no hard seam is left. None when the
+    mask is empty or no such box exists (a lesion too wide for its field).
+    """
+    if not np.asarray(mask).any():
+        return None
+    h, w = gray.shape
+    lesion = _dilated(mask, dilate_fraction)
+    feather = max(2, int(round(dilate_fraction * max(h, w))))
+    ys, xs = np.nonzero(lesion)
+    y0, y1 = max(0, int(ys.min()) - feather), min(h, int(ys.max()) + 1 + feather)
+    x0, x1 = max(0, int(xs.min()) - feather), min(w, int(xs.max()) + 1 + feather)
+    bh, bw = y1 - y0, x1 - x0
+    if bh >= h or bw >= w:
+        return None
+    origins = np.argwhere(_box_sums(lesion, bh, bw) == 0)
+    if not len(origins):
+        return None
+    if len(origins) > candidates:
+        origins = origins[rng.choice(len(origins), candidates, replace=False)]
+    ring = ~lesion[y0:y1, x0:x1]
+    target = gray[y0:y1, x0:x1][ring].astype(np.float32)
+    level, spread = float(target.mean()), float(target.std())
+
+    def mismatch(oy: int, ox: int) -> float:
+        src = gray[oy:oy + bh, ox:ox + bw].astype(np.float32)
+        inner = src[~ring]  # what will cover the lesion: as bright and as textured as the surroundings
+        return (float(np.abs(src[ring] - target).mean()) + abs(float(inner.mean()) - level)
+                + abs(float(inner.std()) - spread))
+
+    cost = [mismatch(int(oy), int(ox)) for oy, ox in origins]
+    sy, sx = (int(v) for v in origins[int(np.argmin(cost))])
+    k = 2 * feather + 1
+    alpha = cv2.GaussianBlur(lesion[y0:y1, x0:x1].astype(np.float32), (k, k), feather / 2)
+    alpha = np.maximum(alpha, (np.asarray(mask)[y0:y1, x0:x1] > 0).astype(np.float32))
+    out = gray.astype(np.float32)
+    out[y0:y1, x0:x1] = alpha * out[sy:sy + bh, sx:sx + bw] + (1 - alpha) * out[y0:y1, x0:x1]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def _record_rng(seed: int, rec: Record) -> np.random.Generator:
@@ -114,16 +185,21 @@ def build_crop_pack(records: list[Record], size: int, settings: dict[str, Any]) 
             g, m = load_clean_pair(rec)
         except CleaningFailed:
             continue  # the main pack leaves it out too
-        boxes = lesion_free_crops(m, settings["per_image"], settings["min_fraction"], rng,
-                                  settings["dilate_fraction"], settings["tries"])
-        n_src += bool(boxes)
-        for k, (y0, y1, x0, x1) in enumerate(boxes):
-            imgs.append(letterbox_image(np.ascontiguousarray(g[y0:y1, x0:x1]), size)[0])
+        if settings.get("mode") == "fill":
+            filled = lesion_filled(g, m, rng, settings["dilate_fraction"])
+            views = [] if filled is None else [filled]
+        else:
+            boxes = lesion_free_crops(m, settings["per_image"], settings["min_fraction"], rng,
+                                      settings["dilate_fraction"], settings["tries"])
+            views = [np.ascontiguousarray(g[y0:y1, x0:x1]) for y0, y1, x0, x1 in boxes]
+        n_src += bool(views)
+        for k, view in enumerate(views):
+            imgs.append(letterbox_image(view, size)[0])
             names.append(f"{rec.image.name}{CROP_TAG}{k}")
             groups.append(rec.group)
             datasets.append(rec.dataset)
             conflicts.append(rec.label_conflict)
-    log.info("normal crops: %d from %d of %d records", len(imgs), n_src, len(records))
+    log.info("normal %ss: %d from %d of %d records", settings.get("mode", "crop"), len(imgs), n_src, len(records))
     empty = np.zeros((0, size, size), np.uint8)
     return Packed(
         images=np.stack(imgs) if imgs else empty,
