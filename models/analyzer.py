@@ -185,7 +185,7 @@ class Analyzer:
             self.operating_points = dict(site.operating_points)
             self.calibration_source = f"site: {site_calibration} ({site.n_images} images, {site.created})"
             expected_normal_fraction = site.expected_normal_fraction  # the site's own mix when it had normals
-            if site.lesion_presence.get("max_p_normal") is not None:  # the site's rule, on the shipped floor
+            if site.lesion_presence.get("max_p_normal") is not None:  # the site's rule (floors it fitted, else the shipped area floor)
                 self.presence = PresenceRule.from_dict({"min_area_fraction": self.presence.min_area_fraction,
                                                         **site.lesion_presence})
         self.expected_normal_fraction = float(expected_normal_fraction)
@@ -298,7 +298,8 @@ class Analyzer:
         pm = float(probs[2])
         found = lesion_mask(full_prob)
         area_fraction = float(found.mean())
-        present = self.presence.lesion_present(float(probs[0]), area_fraction)
+        confidence = float(full_prob[found].mean()) if found.any() else 0.0  # mean lesion probability in the mask
+        present = self.presence.lesion_present(float(probs[0]), area_fraction, confidence)
         # normal when no lesion is found, else the likelier of benign and malignant
         label = CLASSES[1 + int(np.argmax(probs[1:]))] if present else "normal"
         mask = found if present else np.zeros(full_prob.shape, bool)
@@ -325,6 +326,7 @@ class Analyzer:
                                    "unpadded image"),
                 "lesion_probability_max": float(full_prob.max()),
                 "lesion_area_fraction": round(area_fraction, 5),
+                "lesion_mask_confidence": round(confidence, 4),
                 "lesion_present": present,
                 "expected_normal_fraction": self.expected_normal_fraction,
                 "calibration": self.calibration_source,

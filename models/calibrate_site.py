@@ -24,7 +24,7 @@ def calibrate_index(index_csv: Path, out_file: Path, analyzer: Any, n_boot: int 
     the site set has too few normal images). Images not assessed by the scope gate are left out
     of the fit.
     """
-    logits, labels, areas = [], [], []
+    logits, labels, areas, confidence = [], [], [], []
     skipped = 0
     for rec in read_index(Path(index_csv)):
         if rec.label is None:
@@ -37,13 +37,15 @@ def calibrate_index(index_csv: Path, out_file: Path, analyzer: Any, n_boot: int 
         logits.append(res.extra["logits"])
         labels.append(rec.label)
         areas.append(float(res.extra["lesion_area_fraction"]))  # the mask found, before the presence rule
+        confidence.append(float(res.extra["lesion_mask_confidence"]))
     if not labels:
         raise SiteCalibrationError(f"no assessed labelled image in {index_csv}")
     site = fit_site_calibration(np.asarray(logits), np.asarray(labels), model_name=analyzer.name,
                                 model_version=analyzer.version, shipped=analyzer.calibration,
                                 shipped_priors=analyzer.class_priors,
                                 normal_fraction=analyzer.expected_normal_fraction, n_boot=n_boot, seed=seed,
-                                mask_area=np.asarray(areas), min_area_fraction=analyzer.presence.min_area_fraction)
+                                mask_area=np.asarray(areas), mask_confidence=np.asarray(confidence),
+                                min_area_fraction=analyzer.presence.min_area_fraction)
     if skipped:
         site.warnings.append(f"{skipped} images not assessed by the scope gate were left out")
     site.save(out_file)

@@ -73,7 +73,10 @@ def evaluate_index(index_csv: Path, out_dir: Path, weights_dir: Path | None = No
                      "assessed": res.assessed, "likelihood_category": res.likelihood_category or "",
                      "lesion_found": given_lesion[-1],
                      "dice": d, "iou": i, "not_assessed_reason": res.not_assessed_reason or "",
-                     "ood_score": res.extra.get("ood_score"), "fields": res.extra.get("fields", 1)})
+                     "ood_score": res.extra.get("ood_score"), "fields": res.extra.get("fields", 1),
+                     # the mask the network found before the presence rule: what a site's rule is fitted on
+                     "lesion_area_fraction": res.extra.get("lesion_area_fraction"),
+                     "lesion_mask_confidence": res.extra.get("lesion_mask_confidence")})
     pa = np.asarray(probs, np.float64).reshape(-1, 3)
     la = np.asarray(labels, np.int64)
     m = classification_metrics(pa, la, analyzer.operating_points)

@@ -4,7 +4,12 @@ The mask (largest component of lesion probability >= 0.5) is evidence that does 
 the class mix the calibration was fitted on; the classifier's P(normal) does, which is why it is
 first shifted to the site's expected share of normal images (``models.priors``). A lesion is
 present when the mask covers at least ``min_area_fraction`` of the image and the shifted
-P(normal) is below ``max_p_normal``. A normal decision withholds the contour.
+P(normal) is below ``max_p_normal``, and (when set) the mean lesion probability inside the mask is
+at least ``min_mask_confidence``. A normal decision withholds the contour.
+
+The confidence floor is off (0) in a shipped rule and fitted only where there are normal images to
+fit it on: a site calibration's set. At an unseen site the masks that fire on normal tissue are
+often faint (lesion probability just over 0.5), which neither the area nor P(normal) sees.
 """
 
 from __future__ import annotations
@@ -20,13 +25,21 @@ import numpy as np
 class PresenceRule:
     min_area_fraction: float = 0.002
     max_p_normal: float = 0.5
+    min_mask_confidence: float = 0.0  # mean lesion probability inside the mask; 0 = not used
 
-    def lesion_present(self, p_normal: float, mask_area_fraction: float) -> bool:
-        return bool(self.given(p_normal, mask_area_fraction))
+    def lesion_present(self, p_normal: float, mask_area_fraction: float, mask_confidence: float | None = None) -> bool:
+        return bool(self.given(p_normal, mask_area_fraction, mask_confidence))
 
-    def given(self, p_normal: Any, mask_area_fraction: Any) -> np.ndarray:
-        """The rule on arrays (or scalars): where a lesion is given. The one place it is written."""
-        return (np.asarray(mask_area_fraction) >= self.min_area_fraction) & (np.asarray(p_normal) < self.max_p_normal)
+    def given(self, p_normal: Any, mask_area_fraction: Any, mask_confidence: Any = None) -> np.ndarray:
+        """The rule on arrays (or scalars): where a lesion is given. The one place it is written.
+
+        ``mask_confidence`` is needed only when the rule has a confidence floor."""
+        out = (np.asarray(mask_area_fraction) >= self.min_area_fraction) & (np.asarray(p_normal) < self.max_p_normal)
+        if self.min_mask_confidence > 0:
+            if mask_confidence is None:
+                raise ValueError("this presence rule has a mask-confidence floor: pass the masks' confidence")
+            out = out & (np.asarray(mask_confidence) >= self.min_mask_confidence)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,28 +65,39 @@ def fit_p_normal_cut(p_normal: np.ndarray, has_mask: np.ndarray, lesion: np.ndar
 
 
 AREA_CANDIDATES = (0.002, 0.005, 0.01, 0.02)  # mask share of the image: 0.3.0's 0.2 % up to 2 %
+# mean lesion probability inside the mask (>= 0.5 by construction): off, then faint to confident
+CONFIDENCE_CANDIDATES = (0.0, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 
 
 def fit_rule(p_normal: np.ndarray, area: np.ndarray, lesion: np.ndarray, target: float,
-             strata: Iterable[np.ndarray] | None = None, base: PresenceRule | None = None) -> PresenceRule:
-    """Both thresholds of the rule: for each candidate mask-area floor the lowest P(normal) cut
-    that reaches ``target`` (``fit_p_normal_cut``), then the pair that gives the fewest normal
-    images a lesion (ties: the smaller floor). Without normal images only the cut is fitted, on
-    ``base``'s floor: nothing would show what a higher floor saves."""
+             strata: Iterable[np.ndarray] | None = None, base: PresenceRule | None = None,
+             confidence: np.ndarray | None = None) -> PresenceRule:
+    """The rule's thresholds: for each candidate mask-area floor (and, with the masks'
+    ``confidence``, each confidence floor) the lowest P(normal) cut that reaches ``target``
+    (``fit_p_normal_cut``), then the rule that gives the fewest normal images a lesion (ties: the
+    smaller floors). Without normal images only the cut is fitted, on ``base``'s floors: nothing
+    would show what a higher floor saves."""
     p_normal, area, lesion = (np.asarray(a) for a in (p_normal, area, lesion))
     base = base or PresenceRule()
     strata = list(strata) if strata is not None else None
-    floors = sorted(set(AREA_CANDIDATES) | {base.min_area_fraction}) if (~lesion).any() else [base.min_area_fraction]
+    has_normals = bool((~lesion).any())
+    floors = sorted(set(AREA_CANDIDATES) | {base.min_area_fraction}) if has_normals else [base.min_area_fraction]
+    conf_floors = [base.min_mask_confidence]
+    if confidence is not None and has_normals:
+        conf_floors = sorted(set(CONFIDENCE_CANDIDATES) | {base.min_mask_confidence})
+    conf = np.asarray(confidence) if confidence is not None else np.ones(len(area))
     groups = [g for g in ([np.asarray(s, bool) & lesion for s in strata] if strata else [lesion]) if g.any()]
     best: tuple[float, float, PresenceRule] | None = None
     for floor in floors:
-        cut = fit_p_normal_cut(p_normal, area >= floor, lesion, target, strata)
-        given = PresenceRule(float(floor), cut).given(p_normal, area)
-        sensitivity = min(float(given[g].mean()) for g in groups) if groups else 0.0
-        false_rate = float(given[~lesion].mean()) if (~lesion).any() else 0.0
-        # reached: fewest normal images given a lesion; not reached anywhere: the most lesions found
-        key = (0.0, false_rate) if sensitivity >= target else (1.0, -sensitivity)
-        if best is None or key < best[:2]:
-            best = (key[0], key[1], PresenceRule(float(floor), cut))
+        for conf_floor in conf_floors:
+            cut = fit_p_normal_cut(p_normal, (area >= floor) & (conf >= conf_floor), lesion, target, strata)
+            rule = PresenceRule(float(floor), cut, float(conf_floor))
+            given = rule.given(p_normal, area, conf)
+            sensitivity = min(float(given[g].mean()) for g in groups) if groups else 0.0
+            false_rate = float(given[~lesion].mean()) if has_normals else 0.0
+            # reached: fewest normal images given a lesion; not reached anywhere: the most lesions found
+            key = (0.0, false_rate) if sensitivity >= target else (1.0, -sensitivity)
+            if best is None or key < best[:2]:
+                best = (key[0], key[1], rule)
     assert best is not None
     return best[2]

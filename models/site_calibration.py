@@ -123,14 +123,16 @@ def reported_probs(cal: Calibration, priors: Sequence[float], logits: np.ndarray
 
 def fit_presence_cut(cal: Calibration, priors: Sequence[float], logits: np.ndarray, labels: np.ndarray,
                      normal_fraction: float, mask_area: np.ndarray, min_area_fraction: float,
-                     target: float) -> dict[str, Any]:
-    """The lesion-presence rule for this site (``models.presence.fit_rule``): mask-area floor and
+                     target: float, mask_confidence: np.ndarray | None = None) -> dict[str, Any]:
+    """The lesion-presence rule for this site (``models.presence.fit_rule``): mask-area floor,
+    mask-confidence floor (with the masks' ``mask_confidence`` and normal images in the set) and
     P(normal) cut at which >= ``target`` of the set's lesion images are given a lesion and the
     fewest of its normal images get one."""
     p_normal = reported_probs(cal, priors, logits, normal_fraction)[:, 0]
     lesion = labels > 0
-    rule = fit_rule(p_normal, mask_area, lesion, target, base=PresenceRule(min_area_fraction, 0.5))
-    given = rule.given(p_normal, mask_area)
+    rule = fit_rule(p_normal, mask_area, lesion, target, base=PresenceRule(min_area_fraction, 0.5),
+                    confidence=mask_confidence)
+    given = rule.given(p_normal, mask_area, mask_confidence if mask_confidence is not None else np.ones(len(lesion)))
     return {**rule.to_dict(), "lesion_sensitivity_target": target,
             "lesion_sensitivity": float(given[lesion].mean()),
             "normal_false_lesion_rate": float(given[~lesion].mean()) if (~lesion).any() else None}
@@ -139,10 +141,11 @@ def fit_presence_cut(cal: Calibration, priors: Sequence[float], logits: np.ndarr
 def fit_site_calibration(logits: np.ndarray, labels: np.ndarray, *, model_name: str, model_version: str,
                          shipped: Calibration, shipped_priors: Sequence[float], normal_fraction: float,
                          n_boot: int = 200, seed: int = 0, mask_area: np.ndarray | None = None,
-                         min_area_fraction: float = 0.002, lesion_sensitivity_target: float = 0.95
-                         ) -> SiteCalibration:
+                         min_area_fraction: float = 0.002, lesion_sensitivity_target: float = 0.95,
+                         mask_confidence: np.ndarray | None = None) -> SiteCalibration:
     """Fit on (raw mirror-mean logits, labels 0/1/2); bootstrap 95 % intervals out-of-bag. With the
-    images' lesion-mask areas (``mask_area``) the presence cut is fitted too."""
+    images' lesion-mask areas (``mask_area``) the presence rule is fitted too, with a floor on the
+    masks' mean lesion probability when ``mask_confidence`` is given."""
     logits = np.asarray(logits, np.float64)
     labels = np.asarray(labels, np.int64)
     counts = np.bincount(labels, minlength=3)
@@ -166,7 +169,8 @@ def fit_site_calibration(logits: np.ndarray, labels: np.ndarray, *, model_name: 
     presence: dict[str, Any] = {}
     if mask_area is not None:
         presence = fit_presence_cut(cal, pri, logits, labels, nf, np.asarray(mask_area, np.float64),
-                                    min_area_fraction, lesion_sensitivity_target)
+                                    min_area_fraction, lesion_sensitivity_target,
+                                    None if mask_confidence is None else np.asarray(mask_confidence, np.float64))
         if counts[0] < 20:
             warnings.append(f"the lesion-presence cut was fitted on lesion images and checked on only {counts[0]} "
                             f"normal images: its normal-image rate is a rough figure")
@@ -236,8 +240,10 @@ def describe(site: SiteCalibration) -> str:
     lp = site.lesion_presence
     if lp:
         nfl = lp.get("normal_false_lesion_rate")
-        lines.append(f"  lesion presence: mask >= {100 * lp['min_area_fraction']:.1f} % of the image and shifted "
-                     f"P(normal) < {lp['max_p_normal']:.4f} (lesion images given a lesion "
+        conf = float(lp.get("min_mask_confidence") or 0.0)
+        lines.append(f"  lesion presence: mask >= {100 * lp['min_area_fraction']:.1f} % of the image"
+                     + (f", mean lesion probability in the mask >= {conf:.2f}" if conf > 0 else "")
+                     + f" and shifted P(normal) < {lp['max_p_normal']:.4f} (lesion images given a lesion "
                      f"{lp['lesion_sensitivity']:.3f}, target {lp['lesion_sensitivity_target']:.2f}; normal images "
                      f"given one {'n/a' if nfl is None else f'{nfl:.3f}'}, on this set)")
     lines += [f"WARNING: {w}" for w in site.warnings]

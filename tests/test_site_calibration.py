@@ -14,8 +14,10 @@ import pytest
 
 from sonopacs.config import Settings
 from sonopacs.models.calibration import Calibration, expected_calibration_error
+from sonopacs.models.presence import PresenceRule
 from sonopacs.models.site_calibration import (
     SiteCalibrationError,
+    describe,
     fit_site_calibration,
     load_site_calibration,
     reported_probs,
@@ -75,6 +77,30 @@ def test_presence_cut_is_the_lowest_that_finds_the_target_share_of_lesions() -> 
     assert (has & (p_normal < lower))[lesion].mean() < 0.95
     assert lp["normal_false_lesion_rate"] == (has & (p_normal < lp["max_p_normal"]))[~lesion].mean()
     assert _fit(logits, labels).lesion_presence == {}  # no mask areas: the shipped rule stays
+
+
+def test_confidence_floor_is_fitted_when_normal_images_have_faint_masks() -> None:
+    logits, labels = _site_logits(300, seed=5)
+    rng = np.random.default_rng(5)
+    lesion = labels > 0
+    area = np.full(len(labels), 0.05)  # every image has a mask, as at an unseen site
+    confidence = np.where(lesion, rng.uniform(0.7, 0.98, len(labels)), rng.uniform(0.5, 0.68, len(labels)))
+    confidence[lesion & (rng.random(len(labels)) < 0.02)] = 0.55  # a few faint lesion masks too
+    without = _fit(logits, labels, mask_area=area).lesion_presence
+    site = _fit(logits, labels, mask_area=area, mask_confidence=confidence)
+    lp = site.lesion_presence
+    assert 0.6 <= lp["min_mask_confidence"] <= 0.7
+    assert lp["lesion_sensitivity"] >= 0.95
+    assert lp["normal_false_lesion_rate"] < without["normal_false_lesion_rate"]
+    p_normal = reported_probs(site.calibration, site.class_priors, logits, site.expected_normal_fraction)[:, 0]
+    rule = PresenceRule.from_dict(lp)
+    assert rule.given(p_normal, area, confidence)[~lesion].mean() == lp["normal_false_lesion_rate"]
+    with pytest.raises(ValueError, match="confidence"):
+        rule.given(p_normal, area)  # a floor the caller cannot check is not silently skipped
+    # lesion images only: nothing shows what a floor would spare, so none is fitted
+    lesion_only = _fit(logits[lesion], labels[lesion], mask_area=area[lesion], mask_confidence=confidence[lesion])
+    assert lesion_only.lesion_presence["min_mask_confidence"] == 0.0
+    assert f"mean lesion probability in the mask >= {lp['min_mask_confidence']:.2f}" in describe(site)
 
 
 def test_small_or_lesion_only_sets_warn() -> None:
