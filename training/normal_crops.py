@@ -141,6 +141,8 @@ def lesion_filled(gray: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
     if len(origins) > candidates:
         origins = origins[rng.choice(len(origins), candidates, replace=False)]
     ring = ~lesion[y0:y1, x0:x1]
+    if not ring.any():
+        return None  # nothing around the lesion to match
     target = gray[y0:y1, x0:x1][ring].astype(np.float32)
     level, spread = float(target.mean()), float(target.std())
 
