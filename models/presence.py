@@ -65,8 +65,16 @@ def fit_p_normal_cut(p_normal: np.ndarray, has_mask: np.ndarray, lesion: np.ndar
 
 
 AREA_CANDIDATES = (0.002, 0.005, 0.01, 0.02)  # mask share of the image: 0.3.0's 0.2 % up to 2 %
-# mean lesion probability inside the mask (>= 0.5 by construction): off, then faint to confident
-CONFIDENCE_CANDIDATES = (0.0, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
+# confidence floors tried: those that drop this share of the lesion images' masks (the faintest), as
+# quantiles of the set's own values: a network's lesion probability saturates at its own level
+# (0.5.0: 0.77), so no fixed list of floors fits every network
+CONFIDENCE_QUANTILES = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
+
+
+def confidence_candidates(confidence: np.ndarray, lesion_masks: np.ndarray) -> list[float]:
+    """0 (no floor) and the ``CONFIDENCE_QUANTILES`` of the lesion images' mask confidences."""
+    c = np.asarray(confidence, np.float64)[np.asarray(lesion_masks, bool)]
+    return [0.0, *(sorted({float(q) for q in np.quantile(c, CONFIDENCE_QUANTILES)}) if len(c) else [])]
 
 
 def fit_rule(p_normal: np.ndarray, area: np.ndarray, lesion: np.ndarray, target: float,
@@ -83,9 +91,9 @@ def fit_rule(p_normal: np.ndarray, area: np.ndarray, lesion: np.ndarray, target:
     has_normals = bool((~lesion).any())
     floors = sorted(set(AREA_CANDIDATES) | {base.min_area_fraction}) if has_normals else [base.min_area_fraction]
     conf_floors = [base.min_mask_confidence]
-    if confidence is not None and has_normals:
-        conf_floors = sorted(set(CONFIDENCE_CANDIDATES) | {base.min_mask_confidence})
     conf = np.asarray(confidence) if confidence is not None else np.ones(len(area))
+    if confidence is not None and has_normals:
+        conf_floors = sorted(set(confidence_candidates(conf, lesion & (area > 0))) | {base.min_mask_confidence})
     groups = [g for g in ([np.asarray(s, bool) & lesion for s in strata] if strata else [lesion]) if g.any()]
     best: tuple[float, float, PresenceRule] | None = None
     for floor in floors:

@@ -161,11 +161,15 @@ def fit_site_calibration(logits: np.ndarray, labels: np.ndarray, *, model_name: 
         warnings.append(f"{counts[0]} normal images (< {MIN_NORMALS}): normal-vs-lesion keeps the shipped "
                         f"calibration; only temperature, benign:malignant prior and operating points are fitted")
     cal, pri, points, nf = _fit_once(logits, labels, shipped, shipped_priors, normal_fraction)
-    intervals = _bootstrap(logits, labels, shipped, shipped_priors, normal_fraction, n_boot, seed)
+    intervals, medians = _bootstrap(logits, labels, shipped, shipped_priors, normal_fraction, n_boot, seed)
     width = intervals.get("sensitivity_malignant_high", [None, None])
     if None not in width and width[1] - width[0] > 0.2:  # type: ignore[operator]
         warnings.append("the 95 % interval of the high-sensitivity operating point's sensitivity is wider "
                         "than 0.2: label more malignant images")
+    if medians.get("ece_change_vs_shipped", -1.0) > 0:
+        warnings.append("out of bag, the site fit was less well calibrated than the shipped calibration "
+                        f"(median ECE change {medians['ece_change_vs_shipped']:+.3f}): the set may not represent "
+                        "the site (label images from more patients and days), or keep the shipped calibration")
     presence: dict[str, Any] = {}
     if mask_area is not None:
         presence = fit_presence_cut(cal, pri, logits, labels, nf, np.asarray(mask_area, np.float64),
@@ -180,7 +184,9 @@ def fit_site_calibration(logits: np.ndarray, labels: np.ndarray, *, model_name: 
 
 
 def _bootstrap(logits: np.ndarray, labels: np.ndarray, shipped: Calibration, shipped_priors: Sequence[float],
-               normal_fraction: float, n_boot: int, seed: int) -> dict[str, list[float | None]]:
+               normal_fraction: float, n_boot: int, seed: int
+               ) -> tuple[dict[str, list[float | None]], dict[str, float]]:
+    """Out-of-bag 95 % intervals and medians of the refitted calibration's figures."""
     rng = np.random.default_rng(seed)
     n = len(labels)
     draws: dict[str, list[float]] = {}
@@ -197,10 +203,16 @@ def _bootstrap(logits: np.ndarray, labels: np.ndarray, shipped: Calibration, shi
         p = reported_probs(cal, pri, logits[oob], nf)
         y = labels[oob]
         mal = y == 2
+        ece_site = expected_calibration_error(p, y)
+        ece_shipped = expected_calibration_error(reported_probs(shipped, shipped_priors, logits[oob], nf), y)
         vals: dict[str, float | None] = {
+            # paired, on the same left-out images: the site fit against the shipped calibration set
+            # to the same share of normal images (< 0: the site fit is better calibrated)
+            "ece_change_vs_shipped": (None if ece_site is None or ece_shipped is None
+                                      else float(ece_site) - float(ece_shipped)),
             "temperature": cal.temperature, "bias_benign": cal.bias[1], "bias_malignant": cal.bias[2],
             "threshold_default": pts["default"], "threshold_high_sensitivity": pts["high_sensitivity"],
-            "ece": expected_calibration_error(p, y),
+            "ece": ece_site,
             "auc_benign_vs_malignant": _auc(mal[y >= 1], p[y >= 1, 2] / np.clip(p[y >= 1, 1:].sum(1), 1e-12, None)),
             "sensitivity_malignant": float((p[mal, 2] >= pts["default"]).mean()) if mal.any() else None,
             "specificity_malignant": float((p[~mal, 2] < pts["default"]).mean()) if (~mal).any() else None,
@@ -210,7 +222,8 @@ def _bootstrap(logits: np.ndarray, labels: np.ndarray, shipped: Calibration, shi
         for k, v in vals.items():
             if v is not None:
                 draws.setdefault(k, []).append(float(v))
-    return {k: [float(np.quantile(v, 0.025)), float(np.quantile(v, 0.975))] for k, v in draws.items() if len(v) >= 10}
+    return {k: [float(np.quantile(v, 0.025)), float(np.quantile(v, 0.975))] for k, v in draws.items() if len(v) >= 10}, \
+        {k: float(np.median(v)) for k, v in draws.items() if len(v) >= 10}
 
 
 def describe(site: SiteCalibration) -> str:
@@ -233,7 +246,7 @@ def describe(site: SiteCalibration) -> str:
         f"  operating point high_sensitivity >= {site.operating_points['high_sensitivity']:.4f}"
         f"{iv('threshold_high_sensitivity')}",
         "  out-of-bag estimates:" + "".join(
-            f"\n    {k}{iv(k)}" for k in ("ece", "auc_benign_vs_malignant", "sensitivity_malignant",
+            f"\n    {k}{iv(k)}" for k in ("ece", "ece_change_vs_shipped", "auc_benign_vs_malignant", "sensitivity_malignant",
                                          "specificity_malignant", "sensitivity_malignant_high",
                                          "specificity_malignant_high") if k in ci),
     ]
