@@ -67,9 +67,10 @@ def main() -> None:
     ap.add_argument("--keep", type=float, default=0.995, help="share of held-out breast images kept")
     ap.add_argument("--limit", type=int, default=None, help="first N images per dataset (smoke test)")
     ap.add_argument("--datasets", default=str(DATASETS))
+    ap.add_argument("--weights", type=Path, default=None, help="weights folder (default: the shipped one)")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
-    analyzer = Analyzer.load(device="cpu", scope_gate=False)
+    analyzer = Analyzer.load(a.weights, device="cpu", scope_gate=False)
     parts = [collect(analyzer, Path(a.datasets) / d / "index.csv", d, a.limit) for d in ("busi", "bus-bra")]
     feats = np.concatenate([p[0] for p in parts])
     held = np.concatenate([p[1] for p in parts])
