@@ -132,7 +132,7 @@ def fit_presence_cut(cal: Calibration, priors: Sequence[float], logits: np.ndarr
     lesion = labels > 0
     rule = fit_rule(p_normal, mask_area, lesion, target, base=PresenceRule(min_area_fraction, 0.5),
                     confidence=mask_confidence)
-    given = rule.given(p_normal, mask_area, mask_confidence if mask_confidence is not None else np.ones(len(lesion)))
+    given = rule.given(p_normal, mask_area, mask_confidence)  # a confidence floor only if it was given
     return {**rule.to_dict(), "lesion_sensitivity_target": target,
             "lesion_sensitivity": float(given[lesion].mean()),
             "normal_false_lesion_rate": float(given[~lesion].mean()) if (~lesion).any() else None}

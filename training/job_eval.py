@@ -66,12 +66,17 @@ def held_out_index(index_csv: Path, out_csv: Path, drop_label_conflict: bool) ->
     for r in keep:
         r["image"] = str(root / r["image"].strip())
         r["mask"] = "|".join(str(root / m.strip()) for m in (r.get("mask") or "").split("|") if m.strip())
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    with out_csv.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(keep)
+    write_index(out_csv, list(rows[0]), keep)
     return out_csv
+
+
+def write_index(path: Path, fieldnames: list[str], rows: list[dict[str, str]]) -> None:
+    """An index CSV (``image,label,mask,...``) with these rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fieldnames)
+        w.writeheader()
+        w.writerows(rows)
 
 
 def presence_tradeoff(preds: Path, normal_fraction: float = 0.4, sensitivity: float = 0.95,

@@ -14,8 +14,8 @@ Opt-in with ``data.normal_crops`` in a training config, e.g.::
 ``fraction`` (optional, 0-1): only that share of the lesion images, drawn per image, gives crops.
 
 ``mode: fill`` (optional; default ``crop``): instead of a zoomed-in crop, the whole cleaned field
-with its lesion covered by tissue from a lesion-free box of the same image at the nearest depth
-(feathered edges), letterboxed like its source. A crop is a zoomed view that a network can tell
+with its lesion covered by tissue from a lesion-free box of the same image that best matches the
+lesion's surroundings (feathered edges), letterboxed like its source. A crop is a zoomed view that a network can tell
 from a whole field by its scale alone; a filled field has the scale, skin line and depth of every
 real image, and differs from its source only where the lesion was.
 
@@ -120,8 +120,8 @@ def lesion_filled(gray: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
     misses the dilated lesion and its tissue best matches the target's surroundings (mean absolute
     difference over the box's lesion-free ring, plus how far the patch's centre departs from the
     ring's mean and spread, among up to ``candidates`` positions drawn by ``rng``), so a shadow or
-    a fat lobule is not pasted in place of the lesion. It is blended in
-    through the dilated mask blurred over that margin, so no hard seam is left. None when the
+    a fat lobule is not pasted in place of the lesion. It is blended in through the dilated mask
+    blurred over that margin, so no hard seam is left. None when the
     mask is empty or no such box exists (a lesion too wide for its field).
     """
     if not np.asarray(mask).any():
@@ -133,16 +133,14 @@ def lesion_filled(gray: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
     y0, y1 = max(0, int(ys.min()) - feather), min(h, int(ys.max()) + 1 + feather)
     x0, x1 = max(0, int(xs.min()) - feather), min(w, int(xs.max()) + 1 + feather)
     bh, bw = y1 - y0, x1 - x0
-    if bh >= h or bw >= w:
-        return None
+    ring = ~lesion[y0:y1, x0:x1]
+    if bh >= h or bw >= w or not ring.any():
+        return None  # no room for a patch, or nothing around the lesion to match
     origins = np.argwhere(_box_sums(lesion, bh, bw) == 0)
     if not len(origins):
         return None
     if len(origins) > candidates:
         origins = origins[rng.choice(len(origins), candidates, replace=False)]
-    ring = ~lesion[y0:y1, x0:x1]
-    if not ring.any():
-        return None  # nothing around the lesion to match
     target = gray[y0:y1, x0:x1][ring].astype(np.float32)
     level, spread = float(target.mean()), float(target.std())
 

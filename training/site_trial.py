@@ -26,14 +26,14 @@ from sonopacs.models.analyzer import Analyzer
 from sonopacs.models.calibrate_site import calibrate_index
 from sonopacs.models.evaluation import evaluate_index
 from sonopacs.models.site_calibration import describe
-from sonopacs.training.job_eval import KEYS, held_out_index, job_weights
+from sonopacs.training.job_eval import KEYS, held_out_index, job_weights, write_index
 
 REPORT = (*KEYS, "sensitivity_malignant_high", "specificity_malignant_high")
 
 
 def split_by_group(index_csv: Path, out_dir: Path, site_size: int, seed: int, group_column: str = "group"
                    ) -> tuple[Path, Path]:
-    """``site.csv`` (whole groups in a seeded order until >= ``site_size`` labelled images) and
+    """``site.csv`` (whole groups in a seeded order until >= ``site_size`` images) and
     ``check.csv`` (the rest) beside each other in ``out_dir``; rows without a group are their own."""
     with index_csv.open(newline="") as f:
         rows = list(csv.DictReader(f))
@@ -52,10 +52,7 @@ def split_by_group(index_csv: Path, out_dir: Path, site_size: int, seed: int, gr
     check = [r for g in order if g not in taken for r in groups[g]]
     paths = out_dir / "site.csv", out_dir / "check.csv"
     for path, part in zip(paths, (site, check), strict=True):
-        with path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(part)
+        write_index(path, list(rows[0]), part)
     return paths
 
 
