@@ -187,7 +187,9 @@ class Analyzer:
             expected_normal_fraction = site.expected_normal_fraction  # the site's own mix when it had normals
             if site.lesion_presence.get("max_p_normal") is not None:  # the site's rule (floors it fitted, else the shipped area floor)
                 self.presence = PresenceRule.from_dict({"min_area_fraction": self.presence.min_area_fraction,
-                                                        **site.lesion_presence})
+                                                        **site.lesion_presence,
+                                                        # the site's areas were measured on masks at the shipped threshold
+                                                        "mask_threshold": self.presence.mask_threshold})
         self.expected_normal_fraction = float(expected_normal_fraction)
         self.target_priors = target_priors(self.class_priors, self.expected_normal_fraction)
         self.scope_bank = scope_bank
@@ -296,7 +298,7 @@ class Analyzer:
                 box: Any, spacing: tuple[float, float] | None, shape: dict[str, float] | None = None
                 ) -> AnalysisResult:
         pm = float(probs[2])
-        found = lesion_mask(full_prob)
+        found = lesion_mask(full_prob, self.presence.mask_threshold)
         area_fraction = float(found.mean())
         confidence = float(full_prob[found].mean()) if found.any() else 0.0  # mean lesion probability in the mask
         present = self.presence.lesion_present(float(probs[0]), area_fraction, confidence)

@@ -45,7 +45,7 @@ def calibrate_index(index_csv: Path, out_file: Path, analyzer: Any, n_boot: int 
                                 shipped_priors=analyzer.class_priors,
                                 normal_fraction=analyzer.expected_normal_fraction, n_boot=n_boot, seed=seed,
                                 mask_area=np.asarray(areas), mask_confidence=np.asarray(confidence),
-                                min_area_fraction=analyzer.presence.min_area_fraction)
+                                shipped_presence=analyzer.presence)
     if skipped:
         site.warnings.append(f"{skipped} images not assessed by the scope gate were left out")
     site.save(out_file)

@@ -1,11 +1,15 @@
 """Is there a lesion? Decided from the segmenter's mask together with the prior-shifted classifier.
 
-The mask (largest component of lesion probability >= 0.5) is evidence that does not depend on
+The mask (largest component of lesion probability >= ``mask_threshold``) is evidence that does not depend on
 the class mix the calibration was fitted on; the classifier's P(normal) does, which is why it is
 first shifted to the site's expected share of normal images (``models.priors``). A lesion is
 present when the mask covers at least ``min_area_fraction`` of the image and the shifted
 P(normal) is below ``max_p_normal``, and (when set) the mean lesion probability inside the mask is
 at least ``min_mask_confidence``. A normal decision withholds the contour.
+
+The mask threshold is fitted with the rest of the rule on a run's out-of-fold predictions
+(``fit_rule_over_thresholds``): a segmenter's lesion probability saturates at its own level (0.5.0
+near 0.77, v8's networks near 0.68), so a fixed 0.5 is an arbitrary point on each network's scale.
 
 The confidence floor is off (0) in a shipped rule and fitted only where there are normal images to
 fit it on: a site calibration's set. At an unseen site the masks that fire on normal tissue are
@@ -14,8 +18,8 @@ often faint (lesion probability just over 0.5), which neither the area nor P(nor
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +30,7 @@ class PresenceRule:
     min_area_fraction: float = 0.002
     max_p_normal: float = 0.5
     min_mask_confidence: float = 0.0  # mean lesion probability inside the mask; 0 = not used
+    mask_threshold: float = 0.5  # the lesion probability the mask is drawn at (areas are measured at it)
 
     def lesion_present(self, p_normal: float, mask_area_fraction: float, mask_confidence: float | None = None) -> bool:
         return bool(self.given(p_normal, mask_area_fraction, mask_confidence))
@@ -77,6 +82,18 @@ def confidence_candidates(confidence: np.ndarray, lesion_masks: np.ndarray) -> l
     return [0.0, *(sorted({float(q) for q in np.quantile(c, CONFIDENCE_QUANTILES)}) if len(c) else [])]
 
 
+def _lesion_groups(lesion: np.ndarray, strata: list[np.ndarray] | None) -> list[np.ndarray]:
+    return [g for g in ([np.asarray(s, bool) & lesion for s in strata] if strata else [lesion]) if g.any()]
+
+
+def _rule_key(given: np.ndarray, lesion: np.ndarray, groups: list[np.ndarray], target: float) -> tuple[float, float]:
+    """Smaller is better: reached in every group, the fewest normal images given a lesion; not
+    reached, the most lesions found in the worst group."""
+    sensitivity = min(float(given[g].mean()) for g in groups) if groups else 0.0
+    false_rate = float(given[~lesion].mean()) if (~lesion).any() else 0.0
+    return (0.0, false_rate) if sensitivity >= target else (1.0, -sensitivity)
+
+
 def fit_rule(p_normal: np.ndarray, area: np.ndarray, lesion: np.ndarray, target: float,
              strata: Iterable[np.ndarray] | None = None, base: PresenceRule | None = None,
              confidence: np.ndarray | None = None) -> PresenceRule:
@@ -84,7 +101,8 @@ def fit_rule(p_normal: np.ndarray, area: np.ndarray, lesion: np.ndarray, target:
     ``confidence``, each confidence floor) the lowest P(normal) cut that reaches ``target``
     (``fit_p_normal_cut``), then the rule that gives the fewest normal images a lesion (ties: the
     smaller floors). Without normal images only the cut is fitted, on ``base``'s floors: nothing
-    would show what a higher floor saves."""
+    would show what a higher floor saves. ``area`` was measured on masks drawn at ``base``'s
+    ``mask_threshold``, which the rule keeps."""
     p_normal, area, lesion = (np.asarray(a) for a in (p_normal, area, lesion))
     base = base or PresenceRule()
     strata = list(strata) if strata is not None else None
@@ -94,18 +112,35 @@ def fit_rule(p_normal: np.ndarray, area: np.ndarray, lesion: np.ndarray, target:
     conf = np.asarray(confidence) if confidence is not None else np.ones(len(area))
     if confidence is not None and has_normals:
         conf_floors = sorted(set(confidence_candidates(conf, lesion & (area > 0))) | {base.min_mask_confidence})
-    groups = [g for g in ([np.asarray(s, bool) & lesion for s in strata] if strata else [lesion]) if g.any()]
-    best: tuple[float, float, PresenceRule] | None = None
+    groups = _lesion_groups(lesion, strata)
+    best: tuple[tuple[float, float], PresenceRule] | None = None
     for floor in floors:
         for conf_floor in conf_floors:
             cut = fit_p_normal_cut(p_normal, (area >= floor) & (conf >= conf_floor), lesion, target, strata)
-            rule = PresenceRule(float(floor), cut, float(conf_floor))
-            given = rule.given(p_normal, area, conf)
-            sensitivity = min(float(given[g].mean()) for g in groups) if groups else 0.0
-            false_rate = float(given[~lesion].mean()) if has_normals else 0.0
-            # reached: fewest normal images given a lesion; not reached anywhere: the most lesions found
-            key = (0.0, false_rate) if sensitivity >= target else (1.0, -sensitivity)
-            if best is None or key < best[:2]:
-                best = (key[0], key[1], rule)
+            rule = replace(base, min_area_fraction=float(floor), max_p_normal=cut, min_mask_confidence=float(conf_floor))
+            key = _rule_key(rule.given(p_normal, area, conf), lesion, groups, target)
+            if best is None or key < best[0]:
+                best = (key, rule)
     assert best is not None
-    return best[2]
+    return best[1]
+
+
+def fit_rule_over_thresholds(p_normal: np.ndarray, areas: Mapping[float, np.ndarray], lesion: np.ndarray,
+                             target: float, strata: Iterable[np.ndarray] | None = None,
+                             base: PresenceRule | None = None) -> PresenceRule:
+    """``fit_rule`` at each mask threshold (``areas[t]``: each image's mask area drawn at lesion
+    probability >= t), then the threshold whose rule best meets ``target`` (``_rule_key``; ties:
+    the higher threshold, the nearer to the 0.5 the network was trained towards)."""
+    lesion = np.asarray(lesion, bool)
+    base = base or PresenceRule()
+    strata = list(strata) if strata is not None else None
+    groups = _lesion_groups(lesion, strata)
+    best: tuple[tuple[float, float], PresenceRule] | None = None
+    for t in sorted(areas, reverse=True):
+        rule = fit_rule(p_normal, areas[t], lesion, target, strata, replace(base, mask_threshold=float(t)))
+        key = _rule_key(rule.given(p_normal, areas[t]), lesion, groups, target)
+        if best is None or key < best[0]:
+            best = (key, rule)
+    if best is None:
+        raise ValueError("no mask thresholds to fit over")
+    return best[1]

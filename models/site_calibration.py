@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -122,15 +122,16 @@ def reported_probs(cal: Calibration, priors: Sequence[float], logits: np.ndarray
 
 
 def fit_presence_cut(cal: Calibration, priors: Sequence[float], logits: np.ndarray, labels: np.ndarray,
-                     normal_fraction: float, mask_area: np.ndarray, min_area_fraction: float,
+                     normal_fraction: float, mask_area: np.ndarray, shipped: PresenceRule,
                      target: float, mask_confidence: np.ndarray | None = None) -> dict[str, Any]:
     """The lesion-presence rule for this site (``models.presence.fit_rule``): mask-area floor,
     mask-confidence floor (with the masks' ``mask_confidence`` and normal images in the set) and
     P(normal) cut at which >= ``target`` of the set's lesion images are given a lesion and the
-    fewest of its normal images get one."""
+    fewest of its normal images get one. The areas were measured on masks drawn at the ``shipped``
+    rule's threshold, which the site's rule keeps, with its area floor as the floor tried first."""
     p_normal = reported_probs(cal, priors, logits, normal_fraction)[:, 0]
     lesion = labels > 0
-    rule = fit_rule(p_normal, mask_area, lesion, target, base=PresenceRule(min_area_fraction, 0.5),
+    rule = fit_rule(p_normal, mask_area, lesion, target, base=replace(shipped, max_p_normal=0.5, min_mask_confidence=0.0),
                     confidence=mask_confidence)
     given = rule.given(p_normal, mask_area, mask_confidence)  # a confidence floor only if it was given
     return {**rule.to_dict(), "lesion_sensitivity_target": target,
@@ -141,7 +142,7 @@ def fit_presence_cut(cal: Calibration, priors: Sequence[float], logits: np.ndarr
 def fit_site_calibration(logits: np.ndarray, labels: np.ndarray, *, model_name: str, model_version: str,
                          shipped: Calibration, shipped_priors: Sequence[float], normal_fraction: float,
                          n_boot: int = 200, seed: int = 0, mask_area: np.ndarray | None = None,
-                         min_area_fraction: float = 0.002, lesion_sensitivity_target: float = 0.95,
+                         shipped_presence: PresenceRule | None = None, lesion_sensitivity_target: float = 0.95,
                          mask_confidence: np.ndarray | None = None) -> SiteCalibration:
     """Fit on (raw mirror-mean logits, labels 0/1/2); bootstrap 95 % intervals out-of-bag. With the
     images' lesion-mask areas (``mask_area``) the presence rule is fitted too, with a floor on the
@@ -173,7 +174,7 @@ def fit_site_calibration(logits: np.ndarray, labels: np.ndarray, *, model_name: 
     presence: dict[str, Any] = {}
     if mask_area is not None:
         presence = fit_presence_cut(cal, pri, logits, labels, nf, np.asarray(mask_area, np.float64),
-                                    min_area_fraction, lesion_sensitivity_target,
+                                    shipped_presence or PresenceRule(), lesion_sensitivity_target,
                                     None if mask_confidence is None else np.asarray(mask_confidence, np.float64))
         if counts[0] < 20:
             warnings.append(f"the lesion-presence cut was fitted on lesion images and checked on only {counts[0]} "

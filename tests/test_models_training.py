@@ -158,6 +158,13 @@ def test_repredict_rebuilds_held_out_predictions_with_ungated_dice(smoke_run: Pa
     lesion = np.isfinite(after["dice"])
     assert np.array_equal(np.isfinite(after["dice_ungated"]), lesion)
     assert (after["dice_ungated"][lesion] >= after["dice"][lesion]).all()
+    # the mask at every threshold of the grid: lower thresholds draw masks at least as large, and
+    # the 0.5 column is the Dice stored as dice_ungated
+    k = list(after["mask_thresholds"]).index(0.5)
+    assert after["area_by_threshold"].shape == (len(after["index"]), len(after["mask_thresholds"]))
+    assert np.allclose(after["dice_by_threshold"][:, k], after["dice_ungated"], equal_nan=True)
+    present = after["area_by_threshold"] > 0
+    assert (present[:, :-1] >= present[:, 1:]).all()  # a component above t is above every lower t
     cv1 = Path("jobs") / "cv1" / "preds.npz"  # not asked for, left alone
     assert (run / cv1).read_bytes() == (smoke_run / "run" / cv1).read_bytes()
 

@@ -65,7 +65,7 @@ def test_presence_cut_is_the_lowest_that_finds_the_target_share_of_lesions() -> 
     logits, labels = _site_logits(300, seed=3)
     rng = np.random.default_rng(3)
     area = np.where(labels > 0, rng.uniform(0.0, 0.1, len(labels)), rng.uniform(0.0, 0.02, len(labels)))
-    site = _fit(logits, labels, mask_area=area, min_area_fraction=0.002)
+    site = _fit(logits, labels, mask_area=area, shipped_presence=PresenceRule(0.002))
     lp = site.lesion_presence
     p_normal = reported_probs(site.calibration, site.class_priors, logits, site.expected_normal_fraction)[:, 0]
     lesion, has = labels > 0, area >= lp["min_area_fraction"]

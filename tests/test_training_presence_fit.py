@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from sonopacs.models.lesion_shape import SHAPE_FEATURES
 from sonopacs.training.finalize import fit_presence
@@ -59,3 +60,43 @@ def test_without_a_target_the_configured_rule_is_kept() -> None:
     oof["shape_features"][:, SHAPE_FEATURES.index("lesion_present")] = 0.0
     rule, report = fit_presence(oof, probs, mix, {"calibration": {"lesion_sensitivity_target": 0.95}})
     assert report["all"]["lesion_sensitivity"] == 0.0 and rule.max_p_normal == 1.0
+
+
+def _with_thresholds(oof: dict[str, np.ndarray], missed_at_half: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-threshold areas: every mask 5 % at 0.3; at 0.5 the ``missed_at_half`` images have none."""
+    n = len(oof["labels"])
+    area = np.full((n, 2), 0.05)
+    area[missed_at_half, 1] = 0.0
+    dice = np.where(oof["labels"][:, None] > 0, np.array([[0.7, 0.8]]), np.nan)
+    dice[missed_at_half & (oof["labels"] > 0), 1] = 0.0
+    return {**oof, "mask_thresholds": np.array([0.3, 0.5]), "area_by_threshold": area,
+            "dice_by_threshold": dice, "iou_by_threshold": dice / (2 - np.nan_to_num(dice))}
+
+
+def test_the_mask_threshold_is_lowered_only_when_the_higher_one_cannot_reach_the_target() -> None:
+    oof, probs = _oof(3)
+    mix = np.bincount(oof["labels"], minlength=3) / len(oof["labels"])
+    cfg = {"calibration": {"lesion_sensitivity_target": 0.95, "mask_thresholds": [0.3, 0.5]}}
+    lesion = oof["labels"] > 0
+    # at 0.5 one lesion image in ten has no mask: no P(normal) cut reaches 95 %
+    missed = lesion & (np.arange(len(lesion)) % 10 == 0)
+    rule, report = fit_presence(_with_thresholds(oof, missed), probs, mix, cfg)
+    assert rule.mask_threshold == 0.3
+    assert min(report["a"]["lesion_sensitivity"], report["b"]["lesion_sensitivity"]) >= 0.95
+    assert report["by_mask_threshold"]["0.5"]["all"]["lesion_sensitivity"] < 0.95
+    # Dice as shown: the mask at 0.3 (0.7) where a lesion is given, 0 where it is withheld
+    given_share = report["all"]["lesion_sensitivity"]
+    assert abs(report["all"]["dice_shown"] - 0.7 * given_share) < 1e-9
+    # both thresholds reach it with the same rule: the higher one (nearer the trained 0.5) is kept
+    rule, _ = fit_presence(_with_thresholds(oof, np.zeros(len(lesion), bool)), probs, mix, cfg)
+    assert rule.mask_threshold == 0.5
+
+
+def test_a_threshold_the_run_did_not_store_is_a_clear_error() -> None:
+    oof, probs = _oof(4)
+    mix = np.bincount(oof["labels"], minlength=3) / len(oof["labels"])
+    cfg = {"calibration": {"lesion_sensitivity_target": 0.95, "mask_thresholds": [0.25]}}
+    with pytest.raises(ValueError, match=r"0\.25.*stored"):
+        fit_presence(_with_thresholds(oof, np.zeros(len(oof["labels"]), bool)), probs, mix, cfg)
+    with pytest.raises(KeyError, match="repredict"):
+        fit_presence(oof, probs, mix, {"calibration": {"lesion_sensitivity_target": 0.95, "mask_thresholds": [0.5]}})

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from sonopacs.models.calibration import Calibration, expected_calibration_error,
 from sonopacs.models.lesion_shape import SHAPE_FEATURES
 from sonopacs.models.metrics import classification_metrics, withhold_masks
 from sonopacs.models.plots import plot_confusion, plot_reliability, plot_roc
-from sonopacs.models.presence import PresenceRule, fit_rule
+from sonopacs.models.presence import PresenceRule, fit_rule, fit_rule_over_thresholds
 from sonopacs.models.priors import shift_priors, target_priors
 
 log = logging.getLogger(__name__)
@@ -35,14 +36,25 @@ def _load_preds(paths: list[Path]) -> dict[str, np.ndarray]:
     return _concat([dict(np.load(p)) for p in paths])
 
 
-def _seg_summary(d: dict[str, np.ndarray], sel: np.ndarray, labels_pred: np.ndarray
+def _at_threshold(d: dict[str, np.ndarray], key: str, threshold: float) -> np.ndarray:
+    """``key`` (``dice``/``iou``, ungated) of masks drawn at ``threshold``: the per-threshold
+    columns where the run stored them, else the 0.5 ones."""
+    if f"{key}_by_threshold" in d:
+        grid = [round(float(t), 4) for t in d["mask_thresholds"]]
+        return d[f"{key}_by_threshold"][:, grid.index(round(threshold, 4))]
+    if round(threshold, 4) != 0.5:
+        raise KeyError(f"these predictions hold {key} at mask threshold 0.5 only: re-run sonopacs.training.train --repredict")
+    return d[f"{key}_ungated"]
+
+
+def _seg_summary(d: dict[str, np.ndarray], sel: np.ndarray, labels_pred: np.ndarray, threshold: float = 0.5
                  ) -> dict[str, float | None]:
-    """Mean Dice/IoU over images with a lesion, the mask withheld where ``labels_pred`` says
-    normal (as the Analyzer withholds it). Runs that stored no ungated scores keep the gate
-    of the uncalibrated argmax."""
+    """Mean Dice/IoU over images with a lesion of the masks drawn at ``threshold``, withheld where
+    ``labels_pred`` says normal (as the Analyzer withholds it). Runs that stored no ungated scores
+    keep the gate of the uncalibrated argmax."""
     if "dice_ungated" in d:
-        dice = withhold_masks(d["dice_ungated"][sel], labels_pred)
-        iou = withhold_masks(d["iou_ungated"][sel], labels_pred)
+        dice = withhold_masks(_at_threshold(d, "dice", threshold)[sel], labels_pred)
+        iou = withhold_masks(_at_threshold(d, "iou", threshold)[sel], labels_pred)
     else:
         dice, iou = d["dice"][sel], d["iou"][sel]
     ok = np.isfinite(dice)
@@ -67,13 +79,14 @@ def fit_calibration(d: dict[str, np.ndarray], cal_cfg: dict[str, Any]) -> Calibr
                            float(cal_cfg.get("shape_l2", 0.01)))
 
 
-def metrics_for(d: dict[str, np.ndarray], sel: np.ndarray, cal: Calibration, ops: dict[str, float]
-                ) -> dict[str, Any]:
+def metrics_for(d: dict[str, np.ndarray], sel: np.ndarray, cal: Calibration, ops: dict[str, float],
+                mask_threshold: float = 0.5) -> dict[str, Any]:
     probs = calibrated(cal, d, sel)
-    return {**classification_metrics(probs, d["labels"][sel], ops), **_seg_summary(d, sel, probs.argmax(1))}
+    return {**classification_metrics(probs, d["labels"][sel], ops),
+            **_seg_summary(d, sel, probs.argmax(1), mask_threshold)}
 
 
-def by_lesion_size(d: dict[str, np.ndarray], probs: np.ndarray) -> dict[str, Any]:
+def by_lesion_size(d: dict[str, np.ndarray], probs: np.ndarray, mask_threshold: float = 0.5) -> dict[str, Any]:
     """Images with a lesion, in thirds by the true lesion's share of the (letterboxed) frame: where
     the errors are. Small lesions are a few pixels at the training resolution."""
     if "truth_area_fraction" not in d:
@@ -89,12 +102,12 @@ def by_lesion_size(d: dict[str, np.ndarray], probs: np.ndarray) -> dict[str, Any
         out[name] = {"area_fraction_range": [float(edges[i]), float(edges[i + 1])], "n_images": int(sel.sum()),
                      "accuracy": cm["accuracy"], "called_normal": float((pred[sel] == 0).mean()) if sel.any() else None,
                      "auc_benign_vs_malignant": cm["auc_benign_vs_malignant"],
-                     "dice": _seg_summary(d, sel, pred[sel])["dice"]}
+                     "dice": _seg_summary(d, sel, pred[sel], mask_threshold)["dice"]}
     return out
 
 
-def nested_calibration(folds: list[dict[str, np.ndarray]], target: float, cal_cfg: dict[str, Any]
-                       ) -> dict[str, Any]:
+def nested_calibration(folds: list[dict[str, np.ndarray]], target: float, cal_cfg: dict[str, Any],
+                       mask_threshold: float = 0.5) -> dict[str, Any]:
     """Honest check of calibration and thresholds: for each fold, fit the calibration and both
     operating points on the other folds' OOF predictions only, apply them to this fold, then pool.
 
@@ -128,13 +141,40 @@ def nested_calibration(folds: list[dict[str, np.ndarray]], target: float, cal_cf
                                "auc_benign_vs_malignant": cm["auc_benign_vs_malignant"],
                                "auc_malignant_vs_rest": cm["auc_malignant_vs_rest"],
                                "per_class": cm["per_class"],
-                               "dice": _seg_summary(pooled, sel, pa[sel].argmax(1))["dice"]}
+                               "dice": _seg_summary(pooled, sel, pa[sel].argmax(1), mask_threshold)["dice"]}
         for suffix, key in (("", "default"), ("_high", "high_sensitivity")):
             d_ = da_dec[key][sel]
             row[f"sensitivity_malignant{suffix}"] = float((d_ & mal).sum() / mal.sum()) if mal.any() else None
             row[f"specificity_malignant{suffix}"] = float((~d_ & ~mal).sum() / (~mal).sum()) if (~mal).any() else None
         out[name] = row
     return out
+
+
+def _oof_areas(oof: dict[str, np.ndarray], thresholds: list[float] | None) -> dict[float, np.ndarray]:
+    """Each image's mask area (share of the frame) at each mask threshold asked for; without
+    ``thresholds``, at 0.5 from the shape features (runs before the per-threshold areas)."""
+    if not thresholds:
+        sf = oof["shape_features"]
+        return {0.5: np.exp(sf[:, SHAPE_FEATURES.index("log_area_fraction")])
+                * (sf[:, SHAPE_FEATURES.index("lesion_present")] > 0)}
+    if "area_by_threshold" not in oof:
+        raise KeyError("these predictions hold no area_by_threshold: re-run sonopacs.training.train --repredict")
+    grid = [round(float(t), 4) for t in oof["mask_thresholds"]]
+    missing = [t for t in thresholds if round(float(t), 4) not in grid]
+    if missing:
+        raise ValueError(f"calibration.mask_thresholds {missing} are not among the stored thresholds {grid}")
+    return {float(t): oof["area_by_threshold"][:, grid.index(round(float(t), 4))] for t in thresholds}
+
+
+def _dice_shown(oof: dict[str, np.ndarray], threshold: float, given: np.ndarray, sel: np.ndarray) -> float | None:
+    """Mean Dice over lesion images of the mask drawn at ``threshold``, 0 where the rule gives no
+    lesion (the contour is withheld), as the Analyzer shows it; None for runs that stored no
+    ungated Dice."""
+    if "dice_ungated" not in oof and "dice_by_threshold" not in oof:
+        return None
+    shown = withhold_masks(_at_threshold(oof, "dice", threshold)[sel], np.where(given[sel], 1, 0))
+    ok = np.isfinite(shown)
+    return float(shown[ok].mean()) if ok.any() else None
 
 
 def fit_presence(oof: dict[str, np.ndarray], probs: np.ndarray, class_mix: np.ndarray,
@@ -144,26 +184,45 @@ def fit_presence(oof: dict[str, np.ndarray], probs: np.ndarray, class_mix: np.nd
     ``calibration.lesion_sensitivity_target`` (absent: the config's rule as written): the mask-area
     floor and the cut on the prior-shifted P(normal) (at ``model.expected_normal_fraction``'s
     default) at which every dataset's lesion images are given a lesion at >= the target and the
-    fewest normal images get one (``models.presence.fit_rule``). Like the malignancy operating points: fitted on the same OOF data it is reported on.
+    fewest normal images get one (``models.presence.fit_rule``); with ``calibration.mask_thresholds``
+    the mask's probability threshold too (``fit_rule_over_thresholds``). Like the malignancy
+    operating points: fitted on the same OOF data it is reported on.
     """
     base = PresenceRule.from_dict(cfg.get("lesion_presence"))
     cal_cfg = cfg.get("calibration") or {}
     target = cal_cfg.get("lesion_sensitivity_target")
     normal_fraction = float(cal_cfg.get("presence_normal_fraction", 0.4))
     pn = shift_priors(probs, class_mix, target_priors(class_mix, normal_fraction))[:, 0]
-    sf = oof["shape_features"]
-    area = np.exp(sf[:, SHAPE_FEATURES.index("log_area_fraction")]) * (sf[:, SHAPE_FEATURES.index("lesion_present")] > 0)
+    thresholds = cal_cfg.get("mask_thresholds")
+    if not thresholds and base.mask_threshold != 0.5:
+        raise ValueError("lesion_presence.mask_threshold other than 0.5 needs calibration.mask_thresholds "
+                         "(the per-threshold mask areas of the out-of-fold predictions)")
+    areas = _oof_areas(oof, thresholds)
     lesion = oof["labels"] > 0
+    datasets = ["all", *sorted(set(oof["datasets"].tolist()))]
+    strata = [oof["datasets"] == ds for ds in datasets[1:]]
     rule = base
     if target is not None:
-        strata = [oof["datasets"] == ds for ds in sorted(set(oof["datasets"].tolist()))]
-        rule = fit_rule(pn, area, lesion, float(target), strata, base)
-    given = rule.given(pn, area)
-    report: dict[str, Any] = {"rule": rule.to_dict(), "sensitivity_target": target, "normal_fraction": normal_fraction}
-    for ds in ["all", *sorted(set(oof["datasets"].tolist()))]:
-        sel = np.ones(len(lesion), bool) if ds == "all" else oof["datasets"] == ds
-        report[ds] = {"lesion_sensitivity": float(given[sel & lesion].mean()) if (sel & lesion).any() else None,
-                      "normal_false_lesion_rate": float(given[sel & ~lesion].mean()) if (sel & ~lesion).any() else None}
+        rule = (fit_rule_over_thresholds(pn, areas, lesion, float(target), strata, base) if thresholds
+                else fit_rule(pn, areas[0.5], lesion, float(target), strata, base))
+
+    def rates(r: PresenceRule) -> dict[str, Any]:
+        given = r.given(pn, areas[r.mask_threshold])
+        out: dict[str, Any] = {}
+        for ds in datasets:
+            sel = np.ones(len(lesion), bool) if ds == "all" else oof["datasets"] == ds
+            out[ds] = {"lesion_sensitivity": float(given[sel & lesion].mean()) if (sel & lesion).any() else None,
+                       "normal_false_lesion_rate": float(given[sel & ~lesion].mean()) if (sel & ~lesion).any() else None,
+                       "dice_shown": _dice_shown(oof, r.mask_threshold, given, sel)}
+        return out
+
+    report: dict[str, Any] = {"rule": rule.to_dict(), "sensitivity_target": target, "normal_fraction": normal_fraction,
+                              **rates(rule)}
+    if thresholds and target is not None:  # what each threshold's best rule gave: the choice in full
+        report["by_mask_threshold"] = {
+            str(t): {"rule": (r := fit_rule(pn, areas[t], lesion, float(target), strata,
+                                             replace(base, mask_threshold=float(t)))).to_dict(), **rates(r)}
+            for t in sorted(areas)}
     return rule, report
 
 
@@ -180,22 +239,26 @@ def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     target = float(cfg.get("calibration", {}).get("high_sensitivity_target", 0.95))
     ops = operating_points(probs[:, 2], oof["labels"] == 2, target)
     everything = np.ones(len(oof["labels"]), bool)
+    counts = np.bincount(oof["labels"], minlength=3)
+    class_mix = counts / counts.sum()
+    presence, presence_report = fit_presence(oof, probs, class_mix, cfg)
+    t_mask = presence.mask_threshold  # Dice below: masks drawn where the shipped rule draws them
     report: dict[str, Any] = {
         "temperature": cal.temperature,
         "class_bias": list(cal.bias),
         "calibration_method": method,
         "calibration": cal.to_dict(),
         "operating_points": ops,
-        "oof": {"all": metrics_for(oof, everything, cal, ops)},
+        "oof": {"all": metrics_for(oof, everything, cal, ops, t_mask)},
         "oof_uncalibrated_ece": metrics_for(oof, everything, Calibration(), ops)["ece"],
         "cross_dataset": {},
         "jobs": {},
     }
     for ds in sorted(set(oof["datasets"].tolist())):
-        report["oof"][ds] = metrics_for(oof, oof["datasets"] == ds, cal, ops)
-    report["oof_by_lesion_size"] = by_lesion_size(oof, probs)
+        report["oof"][ds] = metrics_for(oof, oof["datasets"] == ds, cal, ops, t_mask)
+    report["oof_by_lesion_size"] = by_lesion_size(oof, probs, t_mask)
     if len(cv) > 1:
-        report["oof_nested_calibration"] = nested_calibration([dict(np.load(p)) for p in cv], target, cal_cfg)
+        report["oof_nested_calibration"] = nested_calibration([dict(np.load(p)) for p in cv], target, cal_cfg, t_mask)
     plot_confusion(report["oof"]["all"]["confusion_matrix"], out / "oof_confusion.png", "OOF confusion")
     plot_roc(probs, oof["labels"], ops, out / "oof_roc.png")
     plot_reliability(probs, oof["labels"], out / "oof_reliability.png")
@@ -203,12 +266,10 @@ def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
         d = _load_preds([p])
         sel = np.ones(len(d["labels"]), bool)
         # a model trained on one dataset: its own calibration is unknown, report uncalibrated (T=1)
-        report["cross_dataset"][p.parent.name] = metrics_for(d, sel, Calibration(), ops)
+        report["cross_dataset"][p.parent.name] = metrics_for(d, sel, Calibration(), ops, t_mask)
     for info in sorted(jobs.glob("*/info.json")):
         report["jobs"][info.parent.name] = json.loads(info.read_text())
-    counts = np.bincount(oof["labels"], minlength=3)
-    class_mix = counts / counts.sum()
-    presence, report["oof_lesion_presence"] = fit_presence(oof, probs, class_mix, cfg)
+    report["oof_lesion_presence"] = presence_report
     final = jobs / "final" / "model.pt"
     if final.exists():
         wdir = out / "weights"

@@ -79,12 +79,25 @@ def write_index(path: Path, fieldnames: list[str], rows: list[dict[str, str]]) -
         w.writerows(rows)
 
 
+def _cut_for_sensitivity(pn: np.ndarray, has_mask: np.ndarray, lesion: np.ndarray, sensitivity: float
+                         ) -> dict[str, float] | None:
+    """The lowest P(normal) cut giving >= ``sensitivity`` of lesion images a lesion, and the share
+    of normal images it gives one; None when the masks alone miss more."""
+    for cut in np.unique(np.concatenate([pn, [1.0 + 1e-9]])):
+        given = has_mask & (pn < cut)
+        if given[lesion].mean() >= sensitivity:
+            return {"p_normal_cut": float(cut), "normal_given_lesion": float(given[~lesion].mean()),
+                    "lesion_sensitivity": float(given[lesion].mean())}
+    return None
+
+
 def presence_tradeoff(preds: Path, normal_fraction: float = 0.4, sensitivity: float = 0.95,
                       min_area_fraction: float = 0.002) -> dict[str, Any]:
     """From a job's ``preds.npz`` (offline, the 160 px letterboxed frame, not the Analyzer's
     full-resolution mask): AUC of P(normal) for normal vs lesion images, and the share of normal
     images given a lesion when the P(normal) cut is moved until >= ``sensitivity`` of lesion images
-    get one (mask >= ``min_area_fraction`` of the frame AND shifted P(normal) < cut)."""
+    get one (mask >= ``min_area_fraction`` of the frame AND shifted P(normal) < cut); with the
+    masks stored at several thresholds, the same at each (``by_mask_threshold``)."""
     d = dict(np.load(preds))
     prior = [1 / 3, 1 / 3, 1 / 3]
     pn = shift_priors(Calibration().probs(d["logits"]), prior, target_priors(prior, normal_fraction))[:, 0]
@@ -95,14 +108,13 @@ def presence_tradeoff(preds: Path, normal_fraction: float = 0.4, sensitivity: fl
                            "n_lesion": int(lesion.sum())}
     at_half = has_mask & (pn < 0.5)
     out["at_0.5"] = {"normal_given_lesion": float(at_half[~lesion].mean()), "lesion_sensitivity": float(at_half[lesion].mean())}
-    best = None
-    for cut in np.unique(np.concatenate([pn, [1.0 + 1e-9]])):
-        given = has_mask & (pn < cut)
-        if given[lesion].mean() >= sensitivity:
-            best = {"p_normal_cut": float(cut), "normal_given_lesion": float(given[~lesion].mean()),
-                    "lesion_sensitivity": float(given[lesion].mean())}
-            break
-    out[f"at_sensitivity_{sensitivity}"] = best  # None: the masks alone miss more than 1 - sensitivity
+    out[f"at_sensitivity_{sensitivity}"] = _cut_for_sensitivity(pn, has_mask, lesion, sensitivity)
+    if "area_by_threshold" in d:
+        out["by_mask_threshold"] = {
+            str(round(float(t), 4)): {"masks_on_lesions": float((d["area_by_threshold"][lesion, k] >= min_area_fraction).mean()),
+                                      f"at_sensitivity_{sensitivity}": _cut_for_sensitivity(
+                                          pn, d["area_by_threshold"][:, k] >= min_area_fraction, lesion, sensitivity)}
+            for k, t in enumerate(d["mask_thresholds"])}
     return out
 
 

@@ -172,15 +172,25 @@ def predict(net: SonoNet, images: torch.Tensor, batch: int = 128, tta: bool = Tr
     return torch.cat(logits).numpy(), torch.cat(probs).numpy()
 
 
-def _seg_scores(prob_maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Dice/IoU per image after the Analyzer's post-processing, never withheld (NaN where the
-    truth is empty); ``withhold_masks`` applies a label's gate."""
+# the mask thresholds each job's held-out predictions are measured at, for finalize to fit the
+# presence rule's ``mask_threshold`` over (``calibration.mask_thresholds`` picks among them)
+MASK_THRESHOLD_GRID = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+
+
+def _seg_scores(prob_maps: np.ndarray, masks: np.ndarray, threshold: float = 0.5
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image, the mask's share of the frame and Dice/IoU after the Analyzer's post-processing
+    at ``threshold``, never withheld (NaN where the truth is empty); ``withhold_masks`` applies a
+    label's gate."""
+    area = np.zeros(len(masks))
     dice = np.full(len(masks), np.nan)
     iou = np.full(len(masks), np.nan)
     for i, (p, m) in enumerate(zip(prob_maps, masks, strict=True)):
+        found = lesion_mask(p, threshold)
+        area[i] = found.mean()
         if m.any():
-            dice[i], iou[i] = dice_iou(lesion_mask(p), m.astype(bool))
-    return dice, iou
+            dice[i], iou[i] = dice_iou(found, m.astype(bool))
+    return area, dice, iou
 
 
 def _lr_at(step: int, total: int, warm: int, base: float) -> float:
@@ -312,15 +322,23 @@ def write_test_predictions(net: SonoNet, imgs: torch.Tensor, test: np.ndarray, d
 
     ``dice``/``iou`` withhold the mask where the uncalibrated argmax says normal; ``dice_ungated``
     /``iou_ungated`` never do, so finalize can gate by the calibrated label, as the Analyzer does.
+    ``area_by_threshold``/``dice_by_threshold``/``iou_by_threshold`` (images x ``mask_thresholds``):
+    the same mask drawn at each threshold of ``MASK_THRESHOLD_GRID``, ungated.
     """
     t_logits, t_prob = predict(net, imgs[torch.from_numpy(test).to(imgs.device)])
-    dice_all, iou_all = _seg_scores(t_prob, data.masks[test])
+    truth = data.masks[test]
+    by_t = [_seg_scores(t_prob, truth, t) for t in MASK_THRESHOLD_GRID]
+    _, dice_all, iou_all = by_t[MASK_THRESHOLD_GRID.index(0.5)]
     gate = t_logits.argmax(1)
     np.savez_compressed(jdir / "preds.npz", index=test, logits=t_logits, labels=data.labels[test],
                         datasets=data.datasets[test], names=data.names[test], groups=data.groups[test],
                         dice=withhold_masks(dice_all, gate), iou=withhold_masks(iou_all, gate),
                         dice_ungated=dice_all, iou_ungated=iou_all, shape_features=shape_feature_matrix(t_prob),
-                        truth_area_fraction=data.masks[test].reshape(len(test), -1).mean(axis=1))
+                        truth_area_fraction=truth.reshape(len(test), -1).mean(axis=1),
+                        mask_thresholds=np.array(MASK_THRESHOLD_GRID),
+                        area_by_threshold=np.stack([a for a, _, _ in by_t], axis=1),
+                        dice_by_threshold=np.stack([d for _, d, _ in by_t], axis=1),
+                        iou_by_threshold=np.stack([i for _, _, i in by_t], axis=1))
 
 
 def repredict_jobs(cfg: dict[str, Any], out_dir: Path, device: torch.device, only: list[str] | None = None) -> None:

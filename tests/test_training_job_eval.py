@@ -1,0 +1,32 @@
+"""job_eval.presence_tradeoff: the unseen site's normal-image rate at 95 % lesion sensitivity, per mask threshold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sonopacs.models.lesion_shape import SHAPE_FEATURES
+from sonopacs.training.job_eval import presence_tradeoff
+
+
+def test_a_lower_mask_threshold_reaches_a_sensitivity_the_trained_one_cannot(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    n = 300
+    labels = rng.choice(3, size=n, p=[0.3, 0.4, 0.3])
+    lesion = labels > 0
+    logits = np.where(lesion[:, None], np.array([[-1.0, 1.0, 0.5]]), np.array([[1.0, 0.0, 0.0]])) + rng.normal(0, 1, (n, 3))
+    # at 0.5 a tenth of the lesion images have no mask; at 0.3 all do (and some normal images too)
+    missed = lesion & (np.arange(n) % 10 == 0)
+    area = np.stack([np.where(lesion | (np.arange(n) % 3 == 0), 0.05, 0.0), np.where(lesion & ~missed, 0.04, 0.0)], 1)
+    sf = np.zeros((n, len(SHAPE_FEATURES)))
+    sf[:, SHAPE_FEATURES.index("lesion_present")] = area[:, 1] > 0
+    sf[:, SHAPE_FEATURES.index("log_area_fraction")] = np.log(np.maximum(area[:, 1], 1e-3))
+    np.savez(tmp_path / "preds.npz", logits=logits, labels=labels, shape_features=sf,
+             mask_thresholds=np.array([0.3, 0.5]), area_by_threshold=area)
+    out = presence_tradeoff(tmp_path / "preds.npz")
+    assert out["at_sensitivity_0.95"] is None  # the 0.5 masks alone find 0.9 of the lesions
+    assert out["by_mask_threshold"]["0.5"]["at_sensitivity_0.95"] is None
+    assert abs(out["by_mask_threshold"]["0.5"]["masks_on_lesions"] - (~missed[lesion]).mean()) < 1e-12
+    low = out["by_mask_threshold"]["0.3"]["at_sensitivity_0.95"]
+    assert low["lesion_sensitivity"] >= 0.95 and 0.0 < low["normal_given_lesion"] <= (np.arange(n)[~lesion] % 3 == 0).mean()
