@@ -30,3 +30,23 @@ def test_a_lower_mask_threshold_reaches_a_sensitivity_the_trained_one_cannot(tmp
     assert abs(out["by_mask_threshold"]["0.5"]["masks_on_lesions"] - (~missed[lesion]).mean()) < 1e-12
     low = out["by_mask_threshold"]["0.3"]["at_sensitivity_0.95"]
     assert low["lesion_sensitivity"] >= 0.95 and 0.0 < low["normal_given_lesion"] <= (np.arange(n)[~lesion] % 3 == 0).mean()
+
+
+def test_a_jobs_weights_take_a_runs_fitted_presence_rule(tmp_path: Path) -> None:
+    import json
+
+    import torch
+
+    from sonopacs.training.job_eval import job_weights, presence_from
+
+    job = tmp_path / "job"
+    job.mkdir()
+    torch.save({"state_dict": {"w": torch.ones(2)}, "model": {"backbone": "x"}, "best_epoch": 3}, job / "model.pt")
+    rule = {"min_area_fraction": 0.005, "max_p_normal": 0.8, "min_mask_confidence": 0.0, "mask_threshold": 0.3}
+    (tmp_path / "model.json").write_text(json.dumps({"name": "run", "lesion_presence": rule}))
+    fitted = json.loads((job_weights(job, tmp_path / "w1", presence=presence_from(tmp_path / "model.json"))
+                         / "model.json").read_text())
+    assert fitted["lesion_presence"] == rule
+    default = json.loads((job_weights(job, tmp_path / "w2", presence=presence_from(None)) / "model.json").read_text())
+    assert default["lesion_presence"]["mask_threshold"] == 0.5 and default["lesion_presence"]["max_p_normal"] == 0.5
+    assert torch.load(tmp_path / "w1" / "model.pt")["w"].dtype == torch.float16

@@ -57,6 +57,14 @@ def job_weights(job_dir: Path, out: Path, image_size: int = 160, name: str = "lo
     return out
 
 
+def presence_from(model_json: Path | None) -> dict[str, float] | None:
+    """The ``lesion_presence`` rule of a run's ``model.json`` (None: ``job_weights``' fixed rule)."""
+    if model_json is None:
+        return None
+    rule: dict[str, float] = json.loads(model_json.read_text())["lesion_presence"]
+    return rule
+
+
 def held_out_index(index_csv: Path, out_csv: Path, drop_label_conflict: bool) -> Path:
     """The index with absolute paths, label-conflict rows left out when asked (as training does)."""
     root = index_csv.resolve().parent
@@ -127,10 +135,9 @@ def main() -> None:
     ap.add_argument("--expected-normal-fraction", type=float, default=0.4)
     ap.add_argument("--image-size", type=int, default=160)
     ap.add_argument("--presence-from", type=Path, default=None,
-                    help="a model.json whose lesion_presence rule to use (default: floor 0.2 %%, cut 0.5)")
+                    help="a model.json whose lesion_presence rule to use (default: floor 0.2 %%, cut 0.5, mask at 0.5)")
     a = ap.parse_args()
-    presence = json.loads(a.presence_from.read_text())["lesion_presence"] if a.presence_from else None
-    wdir = job_weights(a.job_dir, a.out / "weights", a.image_size, presence=presence)
+    wdir = job_weights(a.job_dir, a.out / "weights", a.image_size, presence=presence_from(a.presence_from))
     index = held_out_index(a.index, a.out / "index.csv", a.drop_label_conflict)
     analyzer = Analyzer.load(wdir, device="cpu", expected_normal_fraction=a.expected_normal_fraction, scope_gate=False)
     m = evaluate_index(index, a.out, analyzer=analyzer)

@@ -8,7 +8,8 @@ hospital's labelled calibration set, the rest is what it then sees.
 ``--site-size`` images, as a hospital would label a sample of its own studies; ``check.csv``: every
 other image. Then exactly what a site does (``sonopacs calibrate`` on site.csv) and what it gets
 (``sonopacs evaluate`` on check.csv, without and with the site calibration), through the shipped
-Analyzer; a job folder gets ``job_eval``'s weights (identity calibration, fixed presence rule).
+Analyzer; a job folder gets ``job_eval``'s weights (identity calibration, the fixed presence rule
+or, with ``--presence-from``, a run's fitted one).
 ``summary.json``: both metric sets and the fitted site calibration.
 """
 
@@ -26,7 +27,7 @@ from sonopacs.models.analyzer import Analyzer
 from sonopacs.models.calibrate_site import calibrate_index
 from sonopacs.models.evaluation import evaluate_index
 from sonopacs.models.site_calibration import describe
-from sonopacs.training.job_eval import KEYS, held_out_index, job_weights, write_index
+from sonopacs.training.job_eval import KEYS, held_out_index, job_weights, presence_from, write_index
 
 REPORT = (*KEYS, "sensitivity_malignant_high", "specificity_malignant_high")
 
@@ -67,12 +68,15 @@ def main() -> None:
     ap.add_argument("--group-column", default="group")
     ap.add_argument("--expected-normal-fraction", type=float, default=0.4)
     ap.add_argument("--image-size", type=int, default=160)
+    ap.add_argument("--presence-from", type=Path, default=None,
+                    help="for a job folder: a model.json whose lesion_presence rule (mask threshold included) "
+                         "the job's weights get, e.g. the one its run's finalize fitted")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     index = held_out_index(a.index, a.out / "index.csv", a.drop_label_conflict)
     site_csv, check_csv = split_by_group(index, a.out, a.site_size, a.seed, a.group_column)
     is_job = not (a.model / "model.json").exists()
-    wdir = job_weights(a.model, a.out / "weights", a.image_size) if is_job else a.model
+    wdir = job_weights(a.model, a.out / "weights", a.image_size, presence=presence_from(a.presence_from)) if is_job else a.model
 
     def analyzer(site_file: Path | None) -> Analyzer:
         return Analyzer.load(wdir, device="cpu", expected_normal_fraction=a.expected_normal_fraction,
