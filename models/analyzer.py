@@ -189,7 +189,8 @@ class Analyzer:
                 self.presence = PresenceRule.from_dict({"min_area_fraction": self.presence.min_area_fraction,
                                                         **site.lesion_presence,
                                                         # the site's areas were measured on masks at the shipped threshold
-                                                        "mask_threshold": self.presence.mask_threshold})
+                                                        "mask_threshold": self.presence.mask_threshold,
+                                                        "contour_threshold": self.presence.contour_threshold})
         self.expected_normal_fraction = float(expected_normal_fraction)
         self.target_priors = target_priors(self.class_priors, self.expected_normal_fraction)
         self.scope_bank = scope_bank
@@ -304,7 +305,7 @@ class Analyzer:
         present = self.presence.lesion_present(float(probs[0]), area_fraction, confidence)
         # normal when no lesion is found, else the likelier of benign and malignant
         label = CLASSES[1 + int(np.argmax(probs[1:]))] if present else "normal"
-        mask = found if present else np.zeros(full_prob.shape, bool)
+        mask = self.presence.contour(full_prob, found) if present else np.zeros(full_prob.shape, bool)
         heat_full = box.unletterbox(heat.astype(np.float32))  # the unpadded area only
         lo, hi = float(heat_full.min()), float(heat_full.max())  # one scaling, after averaging views
         heat_full = ((heat_full - lo) / (hi - lo)) if hi > lo else np.zeros_like(heat_full)

@@ -1,5 +1,6 @@
-"""The presence rule's ``mask_threshold``: the Analyzer draws the lesion mask at it, and a site
-calibration (whose mask areas were measured at the shipped threshold) keeps it."""
+"""The presence rule's ``mask_threshold``: the Analyzer detects the lesion mask at it (and draws the
+outline at ``contour_threshold`` where one reaches it), and a site calibration (whose mask areas
+were measured at the shipped threshold) keeps both."""
 
 from __future__ import annotations
 
@@ -36,9 +37,14 @@ def test_the_mask_is_drawn_at_the_rules_threshold(tmp_path: Path) -> None:
     area_half = np.array([r.extra["lesion_area_fraction"] for r in at_half])
     area_low = np.array([r.extra["lesion_area_fraction"] for r in low])
     assert (area_low >= area_half).all() and (area_low > area_half).any()
-    for r in low:  # the mask holds only pixels at or above the threshold it was drawn at
+    for r in low:  # the detection mask holds only pixels at or above the threshold it was drawn at
         if r.extra["lesion_area_fraction"] > 0:
             assert r.extra["lesion_mask_confidence"] >= 0.15
+    # the outline shown stays at the contour threshold (0.5) wherever a mask reaches it
+    for r_half, r_low in zip(at_half, low, strict=True):
+        if r_half.mask.any() and r_low.mask.any():
+            assert np.array_equal(r_half.mask, r_low.mask)
+    assert any(r.mask.any() for r in low)
 
 
 def test_a_site_calibration_keeps_the_shipped_mask_threshold(tmp_path: Path) -> None:
@@ -58,3 +64,18 @@ def test_a_site_calibration_keeps_the_shipped_mask_threshold(tmp_path: Path) -> 
     an = Analyzer.load(wdir, "cpu", scope_gate=False, site_calibration=tmp_path / "site.json")
     assert an.presence.mask_threshold == 0.3
     assert an.presence.max_p_normal == site.lesion_presence["max_p_normal"]
+
+
+def test_the_outline_follows_the_contour_threshold_and_falls_back_to_the_detection_mask() -> None:
+    from sonopacs.models.measure import lesion_mask
+
+    prob = np.zeros((100, 100), np.float32)
+    prob[20:60, 20:60] = 0.3   # faint: found only by a low detection threshold
+    prob[30:50, 30:50] = 0.6   # its core reaches 0.5
+    rule = PresenceRule(mask_threshold=0.2)
+    detected = lesion_mask(prob, rule.mask_threshold)
+    assert detected.sum() == 1600
+    assert rule.contour(prob, detected).sum() == 400  # the core: the outline at 0.5
+    faint = np.where(prob > 0.5, 0.3, prob).astype(np.float32)
+    assert np.array_equal(rule.contour(faint, lesion_mask(faint, 0.2)), lesion_mask(faint, 0.2))  # nothing reaches 0.5
+    assert np.array_equal(PresenceRule().contour(prob, detected), detected)  # detection at 0.5: the mask itself

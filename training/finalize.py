@@ -37,24 +37,41 @@ def _load_preds(paths: list[Path]) -> dict[str, np.ndarray]:
 
 
 def _at_threshold(d: dict[str, np.ndarray], key: str, threshold: float) -> np.ndarray:
-    """``key`` (``dice``/``iou``, ungated) of masks drawn at ``threshold``: the per-threshold
-    columns where the run stored them, else the 0.5 ones."""
+    """``key`` (``area``, or ungated ``dice``/``iou``) of masks drawn at ``threshold``: the
+    per-threshold columns where the run stored them, else the 0.5 ones."""
     if f"{key}_by_threshold" in d:
         grid = [round(float(t), 4) for t in d["mask_thresholds"]]
+        if round(threshold, 4) not in grid:
+            raise ValueError(f"mask threshold {threshold} is not among the stored thresholds {grid}")
         return d[f"{key}_by_threshold"][:, grid.index(round(threshold, 4))]
     if round(threshold, 4) != 0.5:
         raise KeyError(f"these predictions hold {key} at mask threshold 0.5 only: re-run sonopacs.training.train --repredict")
+    if key == "area":
+        sf = d["shape_features"]
+        return np.exp(sf[:, SHAPE_FEATURES.index("log_area_fraction")]) * (sf[:, SHAPE_FEATURES.index("lesion_present")] > 0)
     return d[f"{key}_ungated"]
 
 
-def _seg_summary(d: dict[str, np.ndarray], sel: np.ndarray, labels_pred: np.ndarray, threshold: float = 0.5
-                 ) -> dict[str, float | None]:
-    """Mean Dice/IoU over images with a lesion of the masks drawn at ``threshold``, withheld where
-    ``labels_pred`` says normal (as the Analyzer withholds it). Runs that stored no ungated scores
-    keep the gate of the uncalibrated argmax."""
+def _shown(d: dict[str, np.ndarray], key: str, rule: PresenceRule) -> np.ndarray:
+    """``key`` (ungated ``dice``/``iou``) of the outline the Analyzer would show under ``rule``
+    (``PresenceRule.contour``): at the contour threshold where a mask reaches it, else at the
+    detection threshold."""
+    detected = _at_threshold(d, key, rule.mask_threshold)
+    if rule.contour_threshold <= rule.mask_threshold:
+        return detected
+    return np.where(_at_threshold(d, "area", rule.contour_threshold) > 0,
+                    _at_threshold(d, key, rule.contour_threshold), detected)
+
+
+def _seg_summary(d: dict[str, np.ndarray], sel: np.ndarray, labels_pred: np.ndarray,
+                 rule: PresenceRule | None = None) -> dict[str, float | None]:
+    """Mean Dice/IoU over images with a lesion of the outlines ``rule`` shows (default: the mask
+    at 0.5), withheld where ``labels_pred`` says normal (as the Analyzer withholds it). Runs that
+    stored no ungated scores keep the gate of the uncalibrated argmax."""
+    rule = rule or PresenceRule()
     if "dice_ungated" in d:
-        dice = withhold_masks(_at_threshold(d, "dice", threshold)[sel], labels_pred)
-        iou = withhold_masks(_at_threshold(d, "iou", threshold)[sel], labels_pred)
+        dice = withhold_masks(_shown(d, "dice", rule)[sel], labels_pred)
+        iou = withhold_masks(_shown(d, "iou", rule)[sel], labels_pred)
     else:
         dice, iou = d["dice"][sel], d["iou"][sel]
     ok = np.isfinite(dice)
@@ -80,13 +97,13 @@ def fit_calibration(d: dict[str, np.ndarray], cal_cfg: dict[str, Any]) -> Calibr
 
 
 def metrics_for(d: dict[str, np.ndarray], sel: np.ndarray, cal: Calibration, ops: dict[str, float],
-                mask_threshold: float = 0.5) -> dict[str, Any]:
+                rule: PresenceRule | None = None) -> dict[str, Any]:
     probs = calibrated(cal, d, sel)
     return {**classification_metrics(probs, d["labels"][sel], ops),
-            **_seg_summary(d, sel, probs.argmax(1), mask_threshold)}
+            **_seg_summary(d, sel, probs.argmax(1), rule)}
 
 
-def by_lesion_size(d: dict[str, np.ndarray], probs: np.ndarray, mask_threshold: float = 0.5) -> dict[str, Any]:
+def by_lesion_size(d: dict[str, np.ndarray], probs: np.ndarray, rule: PresenceRule | None = None) -> dict[str, Any]:
     """Images with a lesion, in thirds by the true lesion's share of the (letterboxed) frame: where
     the errors are. Small lesions are a few pixels at the training resolution."""
     if "truth_area_fraction" not in d:
@@ -102,12 +119,12 @@ def by_lesion_size(d: dict[str, np.ndarray], probs: np.ndarray, mask_threshold: 
         out[name] = {"area_fraction_range": [float(edges[i]), float(edges[i + 1])], "n_images": int(sel.sum()),
                      "accuracy": cm["accuracy"], "called_normal": float((pred[sel] == 0).mean()) if sel.any() else None,
                      "auc_benign_vs_malignant": cm["auc_benign_vs_malignant"],
-                     "dice": _seg_summary(d, sel, pred[sel], mask_threshold)["dice"]}
+                     "dice": _seg_summary(d, sel, pred[sel], rule)["dice"]}
     return out
 
 
 def nested_calibration(folds: list[dict[str, np.ndarray]], target: float, cal_cfg: dict[str, Any],
-                       mask_threshold: float = 0.5) -> dict[str, Any]:
+                       rule: PresenceRule | None = None) -> dict[str, Any]:
     """Honest check of calibration and thresholds: for each fold, fit the calibration and both
     operating points on the other folds' OOF predictions only, apply them to this fold, then pool.
 
@@ -141,7 +158,7 @@ def nested_calibration(folds: list[dict[str, np.ndarray]], target: float, cal_cf
                                "auc_benign_vs_malignant": cm["auc_benign_vs_malignant"],
                                "auc_malignant_vs_rest": cm["auc_malignant_vs_rest"],
                                "per_class": cm["per_class"],
-                               "dice": _seg_summary(pooled, sel, pa[sel].argmax(1), mask_threshold)["dice"]}
+                               "dice": _seg_summary(pooled, sel, pa[sel].argmax(1), rule)["dice"]}
         for suffix, key in (("", "default"), ("_high", "high_sensitivity")):
             d_ = da_dec[key][sel]
             row[f"sensitivity_malignant{suffix}"] = float((d_ & mal).sum() / mal.sum()) if mal.any() else None
@@ -152,27 +169,18 @@ def nested_calibration(folds: list[dict[str, np.ndarray]], target: float, cal_cf
 
 def _oof_areas(oof: dict[str, np.ndarray], thresholds: list[float] | None) -> dict[float, np.ndarray]:
     """Each image's mask area (share of the frame) at each mask threshold asked for; without
-    ``thresholds``, at 0.5 from the shape features (runs before the per-threshold areas)."""
-    if not thresholds:
-        sf = oof["shape_features"]
-        return {0.5: np.exp(sf[:, SHAPE_FEATURES.index("log_area_fraction")])
-                * (sf[:, SHAPE_FEATURES.index("lesion_present")] > 0)}
-    if "area_by_threshold" not in oof:
+    ``thresholds``, at 0.5 (from the shape features in runs before the per-threshold areas)."""
+    if thresholds and "area_by_threshold" not in oof:
         raise KeyError("these predictions hold no area_by_threshold: re-run sonopacs.training.train --repredict")
-    grid = [round(float(t), 4) for t in oof["mask_thresholds"]]
-    missing = [t for t in thresholds if round(float(t), 4) not in grid]
-    if missing:
-        raise ValueError(f"calibration.mask_thresholds {missing} are not among the stored thresholds {grid}")
-    return {float(t): oof["area_by_threshold"][:, grid.index(round(float(t), 4))] for t in thresholds}
+    return {float(t): _at_threshold(oof, "area", float(t)) for t in (thresholds or [0.5])}
 
 
-def _dice_shown(oof: dict[str, np.ndarray], threshold: float, given: np.ndarray, sel: np.ndarray) -> float | None:
-    """Mean Dice over lesion images of the mask drawn at ``threshold``, 0 where the rule gives no
-    lesion (the contour is withheld), as the Analyzer shows it; None for runs that stored no
-    ungated Dice."""
+def _dice_shown(oof: dict[str, np.ndarray], rule: PresenceRule, given: np.ndarray, sel: np.ndarray) -> float | None:
+    """Mean Dice over lesion images of the outline ``rule`` shows, 0 where it gives no lesion (the
+    contour is withheld), as the Analyzer shows it; None for runs that stored no ungated Dice."""
     if "dice_ungated" not in oof and "dice_by_threshold" not in oof:
         return None
-    shown = withhold_masks(_at_threshold(oof, "dice", threshold)[sel], np.where(given[sel], 1, 0))
+    shown = withhold_masks(_shown(oof, "dice", rule)[sel], np.where(given[sel], 1, 0))
     ok = np.isfinite(shown)
     return float(shown[ok].mean()) if ok.any() else None
 
@@ -213,7 +221,7 @@ def fit_presence(oof: dict[str, np.ndarray], probs: np.ndarray, class_mix: np.nd
             sel = np.ones(len(lesion), bool) if ds == "all" else oof["datasets"] == ds
             out[ds] = {"lesion_sensitivity": float(given[sel & lesion].mean()) if (sel & lesion).any() else None,
                        "normal_false_lesion_rate": float(given[sel & ~lesion].mean()) if (sel & ~lesion).any() else None,
-                       "dice_shown": _dice_shown(oof, r.mask_threshold, given, sel)}
+                       "dice_shown": _dice_shown(oof, r, given, sel)}
         return out
 
     report: dict[str, Any] = {"rule": rule.to_dict(), "sensitivity_target": target, "normal_fraction": normal_fraction,
@@ -242,23 +250,22 @@ def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     counts = np.bincount(oof["labels"], minlength=3)
     class_mix = counts / counts.sum()
     presence, presence_report = fit_presence(oof, probs, class_mix, cfg)
-    t_mask = presence.mask_threshold  # Dice below: masks drawn where the shipped rule draws them
     report: dict[str, Any] = {
         "temperature": cal.temperature,
         "class_bias": list(cal.bias),
         "calibration_method": method,
         "calibration": cal.to_dict(),
         "operating_points": ops,
-        "oof": {"all": metrics_for(oof, everything, cal, ops, t_mask)},
+        "oof": {"all": metrics_for(oof, everything, cal, ops, presence)},
         "oof_uncalibrated_ece": metrics_for(oof, everything, Calibration(), ops)["ece"],
         "cross_dataset": {},
         "jobs": {},
     }
     for ds in sorted(set(oof["datasets"].tolist())):
-        report["oof"][ds] = metrics_for(oof, oof["datasets"] == ds, cal, ops, t_mask)
-    report["oof_by_lesion_size"] = by_lesion_size(oof, probs, t_mask)
+        report["oof"][ds] = metrics_for(oof, oof["datasets"] == ds, cal, ops, presence)
+    report["oof_by_lesion_size"] = by_lesion_size(oof, probs, presence)
     if len(cv) > 1:
-        report["oof_nested_calibration"] = nested_calibration([dict(np.load(p)) for p in cv], target, cal_cfg, t_mask)
+        report["oof_nested_calibration"] = nested_calibration([dict(np.load(p)) for p in cv], target, cal_cfg, presence)
     plot_confusion(report["oof"]["all"]["confusion_matrix"], out / "oof_confusion.png", "OOF confusion")
     plot_roc(probs, oof["labels"], ops, out / "oof_roc.png")
     plot_reliability(probs, oof["labels"], out / "oof_reliability.png")
@@ -266,7 +273,7 @@ def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
         d = _load_preds([p])
         sel = np.ones(len(d["labels"]), bool)
         # a model trained on one dataset: its own calibration is unknown, report uncalibrated (T=1)
-        report["cross_dataset"][p.parent.name] = metrics_for(d, sel, Calibration(), ops, t_mask)
+        report["cross_dataset"][p.parent.name] = metrics_for(d, sel, Calibration(), ops, presence)
     for info in sorted(jobs.glob("*/info.json")):
         report["jobs"][info.parent.name] = json.loads(info.read_text())
     report["oof_lesion_presence"] = presence_report
