@@ -75,8 +75,7 @@ def fit_p_normal_cut(p_normal: np.ndarray, has_mask: np.ndarray, lesion: np.ndar
     ``target`` (in every stratum, e.g. every dataset, when given): the fewest normal images get one
     at that sensitivity. 1.0 when even no cut reaches it (the masks alone miss more)."""
     p_normal, has_mask, lesion = (np.asarray(a) for a in (p_normal, has_mask, lesion))
-    groups = [np.asarray(s, bool) & lesion for s in strata] if strata is not None else [lesion]
-    groups = [g for g in groups if g.any()]
+    groups = _lesion_groups(lesion, list(strata) if strata is not None else None)
     for cut in np.unique(np.concatenate([p_normal[lesion], [1.0]])):
         given = has_mask & (p_normal < cut)
         if all(given[g].mean() >= target for g in groups):
@@ -142,20 +141,22 @@ def fit_rule(p_normal: np.ndarray, area: np.ndarray, lesion: np.ndarray, target:
 
 def fit_rule_over_thresholds(p_normal: np.ndarray, areas: Mapping[float, np.ndarray], lesion: np.ndarray,
                              target: float, strata: Iterable[np.ndarray] | None = None,
-                             base: PresenceRule | None = None) -> PresenceRule:
+                             base: PresenceRule | None = None) -> tuple[PresenceRule, dict[float, PresenceRule]]:
     """``fit_rule`` at each mask threshold (``areas[t]``: each image's mask area drawn at lesion
     probability >= t), then the threshold whose rule best meets ``target`` (``_rule_key``; ties:
-    the higher threshold, the nearer to the 0.5 the network was trained towards)."""
+    the higher threshold, the nearer to the 0.5 the network was trained towards). Returns that rule
+    and every threshold's, so a report can show the whole choice."""
     lesion = np.asarray(lesion, bool)
     base = base or PresenceRule()
     strata = list(strata) if strata is not None else None
     groups = _lesion_groups(lesion, strata)
+    rules = {float(t): fit_rule(p_normal, areas[t], lesion, target, strata, replace(base, mask_threshold=float(t)))
+             for t in areas}
     best: tuple[tuple[float, float], PresenceRule] | None = None
-    for t in sorted(areas, reverse=True):
-        rule = fit_rule(p_normal, areas[t], lesion, target, strata, replace(base, mask_threshold=float(t)))
-        key = _rule_key(rule.given(p_normal, areas[t]), lesion, groups, target)
+    for t in sorted(rules, reverse=True):
+        key = _rule_key(rules[t].given(p_normal, areas[t]), lesion, groups, target)
         if best is None or key < best[0]:
-            best = (key, rule)
+            best = (key, rules[t])
     if best is None:
         raise ValueError("no mask thresholds to fit over")
-    return best[1]
+    return best[1], rules

@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -210,9 +209,11 @@ def fit_presence(oof: dict[str, np.ndarray], probs: np.ndarray, class_mix: np.nd
     datasets = ["all", *sorted(set(oof["datasets"].tolist()))]
     strata = [oof["datasets"] == ds for ds in datasets[1:]]
     rule = base
-    if target is not None:
-        rule = (fit_rule_over_thresholds(pn, areas, lesion, float(target), strata, base) if thresholds
-                else fit_rule(pn, areas[0.5], lesion, float(target), strata, base))
+    by_threshold: dict[float, PresenceRule] = {}
+    if target is not None and thresholds:
+        rule, by_threshold = fit_rule_over_thresholds(pn, areas, lesion, float(target), strata, base)
+    elif target is not None:
+        rule = fit_rule(pn, areas[0.5], lesion, float(target), strata, base)
 
     def rates(r: PresenceRule) -> dict[str, Any]:
         given = r.given(pn, areas[r.mask_threshold])
@@ -226,11 +227,8 @@ def fit_presence(oof: dict[str, np.ndarray], probs: np.ndarray, class_mix: np.nd
 
     report: dict[str, Any] = {"rule": rule.to_dict(), "sensitivity_target": target, "normal_fraction": normal_fraction,
                               **rates(rule)}
-    if thresholds and target is not None:  # what each threshold's best rule gave: the choice in full
-        report["by_mask_threshold"] = {
-            str(t): {"rule": (r := fit_rule(pn, areas[t], lesion, float(target), strata,
-                                             replace(base, mask_threshold=float(t)))).to_dict(), **rates(r)}
-            for t in sorted(areas)}
+    if by_threshold:  # what each threshold's best rule gave: the choice in full
+        report["by_mask_threshold"] = {str(t): {"rule": r.to_dict(), **rates(r)} for t, r in sorted(by_threshold.items())}
     return rule, report
 
 
