@@ -80,14 +80,19 @@ def _memory_format(device: torch.device) -> torch.memory_format:
 def _load_net(wdir: Path) -> tuple[dict[str, Any], SonoNet]:
     """A weights folder's manifest and its network, ready for inference."""
     manifest: dict[str, Any] = json.loads((wdir / "model.json").read_text())
-    net = build_network(manifest["model"], pretrained=False)
-    state = torch.load(wdir / "model.pt", map_location="cpu", weights_only=True)
+    return manifest, _inference_net(manifest["model"], wdir / "model.pt")
+
+
+def _inference_net(model_cfg: dict[str, Any], state_path: Path) -> SonoNet:
+    """The network ``model_cfg`` describes with the state dict at ``state_path``, ready for inference."""
+    net = build_network(model_cfg, pretrained=False)
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     for p in net.parameters():
         p.requires_grad_(False)  # Grad-CAM needs only the gradient at cam_target
     net.cam_detach = True
     fuse_conv_bn(net.eval())  # inference only: BatchNorm folded into the convolutions
-    return manifest, net
+    return net
 
 
 def _mirrored_batch(grays: list[np.ndarray], size: int, device: torch.device, fmt: torch.memory_format
@@ -110,9 +115,9 @@ def _view_lesion_probability(seg_logits: torch.Tensor) -> np.ndarray:
     return seg
 
 
-def _mirror_mean_lesion_probability(seg_logits: torch.Tensor, boxes: list[Letterbox]) -> list[np.ndarray]:
-    """Lesion probability per image in its own geometry, averaged over the image and its mirror."""
-    seg = _view_lesion_probability(seg_logits)
+def _mirror_mean_lesion_probability(seg: np.ndarray, boxes: list[Letterbox]) -> list[np.ndarray]:
+    """Lesion probability per image in its own geometry, averaged over the image and its mirror
+    (``seg``: ``_view_lesion_probability``'s 2N views)."""
     n = len(boxes)
     return [box.unletterbox(((seg[i] + seg[n + i]) / 2).astype(np.float32)) for i, box in enumerate(boxes)]
 
@@ -136,7 +141,7 @@ class Segmenter:
     def lesion_probability(self, grays: list[np.ndarray]) -> list[np.ndarray]:
         xx, boxes = _mirrored_batch(grays, self.size, self.device, self._memory_format)
         _, seg = self.net(xx)
-        return _mirror_mean_lesion_probability(seg, boxes)
+        return _mirror_mean_lesion_probability(_view_lesion_probability(seg), boxes)
 
 
 class Analyzer:
@@ -144,6 +149,11 @@ class Analyzer:
 
     With ``segmentation_weights`` in its manifest (a sub-folder), the lesion mask comes from that
     folder's network; probabilities, label and heat map stay with the primary network.
+
+    With ``ensemble_members`` (state-dict files of the same network beside ``model.pt``, e.g. the
+    fold models), class logits and lesion probabilities are the mean over the primary network and
+    the members: one network's unseen-site errors vary from training run to training run, and the
+    mean varies less. The heat map and the scope gate's features stay the primary network's.
 
     Probabilities are the calibration's, prior-shifted from the class mix it was fitted on to
     ``expected_normal_fraction`` normal images (``models.priors``). Lesion presence is decided by
@@ -154,7 +164,8 @@ class Analyzer:
 
     def __init__(self, net: SonoNet, manifest: dict[str, Any], device: torch.device,
                  segmenter: Segmenter | None = None, *, expected_normal_fraction: float = 0.4,
-                 scope_bank: FeatureBank | None = None, site_calibration: Path | None = None) -> None:
+                 scope_bank: FeatureBank | None = None, site_calibration: Path | None = None,
+                 members: list[SonoNet] | None = None) -> None:
         self.device = device
         self._memory_format = _memory_format(device)
         self.net = net.to(device).eval().to(memory_format=self._memory_format)  # type: ignore[call-overload]
@@ -171,6 +182,10 @@ class Analyzer:
                              f"version's {SHAPE_FEATURES}")
         # its own decoder unless a segmenter replaces it and the calibration needs no mask shape
         self.net.segment = segmenter is None or self.calibration.uses_features
+        self.members = [m.to(device).eval().to(memory_format=self._memory_format)  # type: ignore[call-overload]
+                        for m in (members or [])]
+        for m in self.members:
+            m.segment = self.net.segment
         self.operating_points: dict[str, float] = {k: float(v) for k, v in manifest["operating_points"].items()}
         # the class mix the calibration was fitted on (its biases encode it)
         self.class_priors: tuple[float, ...] = tuple(float(x) for x in manifest.get(
@@ -217,9 +232,10 @@ class Analyzer:
         if manifest.get("segmentation_weights"):
             seg_manifest, seg_net = _load_net(wdir / str(manifest["segmentation_weights"]))
             segmenter = Segmenter(seg_net, seg_manifest, dev)
+        members = [_inference_net(manifest["model"], wdir / str(f)) for f in manifest.get("ensemble_members", [])]
         bank = FeatureBank.load(wdir / BANK_FILE) if scope_gate and (wdir / BANK_FILE).exists() else None
         return cls(net, manifest, dev, segmenter, expected_normal_fraction=expected_normal_fraction,
-                   scope_bank=bank, site_calibration=site_calibration)
+                   scope_bank=bank, site_calibration=site_calibration, members=members)
 
     @classmethod
     def from_settings(cls, model_settings: Any) -> Analyzer:
@@ -251,19 +267,20 @@ class Analyzer:
         with torch.enable_grad():
             cam = self._cam(xx, class_idx=TTA_CLASS)  # raw ReLU'd map, class = averaged prediction
         assert self._view.last_logits is not None and self._view.last_seg is not None
-        logits = self._view.last_logits.detach().float().cpu().numpy().astype(np.float64)
+        logits_t, views = self._members_mean(xx, self._view.last_logits.detach().float(), self._view.last_seg)
+        logits = logits_t.cpu().numpy().astype(np.float64)
         if self.segmenter is not None:
             full_probs = self.segmenter.lesion_probability(grays)
         else:
-            full_probs = _mirror_mean_lesion_probability(self._view.last_seg, boxes)
+            assert views is not None  # the networks' own decoders ran
+            full_probs = _mirror_mean_lesion_probability(views, boxes)
         cam_np = cam.detach().float().cpu().numpy()[:, 0]
         assert self._pooled is not None
         pooled = self._pooled.float().cpu().numpy().reshape(2 * n, -1).astype(np.float64)
         features = (pooled[:n] + pooled[n:]) / 2
         ood = self.scope_bank.distance(features) if self.scope_bank is not None else np.full(n, np.nan)
         shape_views = shape_mean = None
-        if self.calibration.uses_features:  # the primary network's own mask, as at calibration
-            views = _view_lesion_probability(self._view.last_seg)
+        if self.calibration.uses_features and views is not None:  # the networks' own mask, as at calibration
             shape_views = shape_feature_matrix(views)
             shape_mean = shape_feature_matrix((views[:n] + views[n:]) / 2)
         results = []
@@ -280,6 +297,20 @@ class Analyzer:
             self._gate(res, float(ood[i]), sector_score(grays[i]))
             results.append(res)
         return results
+
+    @torch.no_grad()
+    def _members_mean(self, xx: torch.Tensor, logits: torch.Tensor, seg: torch.Tensor
+                      ) -> tuple[torch.Tensor, np.ndarray | None]:
+        """Class logits and per-view lesion probability (None when a segmenter replaces the
+        networks' decoders), each the mean over the primary network (its outputs given) and the
+        ensemble members."""
+        all_logits, all_views = [logits], [_view_lesion_probability(seg)] if self.net.segment else []
+        for m in self.members:
+            m_logits, m_seg = m(xx)
+            all_logits.append(m_logits.float())
+            if self.net.segment:
+                all_views.append(_view_lesion_probability(m_seg))
+        return torch.stack(all_logits).mean(0), np.mean(all_views, axis=0) if all_views else None
 
     def _shift(self, probs: np.ndarray) -> np.ndarray:
         return shift_priors(probs, self.class_priors, self.target_priors)
@@ -335,6 +366,7 @@ class Analyzer:
                 "calibration": self.calibration_source,
                 "segmentation_model": (f"{self.segmenter.name} {self.segmenter.version}" if self.segmenter
                                        else f"{self.name} {self.version}"),
+                "networks": 1 + len(self.members),
                 **({"lesion_shape": shape} if shape is not None else {}),  # what the calibration used
             },
             likelihood_category=likelihood_category(pm, present),

@@ -235,3 +235,46 @@ def test_errors_by_lesion_size_split_lesion_images_into_thirds() -> None:
     assert out["large"]["accuracy"] == 1.0 and out["large"]["dice"] == pytest.approx(0.8)
     assert out["medium"]["auc_benign_vs_malignant"] == 1.0
     assert by_lesion_size({"labels": labels}, probs) == {}
+
+
+def test_finalize_ships_the_fold_models_as_an_ensemble(smoke_run: Path, tmp_path: Path) -> None:
+    """``ship.ensemble``: the listed jobs' networks are shipped beside the final one and the
+    Analyzer averages all of them."""
+    from sonopacs.models import Analyzer
+    from sonopacs.training.finalize import finalize
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run / "run", run)
+    cfg = load_config(smoke_run / "smoke.yaml")
+    cfg["ship"] = {"ensemble": ["cv0", "cv1"]}
+    finalize(cfg, run)
+    manifest = json.loads((run / "weights" / "model.json").read_text())
+    assert manifest["ensemble_members"] == ["member_1.pt", "member_2.pt"]
+    assert manifest["ensemble_member_jobs"] == ["cv0", "cv1"]
+    cv1 = torch.load(run / "jobs" / "cv1" / "model.pt", weights_only=True)["state_dict"]
+    shipped = torch.load(run / "weights" / "member_2.pt", weights_only=True)
+    assert all(torch.equal(shipped[k], v.half() if v.is_floating_point() else v) for k, v in cv1.items())
+    img = np.full((50, 70), 90, np.uint8)
+    assert Analyzer.load(run / "weights", device="cpu").analyze(img).extra["networks"] == 3
+
+
+def test_cross_folds_split_the_training_dataset_by_group(tmp_path: Path) -> None:
+    """A cross job with ``folds: K`` is also trained on each (K-1)/K of its training dataset, by
+    group, and every fold is tested on the whole other dataset."""
+    a = make_synthetic_index(tmp_path / "a", seed=1, n_per_class=6)
+    b = make_synthetic_index(tmp_path / "b", seed=2)
+    cfg = load_config(write_smoke_config(tmp_path, a))
+    cfg["data"]["datasets"] = [{"name": "a", "index": str(a), "group_column": "group", "pack": ""},
+                               {"name": "b", "index": str(b), "group_column": "group", "pack": ""}]
+    cfg["jobs"] = ["cv", "final", "cross"]
+    cfg["cross"] = [{"train": "a", "test": "b", "folds": 3}]
+    data = load_data(cfg)
+    jobs = make_jobs(data, cfg)
+    assert list(jobs)[-4:] == ["cross_a_to_b", "cross_a_to_b_f0", "cross_a_to_b_f1", "cross_a_to_b_f2"]
+    whole = set(jobs["cross_a_to_b"]["train"].tolist())
+    left_out = [whole - set(jobs[f"cross_a_to_b_f{f}"]["train"].tolist()) for f in range(3)]
+    assert set().union(*left_out) == whole and sum(map(len, left_out)) == len(whole)  # each image left out once
+    for f in range(3):
+        assert np.array_equal(jobs[f"cross_a_to_b_f{f}"]["test"], jobs["cross_a_to_b"]["test"])
+        kept = set(data.groups[jobs[f"cross_a_to_b_f{f}"]["train"]].tolist())
+        assert not kept & set(data.groups[sorted(left_out[f])].tolist())  # a group is kept or left out whole

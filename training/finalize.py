@@ -232,6 +232,14 @@ def fit_presence(oof: dict[str, np.ndarray], probs: np.ndarray, class_mix: np.nd
     return rule, report
 
 
+def save_half_state(checkpoint: Path, out_file: Path) -> dict[str, Any]:
+    """Save a job checkpoint's state dict in half precision (the shipped form: half the bytes, the
+    Analyzer computes in float32); the checkpoint back."""
+    ck: dict[str, Any] = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    torch.save({k: (v.half() if v.is_floating_point() else v) for k, v in ck["state_dict"].items()}, out_file)
+    return ck
+
+
 def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     jobs = out / "jobs"
     cv = sorted(jobs.glob("cv*/preds.npz"))
@@ -279,9 +287,7 @@ def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     if final.exists():
         wdir = out / "weights"
         wdir.mkdir(parents=True, exist_ok=True)
-        ck = torch.load(final, map_location="cpu", weights_only=True)
-        state = {k: (v.half() if v.is_floating_point() else v) for k, v in ck["state_dict"].items()}
-        torch.save(state, wdir / "model.pt")
+        ck = save_half_state(final, wdir / "model.pt")
         cfg_text = Path(cfg["_path"]).read_text()
         manifest = {
             "name": cfg["name"],
@@ -303,6 +309,15 @@ def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
                                              f"({', '.join(f'{int(n)} {c}' for n, c in zip(counts, ('normal', 'benign', 'malignant'), strict=True))})",
             "lesion_presence": presence.to_dict(),
         }
+        members = [str(j) for j in (cfg.get("ship") or {}).get("ensemble", [])]
+        for k, job in enumerate(members, start=1):  # e.g. the fold models, averaged with the final one
+            save_half_state(jobs / job / "model.pt", wdir / f"member_{k}.pt")
+        if members:
+            manifest["ensemble_members"] = [f"member_{k}.pt" for k in range(1, len(members) + 1)]
+            manifest["ensemble_member_jobs"] = members
+            manifest["ensemble_note"] = ("class logits and lesion probability averaged over the final network and "
+                                         "these; calibration and presence rule fitted on the single fold models' "
+                                         "out-of-fold predictions (no out-of-fold ensemble exists)")
         seg_from = (cfg.get("ship") or {}).get("segmentation_from")
         if seg_from:  # pair this classifier with an already trained segmenter (its own folder)
             shutil.copytree(Path(seg_from), wdir / "segmentation", dirs_exist_ok=True)

@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from sonopacs.models.analyzer import Analyzer
 from sonopacs.models.calibration import Calibration
@@ -33,18 +33,22 @@ from sonopacs.models.lesion_shape import SHAPE_FEATURES
 from sonopacs.models.metrics import _auc
 from sonopacs.models.presence import PresenceRule
 from sonopacs.models.priors import shift_priors, target_priors
+from sonopacs.training.finalize import save_half_state
 
 KEYS = ("n_images", "normal_false_lesion_rate", "lesion_sensitivity", "auc_benign_vs_malignant",
         "auc_malignant_vs_rest", "dice", "macro_f1", "accuracy", "ece", "not_assessed_rate")
 
 
 def job_weights(job_dir: Path, out: Path, image_size: int = 160, name: str = "lodo-job", version: str = "0.0.0",
-                presence: dict[str, float] | None = None) -> Path:
+                presence: dict[str, float] | None = None, members: Sequence[Path] = ()) -> Path:
     """A weights folder (half-precision state dict + manifest) for a job's ``model.pt``; ``presence``
-    replaces the default lesion-presence rule (e.g. the one a run's finalize fitted)."""
-    ck = torch.load(job_dir / "model.pt", map_location="cpu", weights_only=True)
+    replaces the default lesion-presence rule (e.g. the one a run's finalize fitted); ``members``:
+    further jobs of the same network, averaged with it as an ensemble (``Analyzer``)."""
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({k: (v.half() if v.is_floating_point() else v) for k, v in ck["state_dict"].items()}, out / "model.pt")
+    ck = save_half_state(job_dir / "model.pt", out / "model.pt")
+    for k, m in enumerate(members, start=1):
+        if save_half_state(m / "model.pt", out / f"member_{k}.pt")["model"] != ck["model"]:
+            raise ValueError(f"{m} is not the same network as {job_dir}")
     manifest: dict[str, Any] = {
         "name": name, "version": version, "image_size": image_size,
         "model": ck["model"], "temperature": 1.0, "class_bias": [0.0, 0.0, 0.0],
@@ -52,6 +56,8 @@ def job_weights(job_dir: Path, out: Path, image_size: int = 160, name: str = "lo
         "calibration_class_priors": [1 / 3, 1 / 3, 1 / 3],
         "lesion_presence": presence or PresenceRule().to_dict(),  # floor 0.2 %, cut 0.5
         "best_epoch": ck.get("best_epoch"), "source_job": str(job_dir),
+        **({"ensemble_members": [f"member_{k}.pt" for k in range(1, len(members) + 1)],
+            "member_jobs": [str(m) for m in members]} if members else {}),
     }
     (out / "model.json").write_text(json.dumps(manifest, indent=2))
     return out
@@ -126,6 +132,21 @@ def presence_tradeoff(preds: Path, normal_fraction: float = 0.4, sensitivity: fl
     return out
 
 
+def analyzer_tradeoff(predictions_csv: Path, min_area_fraction: float, sensitivity: float = 0.95
+                      ) -> dict[str, Any]:
+    """``presence_tradeoff``'s figures from the Analyzer's own outputs (``evaluate``'s
+    ``predictions.csv``: full-resolution mask at the rule's threshold, shifted P(normal)), so that
+    an ensemble, whose averaged masks no job stored, is judged the same way."""
+    with predictions_csv.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["assessed"] == "True"]
+    pn = np.array([float(r["p_normal"]) for r in rows])
+    has_mask = np.array([float(r["lesion_area_fraction"] or 0) >= min_area_fraction for r in rows])
+    lesion = np.array([r["label"] != "normal" for r in rows])
+    return {"auc_normal_vs_lesion": _auc(~lesion, pn), "n_normal": int((~lesion).sum()), "n_lesion": int(lesion.sum()),
+            "masks_on_lesions": float(has_mask[lesion].mean()),
+            f"at_sensitivity_{sensitivity}": _cut_for_sensitivity(pn, has_mask, lesion, sensitivity)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("job_dir", type=Path)
@@ -136,12 +157,23 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=160)
     ap.add_argument("--presence-from", type=Path, default=None,
                     help="a model.json whose lesion_presence rule to use (default: floor 0.2 %%, cut 0.5, mask at 0.5)")
+    ap.add_argument("--members", type=Path, nargs="*", default=[],
+                    help="further job folders of the same network: evaluate the mean of all as an ensemble")
+    ap.add_argument("--mask-threshold", type=float, default=None,
+                    help="the lesion probability at which the rule's detection mask is drawn (the outline stays at 0.5)")
     a = ap.parse_args()
-    wdir = job_weights(a.job_dir, a.out / "weights", a.image_size, presence=presence_from(a.presence_from))
+    rule = presence_from(a.presence_from) or PresenceRule().to_dict()
+    if a.mask_threshold is not None:
+        rule = {**rule, "mask_threshold": a.mask_threshold}
+    wdir = job_weights(a.job_dir, a.out / "weights", a.image_size, presence=rule, members=a.members)
     index = held_out_index(a.index, a.out / "index.csv", a.drop_label_conflict)
     analyzer = Analyzer.load(wdir, device="cpu", expected_normal_fraction=a.expected_normal_fraction, scope_gate=False)
     m = evaluate_index(index, a.out, analyzer=analyzer)
     print(json.dumps({k: m.get(k) for k in KEYS}))
+    full_res = analyzer_tradeoff(a.out / "predictions.csv", float(rule["min_area_fraction"]))
+    (a.out / "analyzer_tradeoff.json").write_text(json.dumps({"mask_threshold": rule.get("mask_threshold", 0.5),
+                                                              **full_res}, indent=2))
+    print(json.dumps(full_res))
     if (a.job_dir / "preds.npz").exists():
         trade = presence_tradeoff(a.job_dir / "preds.npz", a.expected_normal_fraction)
         (a.out / "presence_tradeoff.json").write_text(json.dumps(trade, indent=2))

@@ -135,6 +135,9 @@ def main() -> None:
     if failed:  # finalizing over the folds that did finish would report a different model
         log.error("jobs failed: %s; logs in %s; not finalized", failed, out / "logs")
         sys.exit(1)
+    if a.jobs:  # a subset cannot make the weights folder; `train --finalize-only` once all jobs are done
+        log.info("trained %s; not finalized (a subset of the jobs)", ",".join(names))
+        return
     finalize(cfg, out)
 
 

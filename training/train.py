@@ -102,6 +102,20 @@ def _strata(data: Packed, idx: np.ndarray) -> np.ndarray:
     return np.array([data.labels[i] * 10 + ds[data.datasets[i]] for i in idx])
 
 
+def cross_fold_jobs(data: Packed, name: str, train: np.ndarray, test: np.ndarray, folds: int, seed: int
+                    ) -> dict[str, dict[str, np.ndarray]]:
+    """``NAME_f0`` .. ``NAME_f{folds-1}``: the cross job trained on each ``(folds-1)/folds`` of its
+    training dataset (by group), each tested on the whole other dataset.
+
+    Why: the shipped fold models (``cv0``..) each see part of the data; these are their
+    leave-one-dataset-out counterparts, so a fold ensemble can be judged at the unseen site."""
+    if folds < 2:
+        return {}
+    sgkf = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return {f"{name}_f{f}": {"train": train[tr], "test": test}
+            for f, (tr, _) in enumerate(sgkf.split(train, _strata(data, train), data.groups[train]))}
+
+
 def make_jobs(data: Packed, cfg: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
     """Job name -> {train, test} indices; every split is by group (near-duplicate set / patient)."""
     idx = eligible(data, cfg)
@@ -116,10 +130,10 @@ def make_jobs(data: Packed, cfg: dict[str, Any]) -> dict[str, dict[str, np.ndarr
         jobs["final"] = {"train": idx, "test": idx[:0]}
     if "cross" in kinds:
         for c in cfg.get("cross", []):
-            jobs[f"cross_{c['train']}_to_{c['test']}"] = {
-                "train": idx[data.datasets[idx] == c["train"]],
-                "test": idx[data.datasets[idx] == c["test"]],
-            }
+            name = f"cross_{c['train']}_to_{c['test']}"
+            train, test = idx[data.datasets[idx] == c["train"]], idx[data.datasets[idx] == c["test"]]
+            jobs[name] = {"train": train, "test": test}
+            jobs.update(cross_fold_jobs(data, name, train, test, int(c.get("folds", 0)), int(cfg["seed"])))
     add_crops_to_train(data, jobs)  # no-op unless data.normal_crops packed some
     for j in jobs.values():  # guard the one rule that makes validation honest
         assert not set(data.groups[j["train"]]) & set(data.groups[j["test"]]), "group leak"
