@@ -110,7 +110,7 @@ def cross_fold_jobs(data: Packed, name: str, train: np.ndarray, test: np.ndarray
     Why: the shipped fold models (``cv0``..) each see part of the data; these are their
     leave-one-dataset-out counterparts, so a fold ensemble can be judged at the unseen site."""
     if folds < 2:
-        return {}
+        raise ValueError(f"{name}: folds must be at least 2, not {folds}")
     sgkf = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     return {f"{name}_f{f}": {"train": train[tr], "test": test}
             for f, (tr, _) in enumerate(sgkf.split(train, _strata(data, train), data.groups[train]))}
@@ -133,7 +133,8 @@ def make_jobs(data: Packed, cfg: dict[str, Any]) -> dict[str, dict[str, np.ndarr
             name = f"cross_{c['train']}_to_{c['test']}"
             train, test = idx[data.datasets[idx] == c["train"]], idx[data.datasets[idx] == c["test"]]
             jobs[name] = {"train": train, "test": test}
-            jobs.update(cross_fold_jobs(data, name, train, test, int(c.get("folds", 0)), int(cfg["seed"])))
+            if int(c.get("folds", 0)):
+                jobs.update(cross_fold_jobs(data, name, train, test, int(c["folds"]), int(cfg["seed"])))
     add_crops_to_train(data, jobs)  # no-op unless data.normal_crops packed some
     for j in jobs.values():  # guard the one rule that makes validation honest
         assert not set(data.groups[j["train"]]) & set(data.groups[j["test"]]), "group leak"
