@@ -105,6 +105,8 @@ def model_info(settings: Settings) -> dict[str, Any]:
         "weights_dir": folder.name,
         "name": manifest.get("name") if isinstance(manifest, dict) else None,
         "version": version,
+        # more than one: an ensemble, whose class logits and lesion probability are averaged
+        "networks": 1 + len(manifest.get("ensemble_members") or []) if isinstance(manifest, dict) else None,
         "model_card_markdown": card,
         "model_card_html": render_markdown(card) if card else None,
         "metrics": scalar_metrics(headline if isinstance(headline, dict) else metrics)

@@ -218,7 +218,8 @@ def test_model_page_degrades_without_weights(env: dict[str, Any], make_settings:
     (weights / "model_card.md").write_text("# Demo model\n\n| metric | value |\n|---|---|\n| AUC | 0.9 |\n\n"
                                            "<script>alert(1)</script>\n")
     ops = {"default": 0.5, "high_sensitivity": 0.2}
-    (weights / "model.json").write_text(json.dumps({"name": "demo-net", "version": "demo-2", "operating_points": ops}))
+    (weights / "model.json").write_text(json.dumps({"name": "demo-net", "version": "demo-2", "operating_points": ops,
+                                                    "ensemble_members": ["member_1.pt", "member_2.pt"]}))
     (weights / "metrics.json").write_text(json.dumps({
         "operating_points": ops, "jobs": {"cv0": {"version": "not-this-one"}},
         "oof": {"all": {"accuracy": 0.81, "confusion_matrix": [[1, 0], [0, 1]]}}}))
@@ -231,6 +232,7 @@ def test_model_page_degrades_without_weights(env: dict[str, Any], make_settings:
     assert info["version"] == "demo-2" and info["operating_points"]["high_sensitivity"] == 0.2
     assert info["metrics"] == {"accuracy": 0.81} and info["name"] == "demo-net"
     assert "<table>" in page and "<script>alert" not in page and "high_sensitivity" in page
+    assert info["networks"] == 3 and "Ensemble of 3 networks" in page
     empty = make_settings(model={"weights_dir": tmp_path / "missing"})
     prepare(Database(empty.database_url), USERS)
     with TestClient(create_app(empty)) as client:
