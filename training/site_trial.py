@@ -71,12 +71,15 @@ def main() -> None:
     ap.add_argument("--presence-from", type=Path, default=None,
                     help="for a job folder: a model.json whose lesion_presence rule (mask threshold included) "
                          "the job's weights get, e.g. the one its run's finalize fitted")
+    ap.add_argument("--members", type=Path, nargs="*", default=[],
+                    help="for a job folder: further job folders of the same network, evaluated as one ensemble")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     index = held_out_index(a.index, a.out / "index.csv", a.drop_label_conflict)
     site_csv, check_csv = split_by_group(index, a.out, a.site_size, a.seed, a.group_column)
     is_job = not (a.model / "model.json").exists()
-    wdir = job_weights(a.model, a.out / "weights", a.image_size, presence=presence_from(a.presence_from)) if is_job else a.model
+    wdir = (job_weights(a.model, a.out / "weights", a.image_size, presence=presence_from(a.presence_from),
+                        members=a.members) if is_job else a.model)
 
     def analyzer(site_file: Path | None) -> Analyzer:
         return Analyzer.load(wdir, device="cpu", expected_normal_fraction=a.expected_normal_fraction,
