@@ -278,3 +278,46 @@ def test_cross_folds_split_the_training_dataset_by_group(tmp_path: Path) -> None
         assert np.array_equal(jobs[f"cross_a_to_b_f{f}"]["test"], jobs["cross_a_to_b"]["test"])
         kept = set(data.groups[jobs[f"cross_a_to_b_f{f}"]["train"]].tolist())
         assert not kept & set(data.groups[sorted(left_out[f])].tolist())  # a group is kept or left out whole
+
+
+def test_an_interrupted_job_resumes_from_its_last_finished_epoch(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job stopped in its second epoch resumes from the first epoch's checkpoint and ends with the
+    very model and log of an uninterrupted run; a checkpoint of another seed is refused."""
+    from sonopacs.training import train as tr
+
+    cfg = load_config(write_smoke_config(tmp_path, make_synthetic_index(tmp_path / "data")))
+    data = load_data(cfg)
+    job = make_jobs(data, cfg)["cv0"]
+    cpu = torch.device("cpu")
+    tr.train_job("cv0", job, data, cfg, cpu, tmp_path / "whole", 7)
+
+    real, calls = tr._seg_scores, {"n": 0}
+
+    def power_cut(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second epoch's validation
+            raise RuntimeError("power cut")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tr, "_seg_scores", power_cut)
+    with pytest.raises(RuntimeError, match="power cut"):
+        tr.train_job("cv0", job, data, cfg, cpu, tmp_path / "cut", 7)
+    jdir = tmp_path / "cut" / "jobs" / "cv0"
+    assert (jdir / "checkpoint.pt").exists() and not (jdir / "model.pt").exists()
+    monkeypatch.setattr(tr, "_seg_scores", real)
+    with pytest.raises(ValueError, match="another recipe, seed or split"):
+        tr.train_job("cv0", job, data, cfg, cpu, tmp_path / "cut", 8)
+    tr.train_job("cv0", job, data, cfg, cpu, tmp_path / "cut", 7)
+    assert not (jdir / "checkpoint.pt").exists()
+    whole = list(csv.DictReader((tmp_path / "whole" / "jobs" / "cv0" / "log.csv").open()))
+    resumed = list(csv.DictReader((jdir / "log.csv").open()))
+    assert [r["epoch"] for r in resumed] == ["1", "2"]
+    for a, b in zip(whole, resumed, strict=True):
+        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-5)
+        assert float(a["val_ce"]) == pytest.approx(float(b["val_ce"]), rel=1e-5)
+    m_whole = torch.load(tmp_path / "whole" / "jobs" / "cv0" / "model.pt", weights_only=True)
+    m_resumed = torch.load(jdir / "model.pt", weights_only=True)
+    assert m_whole["best_epoch"] == m_resumed["best_epoch"]
+    for k, v in m_whole["state_dict"].items():
+        assert torch.allclose(v.float(), m_resumed["state_dict"][k].float(), atol=1e-5), k

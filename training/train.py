@@ -5,6 +5,8 @@ A config lists *jobs*: ``cv`` (k group/patient-aware folds giving out-of-fold pr
 Each job is independent and seeded, so ``python -m sonopacs.training.train --jobs cv0,cv1`` may run jobs
 in parallel processes; ``train_from_config`` runs them one after another, then ``finalize`` fits
 the temperature and operating points on the out-of-fold predictions and writes the weights folder.
+After every epoch a job writes ``jobs/NAME/checkpoint.pt`` (``EpochCheckpoint``); the same command
+run again resumes an interrupted job from it, and a finished job removes it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -215,6 +218,46 @@ def _lr_at(step: int, total: int, warm: int, base: float) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+def job_fingerprint(cfg: dict[str, Any], job_seed: int, fit: np.ndarray, val: np.ndarray) -> str:
+    """What a checkpoint must match to be resumed: the recipe's network and training settings, the
+    job's seed and its exact fit/validation split."""
+    key = {"model": cfg["model"], "train": {k: v for k, v in cfg["train"].items() if k != "max_minutes"},
+           "seed": job_seed, "fit": hashlib.sha256(np.sort(fit).tobytes()).hexdigest(),
+           "val": hashlib.sha256(np.sort(val).tobytes()).hexdigest()}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _numpy_rng_dict() -> dict[str, Any]:
+    """numpy's global generator state in types ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    return {"kind": str(kind), "keys": torch.from_numpy(np.array(keys, dtype=np.uint32).astype(np.int64)),
+            "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _numpy_rng_state(d: dict[str, Any]) -> tuple[Any, ...]:
+    return (d["kind"], d["keys"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["cached"])
+
+
+class EpochCheckpoint:
+    """The whole training state after each epoch (network, optimiser, random generators, best
+    epoch so far, log rows), so that an interrupted job resumes instead of starting over: on the
+    2-core CPU a job is an hour. Written atomically; one for another recipe or split is refused."""
+
+    def __init__(self, path: Path, fingerprint: str) -> None:
+        self.path, self.fingerprint = path, fingerprint
+
+    def save(self, state: dict[str, Any]) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({**state, "fingerprint": self.fingerprint}, tmp)
+        tmp.replace(self.path)
+
+    def load(self) -> dict[str, Any]:
+        st: dict[str, Any] = torch.load(self.path, map_location="cpu", weights_only=True)
+        if st.get("fingerprint") != self.fingerprint:
+            raise ValueError(f"{self.path} belongs to another recipe, seed or split: delete it to train this job anew")
+        return st
+
+
 def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[str, Any],
               device: torch.device, out_dir: Path, job_seed: int) -> None:
     """Train one job with early stopping on an inner group split; save model, log and test preds."""
@@ -253,8 +296,22 @@ def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[s
     rows: list[dict[str, Any]] = []
     patience, min_epochs = int(tcfg.get("patience", 20)), int(tcfg.get("min_epochs", 0))
     step = 0
-    t_start, stopped_by_clock = time.time(), False
-    bar = tqdm(range(epochs), desc=name, disable=None)
+    t_start, stopped_by_clock, finished = time.time(), False, False
+    ckpt = EpochCheckpoint(jdir / "checkpoint.pt", job_fingerprint(cfg, job_seed, fit, val))
+    start_ep = 0
+    if ckpt.path.exists():  # resume an interrupted job where its last finished epoch left it
+        st = ckpt.load()
+        net.load_state_dict(st["net"])
+        opt.load_state_dict(st["opt"])
+        torch.set_rng_state(st["rng_torch"])
+        np.random.set_state(_numpy_rng_state(st["rng_numpy"]))
+        cpu_gen.set_state(st["rng_cpu_gen"])
+        g.set_state(st["rng_aug"])
+        best, rows, step = (st["best_score"], st["best_epoch"], st["best_state"]), st["rows"], int(st["step"])
+        start_ep, stopped_by_clock, finished = int(st["epoch"]), bool(st["stopped_by_clock"]), bool(st["finished"])
+        t_start -= float(st["seconds"])
+        log.info("%s: resumed after epoch %d (best %d)", name, start_ep, best[1])
+    bar = tqdm(range(start_ep, 0 if finished else epochs), desc=name, disable=None)
     for ep in bar:
         net.train()
         t0 = time.time()
@@ -313,13 +370,19 @@ def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[s
         recorded_stop = (tcfg.get("stop_after_epochs") or {}).get(name)
         if recorded_stop is not None and ep + 1 >= int(recorded_stop):
             log.info("%s: stopping after epoch %d as the config records", name, ep + 1)
-            break
-        if ep + 1 < epochs and time.time() - t_start > 60 * float(tcfg.get("max_minutes", 1e9)):
+            finished = True
+        elif ep + 1 < epochs and time.time() - t_start > 60 * float(tcfg.get("max_minutes", 1e9)):
             log.warning("%s: wall-clock limit reached at epoch %d", name, ep + 1)
-            stopped_by_clock = True
-            break
-        if ep + 1 >= min_epochs and ep + 1 - best[1] >= patience:
+            stopped_by_clock = finished = True
+        elif ep + 1 >= min_epochs and ep + 1 - best[1] >= patience:
             log.info("%s: early stop at epoch %d (best %d)", name, ep + 1, best[1])
+            finished = True
+        ckpt.save({"epoch": ep + 1, "step": step, "net": net.state_dict(), "opt": opt.state_dict(),
+                   "rng_torch": torch.get_rng_state(), "rng_numpy": _numpy_rng_dict(),
+                   "rng_cpu_gen": cpu_gen.get_state(), "rng_aug": g.get_state(), "best_score": best[0],
+                   "best_epoch": best[1], "best_state": best[2], "rows": rows, "seconds": time.time() - t_start,
+                   "stopped_by_clock": stopped_by_clock, "finished": finished})
+        if finished:
             break
     net.load_state_dict(best[2])
     torch.save({"state_dict": best[2], "best_epoch": best[1], "model": cfg["model"]}, jdir / "model.pt")
@@ -330,6 +393,7 @@ def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[s
     if len(test):
         write_test_predictions(net, imgs, test, data, jdir)
     (jdir / "info.json").write_text(json.dumps(info, indent=2))
+    ckpt.path.unlink()  # the job is complete: model.pt, log.csv, info.json and preds.npz say all of it
 
 
 def write_test_predictions(net: SonoNet, imgs: torch.Tensor, test: np.ndarray, data: Packed, jdir: Path) -> None:
