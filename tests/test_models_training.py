@@ -321,3 +321,34 @@ def test_an_interrupted_job_resumes_from_its_last_finished_epoch(tmp_path: Path,
     assert m_whole["best_epoch"] == m_resumed["best_epoch"]
     for k, v in m_whole["state_dict"].items():
         assert torch.allclose(v.float(), m_resumed["state_dict"][k].float(), atol=1e-5), k
+
+
+def test_validation_scores_the_masks_dice_not_their_area() -> None:
+    """The best epoch is picked on the inner validation Dice: a network that returns every truth
+    mask exactly scores Dice 1 (until 2026-12-05 the mask's share of the frame was logged and
+    scored as the Dice)."""
+    from sonopacs.models.data import Packed
+    from sonopacs.training.train import validate
+
+    class Oracle(torch.nn.Module):
+        """Lesion where the image is bright; benign when an image has a lesion, else normal."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            lesion = (x > 0.5).float()
+            share = lesion.mean((1, 2, 3))
+            return torch.stack([1 - 100 * share, 100 * share, torch.zeros_like(share)], 1), torch.cat(
+                [5 - 10 * lesion, 10 * lesion - 5], 1)
+
+    masks = np.zeros((6, 32, 32), np.uint8)
+    for i in range(4):
+        masks[i, 4 + i : 14 + i, 6:20] = 1
+    data = Packed(images=masks * 255, masks=masks, labels=np.array([1, 2, 1, 2, 0, 0]),
+                  groups=np.array([str(i) for i in range(6)]), datasets=np.array(["d"] * 6),
+                  conflicts=np.zeros(6, bool), names=np.array([f"{i}.png" for i in range(6)]))
+    v = validate(Oracle(), torch.from_numpy(data.images), np.arange(6), data)  # type: ignore[arg-type]
+    assert v["val_dice"] == pytest.approx(1.0)
+    assert v["val_acc"] == pytest.approx(4 / 6)  # the malignant images are called benign

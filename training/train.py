@@ -211,6 +211,22 @@ def _seg_scores(prob_maps: np.ndarray, masks: np.ndarray, threshold: float = 0.5
     return area, dice, iou
 
 
+def validate(net: SonoNet, imgs: torch.Tensor, val: np.ndarray, data: Packed) -> dict[str, Any]:
+    """The inner validation set's figures and the score that picks a job's best epoch:
+    AUC(malignant) + mean Dice (mask withheld where the argmax says normal) - 0.25 x cross-entropy."""
+    from sonopacs.models.metrics import _auc
+
+    v_logits, v_prob = predict(net, imgs[torch.from_numpy(val).to(imgs.device)], tta=False)
+    v_lab = data.labels[val]
+    v_pred = v_logits.argmax(1)
+    v_dice = withhold_masks(_seg_scores(v_prob, data.masks[val])[1], v_pred)
+    v_ce = float(F.cross_entropy(torch.from_numpy(v_logits), torch.from_numpy(v_lab)))
+    v_auc = _auc(v_lab == 2, torch.softmax(torch.from_numpy(v_logits), 1)[:, 2].numpy())
+    mdice = float(np.nanmean(v_dice)) if np.isfinite(v_dice).any() else 0.0
+    return {"val_ce": v_ce, "val_acc": float((v_pred == v_lab).mean()), "val_auc_malignant": v_auc,
+            "val_dice": mdice, "val_score": (v_auc if v_auc is not None else 0.5) + mdice - 0.25 * v_ce}
+
+
 def _lr_at(step: int, total: int, warm: int, base: float) -> float:
     if step < warm:
         return base * (step + 1) / warm
@@ -342,27 +358,15 @@ def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[s
             tot["loss"] += loss.detach()
             tot["cls"] += lc.detach()
             tot["seg"] += ls.detach()
-        v_logits, v_prob = predict(net, imgs[torch.from_numpy(val).to(device)], tta=False)
-        v_lab = data.labels[val]
-        v_pred = v_logits.argmax(1)
-        v_dice = withhold_masks(_seg_scores(v_prob, data.masks[val])[0], v_pred)
-        v_ce = float(F.cross_entropy(torch.from_numpy(v_logits), torch.from_numpy(v_lab)))
-        mal = v_lab == 2
-        from sonopacs.models.metrics import _auc
-
-        p_m = torch.softmax(torch.from_numpy(v_logits), 1)[:, 2].numpy()
-        v_auc = _auc(mal, p_m)
-        mdice = float(np.nanmean(v_dice)) if np.isfinite(v_dice).any() else 0.0
-        score = (v_auc if v_auc is not None else 0.5) + mdice - 0.25 * v_ce
+        v = validate(net, imgs, val, data)
         row = {"epoch": ep + 1, "lr": _lr_at(step - 1, total, warm, float(tcfg["lr"])),
-               **{f"train_{k}": float(v) / steps_per_epoch for k, v in tot.items()},
-               "val_ce": v_ce, "val_acc": float((v_pred == v_lab).mean()), "val_auc_malignant": v_auc,
-               "val_dice": mdice, "val_score": score, "seconds": time.time() - t0}
+               **{f"train_{k}": float(x) / steps_per_epoch for k, x in tot.items()},
+               **v, "seconds": time.time() - t0}
         rows.append(row)
-        if score > best[0]:
-            best = (score, ep + 1, copy.deepcopy({k: v.detach().cpu() for k, v in net.state_dict().items()}))
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", auc=f"{v_auc or 0:.3f}", dice=f"{mdice:.3f}",
-                        best=best[1])
+        if v["val_score"] > best[0]:
+            best = (v["val_score"], ep + 1, copy.deepcopy({k: x.detach().cpu() for k, x in net.state_dict().items()}))
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", auc=f"{v['val_auc_malignant'] or 0:.3f}",
+                        dice=f"{v['val_dice']:.3f}", best=best[1])
         with (jdir / "log.csv").open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
