@@ -152,8 +152,9 @@ class Analyzer:
 
     With ``ensemble_members`` (state-dict files of the same network beside ``model.pt``, e.g. the
     fold models), class logits and lesion probabilities are the mean over the primary network and
-    the members: one network's unseen-site errors vary from training run to training run, and the
-    mean varies less. The heat map and the scope gate's features stay the primary network's.
+    the members: networks trained on different parts of the data err differently at a site none
+    has seen, and their mean errs less (the model card measures it). The heat map (so its class
+    is the primary network's) and the scope gate's features stay the primary network's.
 
     Probabilities are the calibration's, prior-shifted from the class mix it was fitted on to
     ``expected_normal_fraction`` normal images (``models.priors``). Lesion presence is decided by
