@@ -144,7 +144,9 @@ def test_pacs_gets_in_while_300_trickling_connections_are_held(
         open_now, half_open = guard.counts()
     for seconds, echo, store in attempts:
         assert (echo, store) == (0x0000, 0x0000)
-        assert seconds < 5, f"the PACS waited {seconds:.1f}s"
+        # starved, the PACS would wait for the hostile connections' 30 s timers; the bound is half
+        # of that, so a loaded test machine (5.3 s once, 2026-12-05, beside four training jobs) passes
+        assert seconds < 15, f"the PACS waited {seconds:.1f}s"
     assert half_open <= dicom.max_half_open
     assert open_now <= dicom.max_half_open + dicom.max_associations
     assert hostile.reconnects > 0  # the listener closed hostile connections (and they came back)
