@@ -397,7 +397,7 @@ def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[s
     if len(test):
         write_test_predictions(net, imgs, test, data, jdir)
     (jdir / "info.json").write_text(json.dumps(info, indent=2))
-    ckpt.path.unlink()  # the job is complete: model.pt, log.csv, info.json and preds.npz say all of it
+    ckpt.path.unlink(missing_ok=True)  # the job is complete: model.pt, log.csv, info.json and preds.npz say all of it
 
 
 def write_test_predictions(net: SonoNet, imgs: torch.Tensor, test: np.ndarray, data: Packed, jdir: Path) -> None:
