@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +241,18 @@ def save_half_state(checkpoint: Path, out_file: Path) -> dict[str, Any]:
     return ck
 
 
+def save_ensemble_members(checkpoints: Sequence[Path], wdir: Path, model: dict[str, Any]) -> list[str]:
+    """Save each job checkpoint beside a weights folder's ``model.pt`` as ``member_K.pt`` (half
+    precision); the file names for the manifest's ``ensemble_members``. A checkpoint of another
+    network than ``model`` is refused: the Analyzer builds every member from the manifest's model."""
+    names = []
+    for k, checkpoint in enumerate(checkpoints, start=1):
+        if save_half_state(checkpoint, wdir / f"member_{k}.pt").get("model", model) != model:
+            raise ValueError(f"{checkpoint.parent} is not the same network as the weights folder's")
+        names.append(f"member_{k}.pt")
+    return names
+
+
 def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     jobs = out / "jobs"
     cv = sorted(jobs.glob("cv*/preds.npz"))
@@ -310,10 +323,9 @@ def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
             "lesion_presence": presence.to_dict(),
         }
         members = [str(j) for j in (cfg.get("ship") or {}).get("ensemble", [])]
-        for k, job in enumerate(members, start=1):  # e.g. the fold models, averaged with the final one
-            save_half_state(jobs / job / "model.pt", wdir / f"member_{k}.pt")
-        if members:
-            manifest["ensemble_members"] = [f"member_{k}.pt" for k in range(1, len(members) + 1)]
+        if members:  # e.g. the fold models, averaged with the final one
+            manifest["ensemble_members"] = save_ensemble_members([jobs / j / "model.pt" for j in members], wdir,
+                                                                 cfg["model"])
             manifest["ensemble_member_jobs"] = members
             manifest["ensemble_note"] = ("class logits and lesion probability averaged over the final network and "
                                          "these; calibration and presence rule fitted on the single fold models' "

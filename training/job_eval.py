@@ -33,7 +33,7 @@ from sonopacs.models.lesion_shape import SHAPE_FEATURES
 from sonopacs.models.metrics import _auc
 from sonopacs.models.presence import PresenceRule
 from sonopacs.models.priors import shift_priors, target_priors
-from sonopacs.training.finalize import save_half_state
+from sonopacs.training.finalize import save_ensemble_members, save_half_state
 
 KEYS = ("n_images", "normal_false_lesion_rate", "lesion_sensitivity", "auc_benign_vs_malignant",
         "auc_malignant_vs_rest", "dice", "macro_f1", "accuracy", "ece", "not_assessed_rate")
@@ -46,9 +46,7 @@ def job_weights(job_dir: Path, out: Path, image_size: int = 160, name: str = "lo
     further jobs of the same network, averaged with it as an ensemble (``Analyzer``)."""
     out.mkdir(parents=True, exist_ok=True)
     ck = save_half_state(job_dir / "model.pt", out / "model.pt")
-    for k, m in enumerate(members, start=1):
-        if save_half_state(m / "model.pt", out / f"member_{k}.pt")["model"] != ck["model"]:
-            raise ValueError(f"{m} is not the same network as {job_dir}")
+    member_files = save_ensemble_members([m / "model.pt" for m in members], out, ck["model"])
     manifest: dict[str, Any] = {
         "name": name, "version": version, "image_size": image_size,
         "model": ck["model"], "temperature": 1.0, "class_bias": [0.0, 0.0, 0.0],
@@ -56,8 +54,7 @@ def job_weights(job_dir: Path, out: Path, image_size: int = 160, name: str = "lo
         "calibration_class_priors": [1 / 3, 1 / 3, 1 / 3],
         "lesion_presence": presence or PresenceRule().to_dict(),  # floor 0.2 %, cut 0.5
         "best_epoch": ck.get("best_epoch"), "source_job": str(job_dir),
-        **({"ensemble_members": [f"member_{k}.pt" for k in range(1, len(members) + 1)],
-            "member_jobs": [str(m) for m in members]} if members else {}),
+        **({"ensemble_members": member_files, "member_jobs": [str(m) for m in members]} if members else {}),
     }
     (out / "model.json").write_text(json.dumps(manifest, indent=2))
     return out

@@ -105,6 +105,13 @@ def _strata(data: Packed, idx: np.ndarray) -> np.ndarray:
     return np.array([data.labels[i] * 10 + ds[data.datasets[i]] for i in idx])
 
 
+def group_folds(data: Packed, idx: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` folds of ``idx`` as (train, test) indices: every group in one fold, stratified by
+    class x dataset."""
+    sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(idx[tr], idx[te]) for tr, te in sgkf.split(idx, _strata(data, idx), data.groups[idx])]
+
+
 def cross_fold_jobs(data: Packed, name: str, train: np.ndarray, test: np.ndarray, folds: int, seed: int
                     ) -> dict[str, dict[str, np.ndarray]]:
     """``NAME_f0`` .. ``NAME_f{folds-1}``: the cross job trained on each ``(folds-1)/folds`` of its
@@ -114,9 +121,7 @@ def cross_fold_jobs(data: Packed, name: str, train: np.ndarray, test: np.ndarray
     leave-one-dataset-out counterparts, so a fold ensemble can be judged at the unseen site."""
     if folds < 2:
         raise ValueError(f"{name}: folds must be at least 2, not {folds}")
-    sgkf = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return {f"{name}_f{f}": {"train": train[tr], "test": test}
-            for f, (tr, _) in enumerate(sgkf.split(train, _strata(data, train), data.groups[train]))}
+    return {f"{name}_f{f}": {"train": tr, "test": test} for f, (tr, _) in enumerate(group_folds(data, train, folds, seed))}
 
 
 def make_jobs(data: Packed, cfg: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
@@ -125,10 +130,8 @@ def make_jobs(data: Packed, cfg: dict[str, Any]) -> dict[str, dict[str, np.ndarr
     jobs: dict[str, dict[str, np.ndarray]] = {}
     kinds = cfg.get("jobs", ["cv", "final"])
     if "cv" in kinds:
-        k = int(cfg["cv"]["folds"])
-        sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=int(cfg["seed"]))
-        for f, (tr, te) in enumerate(sgkf.split(idx, _strata(data, idx), data.groups[idx])):
-            jobs[f"cv{f}"] = {"train": idx[tr], "test": idx[te]}
+        for f, (tr, te) in enumerate(group_folds(data, idx, int(cfg["cv"]["folds"]), int(cfg["seed"]))):
+            jobs[f"cv{f}"] = {"train": tr, "test": te}
     if "final" in kinds:
         jobs["final"] = {"train": idx, "test": idx[:0]}
     if "cross" in kinds:
