@@ -332,7 +332,9 @@ class Analyzer:
                 ) -> AnalysisResult:
         pm = float(probs[2])
         found = lesion_mask(full_prob, self.presence.mask_threshold)
-        area_fraction = float(found.mean())
+        # the mask's share of the model's letterboxed input frame, as training measured the areas the
+        # presence rule's floor was fitted on (a share of the image alone is larger by 1 / fill)
+        area_fraction = float(found.mean()) * box.fill
         confidence = float(full_prob[found].mean()) if found.any() else 0.0  # mean lesion probability in the mask
         present = self.presence.lesion_present(float(probs[0]), area_fraction, confidence)
         # normal when no lesion is found, else the likelier of benign and malignant

@@ -3,7 +3,8 @@
 The mask (largest component of lesion probability >= ``mask_threshold``) is evidence that does not
 depend on the class mix the calibration was fitted on; the classifier's P(normal) does, which is why it is
 first shifted to the site's expected share of normal images (``models.priors``). A lesion is
-present when the mask covers at least ``min_area_fraction`` of the image and the shifted
+present when the mask covers at least ``min_area_fraction`` of the network's input frame (the image
+letterboxed to a square, where training measures areas) and the shifted
 P(normal) is below ``max_p_normal``, and (when set) the mean lesion probability inside the mask is
 at least ``min_mask_confidence``. A normal decision withholds the contour.
 

@@ -255,7 +255,7 @@ def describe(site: SiteCalibration) -> str:
     if lp:
         nfl = lp.get("normal_false_lesion_rate")
         conf = float(lp.get("min_mask_confidence") or 0.0)
-        lines.append(f"  lesion presence: mask >= {100 * lp['min_area_fraction']:.1f} % of the image"
+        lines.append(f"  lesion presence: mask >= {100 * lp['min_area_fraction']:.1f} % of the model's input frame"
                      + (f", mean lesion probability in the mask >= {conf:.2f}" if conf > 0 else "")
                      + f" and shifted P(normal) < {lp['max_p_normal']:.4f} (lesion images given a lesion "
                      f"{lp['lesion_sensitivity']:.3f}, target {lp['lesion_sensitivity_target']:.2f}; normal images "

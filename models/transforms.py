@@ -58,6 +58,13 @@ class Letterbox:
         ih, iw = self.inner
         return ((self.size - ih) // 2, (self.size - iw) // 2)
 
+    @property
+    def fill(self) -> float:
+        """The image's share of the padded square: a share of the image times this is a share of
+        the model's input frame, the frame training measures mask areas in."""
+        ih, iw = self.inner
+        return ih * iw / (self.size * self.size)
+
     def unletterbox(self, arr: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
         """Map a size x size model output back to the input's HxW pixel geometry."""
         (ih, iw), (top, left) = self.inner, self.pad

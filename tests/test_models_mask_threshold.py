@@ -10,11 +10,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from sonopacs.models.analyzer import DEFAULT_WEIGHTS, Analyzer
 from sonopacs.models.calibration import Calibration
 from sonopacs.models.presence import PresenceRule
 from sonopacs.models.site_calibration import fit_site_calibration
+from sonopacs.models.transforms import letterbox_image
 
 DATA = Path(__file__).parent / "data" / "bus-bra"
 
@@ -79,3 +81,19 @@ def test_the_outline_follows_the_contour_threshold_and_falls_back_to_the_detecti
     faint = np.where(prob > 0.5, 0.3, prob).astype(np.float32)
     assert np.array_equal(rule.contour(faint, lesion_mask(faint, 0.2)), lesion_mask(faint, 0.2))  # nothing reaches 0.5
     assert np.array_equal(PresenceRule().contour(prob, detected), detected)  # detection at 0.5: the mask itself
+
+
+def test_the_area_the_rule_compares_is_the_share_of_the_model_frame(tmp_path: Path) -> None:
+    """The presence rule's area floor is fitted on masks in the letterboxed frame (training's
+    ``_seg_scores``); the Analyzer measures its mask at the image's resolution, so it reports, and the
+    rule compares, that mask's share of the image times the image's share of the frame."""
+    images = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in sorted(DATA.glob("bus_*.jpg"))]
+    results = Analyzer.load(_weights(tmp_path / "w", 0.5), "cpu", scope_gate=False).analyze_batch(images)
+    checked = 0
+    for img, r in zip(images, results, strict=True):
+        fill = letterbox_image(img, 160)[1].fill
+        assert fill < 0.95  # these images are not square: a share of the image is not one of the frame
+        if r.mask.any():  # the detection mask is the contour here (both at 0.5)
+            assert r.extra["lesion_area_fraction"] == pytest.approx(r.mask.mean() * fill, abs=1e-5)
+            checked += 1
+    assert checked

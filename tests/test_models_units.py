@@ -138,6 +138,17 @@ def test_letterbox_keeps_aspect_and_maps_back() -> None:
     assert 2 * inter / (back.sum() + (img > 0).sum()) > 0.9
 
 
+def test_a_share_of_the_image_times_fill_is_its_share_of_the_model_frame() -> None:
+    """Training measures mask areas in the letterboxed frame; the Analyzer converts with ``fill``."""
+    img = np.zeros((200, 500), np.uint8)
+    img[60:140, 150:330] = 255
+    _, box = letterbox_image(img, 160)
+    assert box.fill == pytest.approx(64 * 160 / 160**2)
+    in_frame = letterbox_mask(img > 0, 160).mean()
+    assert (img > 0).mean() * box.fill == pytest.approx(in_frame, rel=0.05)
+    assert (img > 0).mean() > 2 * in_frame  # the image's own share is not the frame's
+
+
 def test_model_input_scaling_matches_monai() -> None:
     """The plain-torch intensity scaling is bit-identical to MONAI's ScaleIntensityRange."""
     import torch
