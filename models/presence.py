@@ -84,7 +84,7 @@ def fit_p_normal_cut(p_normal: np.ndarray, has_mask: np.ndarray, lesion: np.ndar
     return 1.0
 
 
-AREA_CANDIDATES = (0.002, 0.005, 0.01, 0.02)  # mask share of the image: 0.3.0's 0.2 % up to 2 %
+AREA_CANDIDATES = (0.002, 0.005, 0.01, 0.02)  # mask share of the model frame: 0.3.0's 0.2 % up to 2 %
 # confidence floors tried: those that drop this share of the lesion images' masks (the faintest), as
 # quantiles of the set's own values: a network's lesion probability saturates at its own level
 # (0.5.0: 0.77), so no fixed list of floors fits every network
