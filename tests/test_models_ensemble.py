@@ -30,10 +30,10 @@ def _folder(folder: Path, primary: Path | None = None, members: list[Path] | Non
     shutil.copy(DEFAULT_WEIGHTS / "model.json", folder / "model.json")
     shutil.copy(primary or DEFAULT_WEIGHTS / "model.pt", folder / "model.pt")
     manifest = json.loads((folder / "model.json").read_text())
-    if members:
-        for k, m in enumerate(members, start=1):
-            shutil.copy(m, folder / f"member_{k}.pt")
-        manifest["ensemble_members"] = [f"member_{k}.pt" for k in range(1, len(members) + 1)]
+    members = members or []  # the shipped primary network alone, even where the shipped folder is an ensemble
+    for k, m in enumerate(members, start=1):
+        shutil.copy(m, folder / f"member_{k}.pt")
+    manifest["ensemble_members"] = [f"member_{k}.pt" for k in range(1, len(members) + 1)]
     (folder / "model.json").write_text(json.dumps(manifest))
     return folder
 

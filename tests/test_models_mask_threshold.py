@@ -24,9 +24,9 @@ DATA = Path(__file__).parent / "data" / "bus-bra"
 def _weights(folder: Path, mask_threshold: float) -> Path:
     """The shipped weights with the presence rule's mask threshold changed (and no scope bank)."""
     folder.mkdir(parents=True)
-    for name in ("model.pt", "model.json"):
+    manifest = json.loads((DEFAULT_WEIGHTS / "model.json").read_text())
+    for name in ("model.pt", *manifest.get("ensemble_members", [])):
         shutil.copy(DEFAULT_WEIGHTS / name, folder / name)
-    manifest = json.loads((folder / "model.json").read_text())
     manifest["lesion_presence"] = {**manifest.get("lesion_presence", {}), "mask_threshold": mask_threshold}
     (folder / "model.json").write_text(json.dumps(manifest))
     return folder
