@@ -232,6 +232,9 @@ class Analyzer:
         segmenter = None
         if manifest.get("segmentation_weights"):
             seg_manifest, seg_net = _load_net(wdir / str(manifest["segmentation_weights"]))
+            if seg_manifest.get("ensemble_members"):  # the Segmenter runs one network: refuse, not ignore
+                raise ValueError(f"{wdir / str(manifest['segmentation_weights'])}: a segmentation folder "
+                                 f"must hold one network, not an ensemble")
             segmenter = Segmenter(seg_net, seg_manifest, dev)
         members = [_inference_net(manifest["model"], wdir / str(f)) for f in manifest.get("ensemble_members", [])]
         bank = FeatureBank.load(wdir / BANK_FILE) if scope_gate and (wdir / BANK_FILE).exists() else None

@@ -154,6 +154,7 @@ def _paired_weights(root: Path) -> Path:
     seg_manifest = json.loads((seg / "model.json").read_text())
     seg_manifest.update(name=seg_manifest["name"] + "-seg", image_size=192)
     seg_manifest.pop("segmentation_weights", None)
+    seg_manifest["ensemble_members"] = []  # a segmenter is one network (the shipped folder may be an ensemble)
     (seg / "model.json").write_text(json.dumps(seg_manifest))
     manifest = json.loads((wdir / "model.json").read_text())
     manifest["segmentation_weights"] = "segmentation"
@@ -170,6 +171,8 @@ def test_mask_comes_from_the_segmentation_network(tmp_path: Path) -> None:
     seg_alone = Analyzer.load(wdir / "segmentation", device="cpu")
     cls_alone = Analyzer.load(wdir, device="cpu")
     cls_alone.segmenter, cls_alone.net.segment = None, True
+    for member in cls_alone.members:  # an ensemble's members decode with the primary network
+        member.segment = True
     img = cv2.imread(str(DATA / "bus_0264-l.jpg"), cv2.IMREAD_GRAYSCALE)
     both, s, c = paired.analyze(img), seg_alone.analyze(img), cls_alone.analyze(img)
     assert both.label != "normal" and both.mask.any()
@@ -178,3 +181,13 @@ def test_mask_comes_from_the_segmentation_network(tmp_path: Path) -> None:
     assert both.probabilities == c.probabilities and np.array_equal(both.heatmap, c.heatmap)
     assert not np.array_equal(both.mask, c.mask)  # the two networks do differ
     assert paired._view.last_seg is not None and paired._view.last_seg.shape[1] == 0  # decoder skipped
+
+
+def test_a_segmentation_folder_that_is_an_ensemble_is_refused(tmp_path: Path) -> None:
+    wdir = _paired_weights(tmp_path)
+    seg = wdir / "segmentation"
+    manifest = json.loads((seg / "model.json").read_text())
+    manifest["ensemble_members"] = ["model.pt"]
+    (seg / "model.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="must hold one network"):
+        Analyzer.load(wdir, device="cpu")
