@@ -352,3 +352,52 @@ def test_validation_scores_the_masks_dice_not_their_area() -> None:
     v = validate(Oracle(), torch.from_numpy(data.images), np.arange(6), data)  # type: ignore[arg-type]
     assert v["val_dice"] == pytest.approx(1.0)
     assert v["val_acc"] == pytest.approx(4 / 6)  # the malignant images are called benign
+
+
+def test_weight_average_is_written_beside_the_best_epoch_and_survives_a_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train.weight_average.from_epoch``: the mean of the weights after every step from that epoch
+    on is written as ``averaged/``; the job's own network (best epoch) is the one the same job trains
+    without it, and a job stopped after the averaging began resumes to the same average."""
+    from sonopacs.training import train as tr
+
+    cfg = load_config(write_smoke_config(tmp_path, make_synthetic_index(tmp_path / "data")),
+                      ["train.epochs=3"])
+    data = load_data(cfg)
+    job = make_jobs(data, cfg)["cv0"]
+    cpu = torch.device("cpu")
+    tr.train_job("cv0", job, data, cfg, cpu, tmp_path / "plain", 7)
+    cfg_avg = {**cfg, "train": {**cfg["train"], "weight_average": {"from_epoch": 2}}}
+    tr.train_job("cv0", job, data, cfg_avg, cpu, tmp_path / "avg", 7)
+
+    real, calls = tr._seg_scores, {"n": 0}
+
+    def power_cut(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third epoch's validation: the average holds epoch 2's steps
+            raise RuntimeError("power cut")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tr, "_seg_scores", power_cut)
+    with pytest.raises(RuntimeError, match="power cut"):
+        tr.train_job("cv0", job, data, cfg_avg, cpu, tmp_path / "cut", 7)
+    monkeypatch.setattr(tr, "_seg_scores", real)
+    tr.train_job("cv0", job, data, cfg_avg, cpu, tmp_path / "cut", 7)
+
+    def state(run: str, sub: str = "") -> dict[str, torch.Tensor]:
+        ck = torch.load(tmp_path / run / "jobs" / "cv0" / sub / "model.pt", weights_only=True)
+        return ck["state_dict"]  # type: ignore[no-any-return]
+
+    plain, best, averaged = state("plain"), state("avg"), state("avg", "averaged")
+    assert not (tmp_path / "plain" / "jobs" / "cv0" / "averaged").exists()
+    for k, v in plain.items():
+        assert torch.equal(v, best[k]), k
+    assert any(not torch.equal(v, averaged[k]) for k, v in plain.items() if v.is_floating_point())
+    info = json.loads((tmp_path / "avg" / "jobs" / "cv0" / "averaged" / "info.json").read_text())
+    assert info["n_averaged"] == 2 * (info["n_fit"] // 4)  # every step of epochs 2 and 3, batch 4
+    assert info["averaged_from_epoch"] == 2 and np.isfinite(info["val_score"])
+    preds = np.load(tmp_path / "avg" / "jobs" / "cv0" / "averaged" / "preds.npz")
+    assert sorted(preds["index"].tolist()) == sorted(job["test"].tolist())
+    resumed = state("cut", "averaged")
+    for k, v in averaged.items():
+        assert torch.allclose(v.float(), resumed[k].float(), atol=1e-5), k

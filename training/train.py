@@ -29,6 +29,7 @@ import torch.nn.functional as F
 import yaml
 from monai.losses import DiceCELoss
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from sonopacs.models.data import Packed, build_pack, concat_packs, load_pack, read_index, save_pack
@@ -318,6 +319,10 @@ def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[s
     t_start, stopped_by_clock, finished = time.time(), False, False
     ckpt = EpochCheckpoint(jdir / "checkpoint.pt", job_fingerprint(cfg, job_seed, fit, val))
     start_ep = 0
+    # opt-in: the running mean of the weights after every step from epoch ``from_epoch`` on, written
+    # beside the best epoch's network as ``averaged/`` (it does not change the training itself)
+    avg_from = int((tcfg.get("weight_average") or {}).get("from_epoch", 0))
+    avg = AveragedModel(net, use_buffers=True) if avg_from else None
     if ckpt.path.exists():  # resume an interrupted job where its last finished epoch left it
         st = ckpt.load()
         net.load_state_dict(st["net"])
@@ -328,6 +333,8 @@ def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[s
         g.set_state(st["rng_aug"])
         best, rows, step = (st["best_score"], st["best_epoch"], st["best_state"]), st["rows"], int(st["step"])
         start_ep, stopped_by_clock, finished = int(st["epoch"]), bool(st["stopped_by_clock"]), bool(st["finished"])
+        if avg is not None and st.get("avg_state") is not None:
+            avg.load_state_dict(st["avg_state"])
         t_start -= float(st["seconds"])
         log.info("%s: resumed after epoch %d (best %d)", name, start_ep, best[1])
     bar = tqdm(range(start_ep, 0 if finished else epochs), desc=name, disable=None)
@@ -358,6 +365,8 @@ def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[s
             loss.backward()
             opt.step()
             step += 1
+            if avg is not None and ep + 1 >= avg_from:
+                avg.update_parameters(net)
             tot["loss"] += loss.detach()
             tot["cls"] += lc.detach()
             tot["seg"] += ls.detach()
@@ -388,7 +397,8 @@ def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[s
                    "rng_torch": torch.get_rng_state(), "rng_numpy": _numpy_rng_dict(),
                    "rng_cpu_gen": cpu_gen.get_state(), "rng_aug": g.get_state(), "best_score": best[0],
                    "best_epoch": best[1], "best_state": best[2], "rows": rows, "seconds": time.time() - t_start,
-                   "stopped_by_clock": stopped_by_clock, "finished": finished})
+                   "stopped_by_clock": stopped_by_clock, "finished": finished,
+                   "avg_state": avg.state_dict() if avg is not None else None})
         if finished:
             break
     net.load_state_dict(best[2])
@@ -400,7 +410,26 @@ def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[s
     if len(test):
         write_test_predictions(net, imgs, test, data, jdir)
     (jdir / "info.json").write_text(json.dumps(info, indent=2))
+    if avg is not None and int(avg.n_averaged) > 0:
+        save_averaged(avg, avg_from, imgs, val, test, data, cfg, jdir / "averaged", info)
     ckpt.path.unlink(missing_ok=True)  # the job is complete: model.pt, log.csv, info.json and preds.npz say all of it
+
+
+def save_averaged(avg: AveragedModel, from_epoch: int, imgs: torch.Tensor, val: np.ndarray, test: np.ndarray,
+                  data: Packed, cfg: dict[str, Any], adir: Path, job_info: dict[str, Any]) -> None:
+    """The weight-averaged network as a job folder of its own (``model.pt``, ``info.json`` with its
+    inner-validation figures, ``preds.npz``), so that ``job_eval`` and finalize's readers take it
+    as they take the best epoch's; no epoch is picked, which is the point at an unseen site."""
+    adir.mkdir(parents=True, exist_ok=True)
+    net: SonoNet = avg.module  # type: ignore[assignment]
+    state = {k: x.detach().cpu() for k, x in net.state_dict().items()}
+    torch.save({"state_dict": state, "best_epoch": None, "averaged_from_epoch": from_epoch,
+                "n_averaged": int(avg.n_averaged), "model": cfg["model"]}, adir / "model.pt")
+    info = {**job_info, "best_epoch": None, "averaged_from_epoch": from_epoch, "n_averaged": int(avg.n_averaged),
+            **validate(net, imgs, val, data)}
+    if len(test):
+        write_test_predictions(net, imgs, test, data, adir)
+    (adir / "info.json").write_text(json.dumps(info, indent=2))
 
 
 def write_test_predictions(net: SonoNet, imgs: torch.Tensor, test: np.ndarray, data: Packed, jdir: Path) -> None:
