@@ -279,9 +279,7 @@ class Analyzer:
             assert views is not None  # the networks' own decoders ran
             full_probs = _mirror_mean_lesion_probability(views, boxes)
         cam_np = cam.detach().float().cpu().numpy()[:, 0]
-        assert self._pooled is not None
-        pooled = self._pooled.float().cpu().numpy().reshape(2 * n, -1).astype(np.float64)
-        features = (pooled[:n] + pooled[n:]) / 2
+        features = self._mirror_mean_pooled(n)
         ood = self.scope_bank.distance(features) if self.scope_bank is not None else np.full(n, np.nan)
         shape_views = shape_mean = None
         if self.calibration.uses_features and views is not None:  # the networks' own mask, as at calibration
@@ -301,6 +299,22 @@ class Analyzer:
             self._gate(res, float(ood[i]), sector_score(grays[i]))
             results.append(res)
         return results
+
+    def _mirror_mean_pooled(self, n: int) -> np.ndarray:
+        """The primary network's pooled deepest features of the last pass over ``n`` images and
+        their mirrors, mirror-averaged: what the scope gate's feature bank measures."""
+        assert self._pooled is not None
+        pooled = self._pooled.float().cpu().numpy().reshape(2 * n, -1).astype(np.float64)
+        return (pooled[:n] + pooled[n:]) / 2
+
+    @torch.no_grad()
+    def scope_features(self, images: list[np.ndarray]) -> np.ndarray:
+        """The scope gate's features of these images (N x C) from the primary network alone, without
+        the ensemble members, the heat map or a result: what ``scope_bank`` collects, at a quarter
+        of ``analyze_batch``'s work for a four-network model."""
+        xx, _ = _mirrored_batch([to_gray(img) for img in images], self.size, self.device, self._memory_format)
+        self.net(xx)
+        return self._mirror_mean_pooled(len(images))
 
     @torch.no_grad()
     def _members_mean(self, xx: torch.Tensor, logits: torch.Tensor, seg: torch.Tensor

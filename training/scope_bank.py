@@ -2,8 +2,8 @@
 ``python -m sonopacs.training.scope_bank --out models/weights/scope_bank.npz``.
 
 Every BUSI / BUS-BRA image is cleaned through the one path (``models.clean.clean_for_model``) and
-run through the shipped Analyzer; the network's pooled deepest encoder features (mirror mean) of
-each field are collected. The bank (mean + Ledoit-Wolf precision) is fitted on BUS-BRA folds 1-3
+run through the shipped Analyzer's primary network (``Analyzer.scope_features``: its pooled deepest
+encoder features, mirror mean, as the scope gate measures them) field by field. The bank (mean + Ledoit-Wolf precision) is fitted on BUS-BRA folds 1-3
 and 3/5 of the BUSI near-duplicate groups (by hash); the threshold is the ``--keep`` quantile of
 the distances of the other images, which the bank never saw.
 """
@@ -22,7 +22,6 @@ from sonopacs.models.analyzer import Analyzer
 from sonopacs.models.clean import CleaningFailed, clean_for_model
 from sonopacs.models.data import load_image
 from sonopacs.models.scope import FeatureBank
-from sonopacs.models.transforms import to_gray
 
 log = logging.getLogger(__name__)
 DATASETS = Path("/work/shared/datasets")
@@ -40,24 +39,16 @@ def collect(analyzer: Analyzer, index_csv: Path, dataset: str, limit: int | None
     """(features N x C, held-out flags N) for every cleaned field of the index's images."""
     feats: list[np.ndarray] = []
     held: list[bool] = []
-    pooled: dict[str, np.ndarray] = {}
-    hook = analyzer.net.pool.register_forward_hook(
-        lambda _m, _i, o: pooled.__setitem__("f", o.detach().float().flatten(1).cpu().numpy()))
-    try:
-        with index_csv.open(newline="") as f:
-            rows = list(csv.DictReader(f))[:limit]
-        for row in rows:
-            try:
-                fields = clean_for_model(load_image(index_csv.parent / row["image"]))
-            except CleaningFailed as exc:
-                log.warning("%s: %s", row["image"], exc)
-                continue
-            for fld in fields:
-                analyzer.analyze(to_gray(fld.image))
-                feats.append(pooled["f"][:2].mean(axis=0))
-                held.append(_held_out(dataset, row))
-    finally:
-        hook.remove()
+    with index_csv.open(newline="") as f:
+        rows = list(csv.DictReader(f))[:limit]
+    for row in rows:
+        try:
+            fields = clean_for_model(load_image(index_csv.parent / row["image"]))
+        except CleaningFailed as exc:
+            log.warning("%s: %s", row["image"], exc)
+            continue
+        feats.extend(analyzer.scope_features([fld.image for fld in fields]))
+        held.extend([_held_out(dataset, row)] * len(fields))
     return np.asarray(feats, np.float64), np.asarray(held, bool)
 
 
