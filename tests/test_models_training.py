@@ -6,6 +6,7 @@ import csv
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -280,6 +281,25 @@ def test_cross_folds_split_the_training_dataset_by_group(tmp_path: Path) -> None
         assert not kept & set(data.groups[sorted(left_out[f])].tolist())  # a group is kept or left out whole
 
 
+def _power_cut_in_validation(monkeypatch: pytest.MonkeyPatch, epoch: int, *job: Any) -> None:
+    """``train_job(*job)`` stopped by an error in the given epoch's validation (after that epoch's
+    training steps, before its checkpoint), as a power cut would stop it."""
+    from sonopacs.training import train as tr
+
+    real, calls = tr._seg_scores, {"n": 0}
+
+    def power_cut(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == epoch:
+            raise RuntimeError("power cut")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tr, "_seg_scores", power_cut)
+    with pytest.raises(RuntimeError, match="power cut"):
+        tr.train_job(*job)
+    monkeypatch.setattr(tr, "_seg_scores", real)
+
+
 def test_an_interrupted_job_resumes_from_its_last_finished_epoch(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A job stopped in its second epoch resumes from the first epoch's checkpoint and ends with the
@@ -292,20 +312,9 @@ def test_an_interrupted_job_resumes_from_its_last_finished_epoch(tmp_path: Path,
     cpu = torch.device("cpu")
     tr.train_job("cv0", job, data, cfg, cpu, tmp_path / "whole", 7)
 
-    real, calls = tr._seg_scores, {"n": 0}
-
-    def power_cut(*args: object, **kwargs: object) -> object:
-        calls["n"] += 1
-        if calls["n"] == 2:  # the second epoch's validation
-            raise RuntimeError("power cut")
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(tr, "_seg_scores", power_cut)
-    with pytest.raises(RuntimeError, match="power cut"):
-        tr.train_job("cv0", job, data, cfg, cpu, tmp_path / "cut", 7)
+    _power_cut_in_validation(monkeypatch, 2, "cv0", job, data, cfg, cpu, tmp_path / "cut", 7)
     jdir = tmp_path / "cut" / "jobs" / "cv0"
     assert (jdir / "checkpoint.pt").exists() and not (jdir / "model.pt").exists()
-    monkeypatch.setattr(tr, "_seg_scores", real)
     with pytest.raises(ValueError, match="another recipe, seed or split"):
         tr.train_job("cv0", job, data, cfg, cpu, tmp_path / "cut", 8)
     tr.train_job("cv0", job, data, cfg, cpu, tmp_path / "cut", 7)
@@ -370,18 +379,8 @@ def test_weight_average_is_written_beside_the_best_epoch_and_survives_a_resume(
     cfg_avg = {**cfg, "train": {**cfg["train"], "weight_average": {"from_epoch": 2}}}
     tr.train_job("cv0", job, data, cfg_avg, cpu, tmp_path / "avg", 7)
 
-    real, calls = tr._seg_scores, {"n": 0}
-
-    def power_cut(*args: object, **kwargs: object) -> object:
-        calls["n"] += 1
-        if calls["n"] == 3:  # the third epoch's validation: the average holds epoch 2's steps
-            raise RuntimeError("power cut")
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(tr, "_seg_scores", power_cut)
-    with pytest.raises(RuntimeError, match="power cut"):
-        tr.train_job("cv0", job, data, cfg_avg, cpu, tmp_path / "cut", 7)
-    monkeypatch.setattr(tr, "_seg_scores", real)
+    # stopped in the third epoch's validation: the checkpoint's average holds epoch 2's steps
+    _power_cut_in_validation(monkeypatch, 3, "cv0", job, data, cfg_avg, cpu, tmp_path / "cut", 7)
     tr.train_job("cv0", job, data, cfg_avg, cpu, tmp_path / "cut", 7)
 
     def state(run: str, sub: str = "") -> dict[str, torch.Tensor]:
