@@ -2,10 +2,11 @@
 ``python -m sonopacs.training.scope_bank --out models/weights/scope_bank.npz``.
 
 Every BUSI / BUS-BRA image is cleaned through the one path (``models.clean.clean_for_model``) and
-run through the shipped Analyzer's primary network (``Analyzer.scope_features``: its pooled deepest
-encoder features, mirror mean, as the scope gate measures them) field by field. The bank (mean + Ledoit-Wolf precision) is fitted on BUS-BRA folds 1-3
-and 3/5 of the BUSI near-duplicate groups (by hash); the threshold is the ``--keep`` quantile of
-the distances of the other images, which the bank never saw.
+run through the shipped Analyzer's primary network (``Analyzer.scope_features``: its pooled
+deepest encoder features, mirror mean, as the scope gate measures them) field by field. The bank
+(mean + Ledoit-Wolf precision) is fitted on BUS-BRA folds 1-3 and 3/5 of the BUSI near-duplicate
+groups (by hash); the threshold is the ``--keep`` quantile of the distances of the other images,
+which the bank never saw.
 """
 
 from __future__ import annotations

@@ -418,8 +418,9 @@ def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[s
 def save_averaged(avg: AveragedModel, from_epoch: int, imgs: torch.Tensor, val: np.ndarray, test: np.ndarray,
                   data: Packed, cfg: dict[str, Any], adir: Path, job_info: dict[str, Any]) -> None:
     """The weight-averaged network as a job folder of its own (``model.pt``, ``info.json`` with its
-    inner-validation figures, ``preds.npz``), so that ``job_eval`` and finalize's readers take it
-    as they take the best epoch's; no epoch is picked, which is the point at an unseen site."""
+    inner-validation figures, ``preds.npz``), which ``job_eval`` and ``site_trial`` take as they take
+    a job; finalize reads only the job folders themselves, so it never enters the out-of-fold pool.
+    No epoch is picked, which is the point at an unseen site."""
     adir.mkdir(parents=True, exist_ok=True)
     net: SonoNet = avg.module  # type: ignore[assignment]
     state = {k: x.detach().cpu() for k, x in net.state_dict().items()}
