@@ -71,7 +71,8 @@ def test_job_weights_build_an_ensemble_of_jobs_of_one_network(tmp_path: Path) ->
 
     for name, arch in (("j1", "x"), ("j2", "x"), ("j3", "y")):
         (tmp_path / name).mkdir()
-        torch.save({"state_dict": {"w": torch.ones(2)}, "model": {"backbone": arch}}, tmp_path / name / "model.pt")
+        torch.save({"state_dict": {"w": torch.ones(2)}, "model": {"backbone": arch}, "image_size": 160},
+                   tmp_path / name / "model.pt")
     manifest = json.loads((job_weights(tmp_path / "j1", tmp_path / "w", members=[tmp_path / "j2"])
                            / "model.json").read_text())
     assert manifest["ensemble_members"] == ["member_1.pt"]

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from sonopacs.models.data import load_pack, read_index
 from sonopacs.training.train import load_config, load_data, make_jobs, repredict_jobs, train_from_config
@@ -95,8 +96,10 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_training_writes_checkpoints_logs_and_weights(smoke_run: Path) -> None:
     run = smoke_run / "run"
+    size = yaml.safe_load((run / "config.yaml").read_text())["data"]["image_size"]
     for job in ("cv0", "cv1", "final"):
         assert (run / "jobs" / job / "model.pt").stat().st_size > 10_000
+        assert torch.load(run / "jobs" / job / "model.pt", weights_only=True)["image_size"] == size  # job_eval reads it
         rows = list(csv.DictReader((run / "jobs" / job / "log.csv").open()))
         assert [int(r["epoch"]) for r in rows] == [1, 2]
         assert all(np.isfinite(float(r["train_loss"])) for r in rows)
@@ -388,6 +391,8 @@ def test_weight_average_is_written_beside_the_best_epoch_and_survives_a_resume(
         return ck["state_dict"]  # type: ignore[no-any-return]
 
     plain, best, averaged = state("plain"), state("avg"), state("avg", "averaged")
+    assert torch.load(tmp_path / "avg" / "jobs" / "cv0" / "averaged" / "model.pt",
+                      weights_only=True)["image_size"] == cfg_avg["data"]["image_size"]
     assert not (tmp_path / "plain" / "jobs" / "cv0" / "averaged").exists()
     for k, v in plain.items():
         assert torch.equal(v, best[k]), k

@@ -41,7 +41,8 @@ def test_a_jobs_weights_take_a_runs_fitted_presence_rule(tmp_path: Path) -> None
 
     job = tmp_path / "job"
     job.mkdir()
-    torch.save({"state_dict": {"w": torch.ones(2)}, "model": {"backbone": "x"}, "best_epoch": 3}, job / "model.pt")
+    torch.save({"state_dict": {"w": torch.ones(2)}, "model": {"backbone": "x"}, "best_epoch": 3, "image_size": 160},
+               job / "model.pt")
     rule = {"min_area_fraction": 0.005, "max_p_normal": 0.8, "min_mask_confidence": 0.0, "mask_threshold": 0.3}
     (tmp_path / "model.json").write_text(json.dumps({"name": "run", "lesion_presence": rule}))
     fitted = json.loads((job_weights(job, tmp_path / "w1", presence=presence_from(tmp_path / "model.json"))
@@ -50,3 +51,38 @@ def test_a_jobs_weights_take_a_runs_fitted_presence_rule(tmp_path: Path) -> None
     default = json.loads((job_weights(job, tmp_path / "w2", presence=presence_from(None)) / "model.json").read_text())
     assert default["lesion_presence"]["mask_threshold"] == 0.5 and default["lesion_presence"]["max_p_normal"] == 0.5
     assert torch.load(tmp_path / "w1" / "model.pt")["w"].dtype == torch.float16
+
+
+def test_a_jobs_weights_run_at_the_image_size_it_trained_at(tmp_path: Path) -> None:
+    """A job's weights folder takes its size from the job (model.pt's record, else the run's
+    config.yaml for jobs saved before the record); a size that differs is refused, as a network
+    run at the wrong scale gives quietly wrong figures (job_eval once defaulted to 160 px)."""
+    import json
+
+    import pytest
+    import torch
+
+    from sonopacs.training.job_eval import job_weights
+
+    def job(path: Path, **record: object) -> Path:
+        path.mkdir(parents=True)
+        torch.save({"state_dict": {"w": torch.ones(2)}, "model": {"backbone": "x"}, **record}, path / "model.pt")
+        return path
+
+    def size(wdir: Path) -> int:
+        return int(json.loads((wdir / "model.json").read_text())["image_size"])
+
+    new = job(tmp_path / "new", image_size=224)
+    assert size(job_weights(new, tmp_path / "w1")) == 224
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("data:\n  image_size: 192\n")
+    old = job(tmp_path / "run" / "jobs" / "old")
+    assert size(job_weights(old, tmp_path / "w2")) == 192
+    assert size(job_weights(new, tmp_path / "w3", image_size=224)) == 224
+    with pytest.raises(ValueError, match="trained at 224 px, not 160 px"):
+        job_weights(new, tmp_path / "w4", image_size=160)
+    with pytest.raises(ValueError, match="trained at 192 px, not 224 px"):
+        job_weights(new, tmp_path / "w5", members=[old])
+    with pytest.raises(ValueError, match="no record of the image size"):
+        job_weights(job(tmp_path / "bare"), tmp_path / "w6")
+    assert size(job_weights(tmp_path / "bare", tmp_path / "w7", image_size=160)) == 160

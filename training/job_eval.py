@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import yaml
 
 from sonopacs.models.analyzer import Analyzer
 from sonopacs.models.calibration import Calibration
@@ -39,12 +41,37 @@ KEYS = ("n_images", "normal_false_lesion_rate", "lesion_sensitivity", "auc_benig
         "auc_malignant_vs_rest", "dice", "macro_f1", "accuracy", "ece", "not_assessed_rate")
 
 
-def job_weights(job_dir: Path, out: Path, image_size: int = 160, name: str = "lodo-job", version: str = "0.0.0",
-                presence: dict[str, float] | None = None, members: Sequence[Path] = ()) -> Path:
+def trained_image_size(job_dir: Path) -> int | None:
+    """The image size a job trained at: its ``model.pt``'s record, else (jobs saved before that
+    record) its run's ``config.yaml``, found above the job folder (``runs/RUN/jobs/JOB[/averaged]``)."""
+    checkpoint = torch.load(job_dir / "model.pt", map_location="cpu", weights_only=True)
+    if checkpoint.get("image_size"):
+        return int(checkpoint["image_size"])
+    for folder in job_dir.resolve().parents[:3]:
+        if (folder / "config.yaml").exists():
+            size = ((yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("data") or {}).get("image_size")
+            return int(size) if size else None
+    return None
+
+
+def job_weights(job_dir: Path, out: Path, image_size: int | None = None, name: str = "lodo-job",
+                version: str = "0.0.0", presence: dict[str, float] | None = None,
+                members: Sequence[Path] = ()) -> Path:
     """A weights folder (half-precision state dict + manifest) for a job's ``model.pt``; ``presence``
     replaces the default lesion-presence rule (e.g. the one a run's finalize fitted); ``members``:
-    further jobs of the same network, averaged with it as an ensemble (``Analyzer``)."""
+    further jobs of the same network, averaged with it as an ensemble (``Analyzer``).
+
+    ``image_size`` defaults to the size the job trained at (``trained_image_size``). A size that
+    differs from that record is refused: the network would run, at the wrong scale, and every
+    figure measured through it would be quietly wrong."""
     out.mkdir(parents=True, exist_ok=True)
+    trained = {job: trained_image_size(job) for job in (job_dir, *members)}
+    for job, size in trained.items():
+        if size is not None and image_size is not None and size != image_size:
+            raise ValueError(f"{job} trained at {size} px, not {image_size} px")
+        image_size = image_size or size
+    if image_size is None:
+        raise ValueError(f"{job_dir}: no record of the image size it trained at; give it (--image-size)")
     ck = save_half_state(job_dir / "model.pt", out / "model.pt")
     member_files = save_ensemble_members([m / "model.pt" for m in members], out, ck["model"])
     manifest: dict[str, Any] = {
@@ -153,7 +180,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--drop-label-conflict", action="store_true")
     ap.add_argument("--expected-normal-fraction", type=float, default=0.4)
-    ap.add_argument("--image-size", type=int, default=160)
+    ap.add_argument("--image-size", type=int, default=None,
+                    help="default: the size the job trained at (its model.pt, else its run's config.yaml)")
     ap.add_argument("--presence-from", type=Path, default=None,
                     help="a model.json whose lesion_presence rule to use (default: floor 0.2 %%, cut 0.5, mask at 0.5)")
     ap.add_argument("--members", type=Path, nargs="*", default=[],

@@ -67,7 +67,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=16)
     ap.add_argument("--group-column", default="group")
     ap.add_argument("--expected-normal-fraction", type=float, default=0.4)
-    ap.add_argument("--image-size", type=int, default=160)
+    ap.add_argument("--image-size", type=int, default=None,
+                    help="for a job folder; default: the size it trained at (its model.pt, else its run's config.yaml)")
     ap.add_argument("--presence-from", type=Path, default=None,
                     help="for a job folder: a model.json whose lesion_presence rule (mask threshold included) "
                          "the job's weights get, e.g. the one its run's finalize fitted")

@@ -402,7 +402,8 @@ def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[s
         if finished:
             break
     net.load_state_dict(best[2])
-    torch.save({"state_dict": best[2], "best_epoch": best[1], "model": cfg["model"]}, jdir / "model.pt")
+    torch.save({"state_dict": best[2], "best_epoch": best[1], "model": cfg["model"],
+                "image_size": int(cfg["data"]["image_size"])}, jdir / "model.pt")
     test = split["test"]
     info = {"job": name, "best_epoch": best[1], "epochs_run": len(rows), "n_fit": len(fit),
             "n_val": len(val), "n_test": len(test), "seed": job_seed, "device": str(device),
@@ -425,7 +426,8 @@ def save_averaged(avg: AveragedModel, from_epoch: int, imgs: torch.Tensor, val: 
     net: SonoNet = avg.module  # type: ignore[assignment]
     state = {k: x.detach().cpu() for k, x in net.state_dict().items()}
     torch.save({"state_dict": state, "best_epoch": None, "averaged_from_epoch": from_epoch,
-                "n_averaged": int(avg.n_averaged), "model": cfg["model"]}, adir / "model.pt")
+                "n_averaged": int(avg.n_averaged), "model": cfg["model"],
+                "image_size": int(cfg["data"]["image_size"])}, adir / "model.pt")
     info = {**job_info, "best_epoch": None, "averaged_from_epoch": from_epoch, "n_averaged": int(avg.n_averaged),
             **validate(net, imgs, val, data)}
     if len(test):
