@@ -3,7 +3,8 @@
 Per-sample MONAI dictionary transforms would keep a GPU waiting on a Python loop; these batched
 tensor ops do the same kinds of change in one pass: horizontal flip, small affine + elastic
 deformation (one ``grid_sample`` for image and mask), gamma/contrast, multiplicative speckle, blur,
-simulated low resolution and synthetic burned-in annotations.
+simulated low resolution and synthetic burned-in annotations; opt-in, a decoy fill
+(``_decoy_fill``) before all of them.
 """
 
 from __future__ import annotations
@@ -45,6 +46,61 @@ def _sharpen(x: torch.Tensor, on: torch.Tensor, amount: list[float], g: torch.Ge
     return x + amt[:, None, None, None] * (x - smooth)
 
 
+def _free_origins(blocked: torch.Tensor, y0: int, y1: int, x0: int, x1: int, bh: int, bw: int) -> torch.Tensor:
+    """(row, col) of every bh x bw box inside [y0, y1) x [x0, x1) with no ``blocked`` pixel."""
+    area = blocked[y0:y1, x0:x1].float()
+    integral = F.pad(area.cumsum(0).cumsum(1), (1, 0, 1, 0))
+    sums = integral[bh:, bw:] - integral[:-bh, bw:] - integral[bh:, :-bw] + integral[:-bh, :-bw]
+    return torch.nonzero(sums == 0) + torch.tensor([y0, x0], device=blocked.device)
+
+
+def _decoy_fill(x: torch.Tensor, y: torch.Tensor, on: torch.Tensor, g: torch.Generator,
+                feather: float = 0.05, candidates: int = 8) -> torch.Tensor:
+    """Cover a lesion-free ellipse of each chosen image with tissue from another lesion-free box of
+    the same image, blended over a feathered edge as ``normal_crops.lesion_filled`` covers a lesion.
+
+    Why: the lesion-filled fields that stand in for normal images carry such a blend where their
+    lesion was; put the same kind of blend into lesion images (and normal ones) and it no longer
+    tells the classes apart, so the network has to look for the lesion itself. Boxes lie inside the
+    image's content (not the letterbox bands) and miss the lesion mask dilated by ``feather``; the
+    source is the best of ``candidates`` boxes by how well its edge matches the target's; an image
+    where no box fits is left as it is. ``y`` is not changed."""
+    b, _, s, _ = x.shape
+    dev = x.device
+    r = max(1, int(round(feather * s)))
+    lesion = F.max_pool2d(y, 2 * r + 1, stride=1, padding=r)[:, 0] > 0
+    out = x.clone()
+
+    for i in torch.nonzero(on).flatten().tolist():
+        content = x[i, 0] > 0
+        rows, cols = torch.nonzero(content.any(1)).flatten(), torch.nonzero(content.any(0)).flatten()
+        if not len(rows) or not len(cols):
+            continue
+        cy0, cy1, cx0, cx1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        bh = max(4 * r, int((cy1 - cy0) * float(_u(1, 0.15, 0.4, g, dev).item())))
+        bw = max(4 * r, int((cx1 - cx0) * float(_u(1, 0.15, 0.4, g, dev).item())))
+        if bh >= cy1 - cy0 or bw >= cx1 - cx0:
+            continue
+        free = _free_origins(lesion[i], cy0, cy1, cx0, cx1, bh, bw)
+        if len(free) < 2:
+            continue
+        draw = torch.randint(0, len(free), (2 * candidates,), generator=g, device=dev)
+        ty, tx = (int(v) for v in free[draw[0]])
+        yy = torch.linspace(-1, 1, bh, device=dev)[:, None]
+        xx = torch.linspace(-1, 1, bw, device=dev)[None, :]
+        alpha = ((1 - torch.sqrt(yy**2 + xx**2)) * min(bh, bw) / (4 * r)).clamp(0, 1)
+        ring = alpha == 0
+        target = x[i, 0, ty : ty + bh, tx : tx + bw]
+        picks = [(int(free[k][0]), int(free[k][1])) for k in draw[1:]]
+        sources = [(sy, sx) for sy, sx in picks if abs(sy - ty) >= bh or abs(sx - tx) >= bw][:candidates]
+        if not sources or not ring.any():
+            continue
+        cost = [float((x[i, 0, sy : sy + bh, sx : sx + bw][ring] - target[ring]).abs().mean()) for sy, sx in sources]
+        sy, sx = sources[min(range(len(sources)), key=cost.__getitem__)]
+        out[i, 0, ty : ty + bh, tx : tx + bw] = alpha * x[i, 0, sy : sy + bh, sx : sx + bw] + (1 - alpha) * target
+    return out
+
+
 class Augmenter:
     """Call with x (B,1,S,S in [0,1]) and y (B,1,S,S {0,1}); returns augmented copies."""
 
@@ -57,6 +113,9 @@ class Augmenter:
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c, g, dev = self.cfg, self.g, x.device
         b, _, s, _ = x.shape
+        # --- decoy fill (opt-in): a filled normal's kind of blend, put where no lesion is
+        if c.get("decoy_fill", 0.0) > 0:
+            x = _decoy_fill(x, y, _p(b, c["decoy_fill"], g, dev), g)
         # --- geometry: flip, affine, elastic in one sampling grid
         flip = torch.where(_p(b, c.get("flip", 0.5), g, dev), -1.0, 1.0)
         use_aff = _p(b, c.get("affine", 0.8), g, dev).float()
