@@ -278,6 +278,12 @@ class EpochCheckpoint:
         return st
 
 
+def network_record(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What a job's ``model.pt`` records of the network beside its weights: the model config (to
+    build it) and the image size it trained at (``job_eval`` runs it at that size)."""
+    return {"model": cfg["model"], "image_size": int(cfg["data"]["image_size"])}
+
+
 def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[str, Any],
               device: torch.device, out_dir: Path, job_seed: int) -> None:
     """Train one job with early stopping on an inner group split; save model, log and test preds."""
@@ -402,8 +408,7 @@ def train_job(name: str, split: dict[str, np.ndarray], data: Packed, cfg: dict[s
         if finished:
             break
     net.load_state_dict(best[2])
-    torch.save({"state_dict": best[2], "best_epoch": best[1], "model": cfg["model"],
-                "image_size": int(cfg["data"]["image_size"])}, jdir / "model.pt")
+    torch.save({"state_dict": best[2], "best_epoch": best[1], **network_record(cfg)}, jdir / "model.pt")
     test = split["test"]
     info = {"job": name, "best_epoch": best[1], "epochs_run": len(rows), "n_fit": len(fit),
             "n_val": len(val), "n_test": len(test), "seed": job_seed, "device": str(device),
@@ -426,8 +431,7 @@ def save_averaged(avg: AveragedModel, from_epoch: int, imgs: torch.Tensor, val: 
     net: SonoNet = avg.module  # type: ignore[assignment]
     state = {k: x.detach().cpu() for k, x in net.state_dict().items()}
     torch.save({"state_dict": state, "best_epoch": None, "averaged_from_epoch": from_epoch,
-                "n_averaged": int(avg.n_averaged), "model": cfg["model"],
-                "image_size": int(cfg["data"]["image_size"])}, adir / "model.pt")
+                "n_averaged": int(avg.n_averaged), **network_record(cfg)}, adir / "model.pt")
     info = {**job_info, "best_epoch": None, "averaged_from_epoch": from_epoch, "n_averaged": int(avg.n_averaged),
             **validate(net, imgs, val, data)}
     if len(test):
