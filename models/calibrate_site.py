@@ -5,6 +5,7 @@ network, then the site calibration fitted on them (kept apart from the file form
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,9 @@ def calibrate_index(index_csv: Path, out_file: Path, analyzer: Any, n_boot: int 
     the site set has too few normal images). Images not assessed by the scope gate are left out
     of the fit.
     """
-    logits, labels, areas, confidence = [], [], [], []
+    logits, labels, areas, confidence, groups = [], [], [], [], []
     skipped = 0
-    for rec in read_index(Path(index_csv)):
+    for rec in read_index(Path(index_csv), group_column=_group_column(Path(index_csv))):
         if rec.label is None:
             continue
         img = load_image(rec.image)
@@ -38,6 +39,7 @@ def calibrate_index(index_csv: Path, out_file: Path, analyzer: Any, n_boot: int 
         labels.append(rec.label)
         areas.append(float(res.extra["lesion_area_fraction"]))  # the mask found, before the presence rule
         confidence.append(float(res.extra["lesion_mask_confidence"]))
+        groups.append(rec.group)
     if not labels:
         raise SiteCalibrationError(f"no assessed labelled image in {index_csv}")
     site = fit_site_calibration(np.asarray(logits), np.asarray(labels), model_name=analyzer.name,
@@ -45,8 +47,16 @@ def calibrate_index(index_csv: Path, out_file: Path, analyzer: Any, n_boot: int 
                                 shipped_priors=analyzer.class_priors,
                                 normal_fraction=analyzer.expected_normal_fraction, n_boot=n_boot, seed=seed,
                                 mask_area=np.asarray(areas), mask_confidence=np.asarray(confidence),
-                                shipped_presence=analyzer.presence)
+                                shipped_presence=analyzer.presence, groups=groups)
     if skipped:
         site.warnings.append(f"{skipped} images not assessed by the scope gate were left out")
     site.save(out_file)
     return site
+
+
+def _group_column(index_csv: Path) -> str | None:
+    """The column that keeps one patient's (or one near-duplicate group's) images in one fold when
+    the presence rule is checked out of fold: ``patient``, else ``group``, else none."""
+    with index_csv.open(newline="") as f:
+        header = next(csv.reader(f), [])
+    return next((c for c in ("patient", "group") if c in header), None)

@@ -123,27 +123,82 @@ def reported_probs(cal: Calibration, priors: Sequence[float], logits: np.ndarray
 
 def fit_presence_cut(cal: Calibration, priors: Sequence[float], logits: np.ndarray, labels: np.ndarray,
                      normal_fraction: float, mask_area: np.ndarray, shipped: PresenceRule,
-                     target: float, mask_confidence: np.ndarray | None = None) -> dict[str, Any]:
+                     target: float, mask_confidence: np.ndarray | None = None,
+                     groups: Sequence[str] | None = None) -> dict[str, Any]:
     """The lesion-presence rule for this site (``models.presence.fit_rule``): mask-area floor,
     mask-confidence floor (with the masks' ``mask_confidence`` and normal images in the set) and
     P(normal) cut at which >= ``target`` of the set's lesion images are given a lesion and the
     fewest of its normal images get one. The areas were measured on masks drawn at the ``shipped``
-    rule's threshold, which the site's rule keeps, with its area floor as the floor tried first."""
+    rule's threshold, which the site's rule keeps, with its area floor as the floor tried first.
+
+    The rule is the best of many on this set, so its sensitivity here is optimistic. It is therefore
+    fitted at the lowest in-sample sensitivity from ``target`` up (``fitted_at``) whose rules, fitted
+    out of fold (folds by ``groups``: patients or near-duplicate groups; each image its own where
+    not given), still give ``target`` of the lesion images they were not fitted on a lesion.
+    ``applied`` is False where none does: the shipped rule then stays (``presence_rule_holds``)."""
     p_normal = reported_probs(cal, priors, logits, normal_fraction)[:, 0]
     lesion = labels > 0
-    rule = fit_rule(p_normal, mask_area, lesion, target, base=replace(shipped, max_p_normal=0.5, min_mask_confidence=0.0),
-                    confidence=mask_confidence)
+    base = replace(shipped, max_p_normal=0.5, min_mask_confidence=0.0)
+    folds = groups if groups is not None else [str(i) for i in range(len(labels))]
+    oof = None
+    for fit_target in _fit_targets(target):  # the first that holds out of fold
+        oof = _out_of_fold_given(p_normal, mask_area, lesion, fit_target, base, mask_confidence, folds)
+        if oof is None or oof[lesion].mean() >= target:
+            break
+    oof_sensitivity = float(oof[lesion].mean()) if oof is not None else None
+    rule = fit_rule(p_normal, mask_area, lesion, fit_target, base=base, confidence=mask_confidence)
     given = rule.given(p_normal, mask_area, mask_confidence)  # a confidence floor only if it was given
-    return {**rule.to_dict(), "lesion_sensitivity_target": target,
+    return {**rule.to_dict(), "lesion_sensitivity_target": target, "fitted_at": fit_target,
             "lesion_sensitivity": float(given[lesion].mean()),
-            "normal_false_lesion_rate": float(given[~lesion].mean()) if (~lesion).any() else None}
+            "normal_false_lesion_rate": float(given[~lesion].mean()) if (~lesion).any() else None,
+            "lesion_sensitivity_out_of_fold": oof_sensitivity,
+            "normal_false_lesion_rate_out_of_fold": (float(oof[~lesion].mean()) if oof is not None and (~lesion).any()
+                                                     else None),
+            "applied": oof_sensitivity is not None and oof_sensitivity >= target}
+
+
+PRESENCE_FOLDS = 5
+FIT_TARGET_STEP = 0.01
+
+
+def _fit_targets(target: float) -> list[float]:
+    """The in-sample sensitivities a rule is fitted at, from ``target`` up to 1 by 0.01: a rule
+    fitted at exactly the target holds it on new images only about half the time."""
+    steps = int(round((1.0 - target) / FIT_TARGET_STEP))
+    return [round(target + i * FIT_TARGET_STEP, 4) for i in range(steps + 1)] if target < 1.0 else [1.0]
+
+
+def _out_of_fold_given(p_normal: np.ndarray, mask_area: np.ndarray, lesion: np.ndarray, target: float,
+                       base: PresenceRule, mask_confidence: np.ndarray | None, groups: Sequence[str]
+                       ) -> np.ndarray | None:
+    """Where a rule fitted without an image's own fold gives it a lesion (None: too few groups)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    g = np.asarray(list(groups))
+    folds = min(PRESENCE_FOLDS, int(lesion.sum()), int(len(np.unique(g[lesion]))))
+    if folds < 2:
+        return None
+    given = np.zeros(len(lesion), bool)
+    conf = mask_confidence if mask_confidence is not None else np.ones(len(lesion))
+    for train, test in StratifiedGroupKFold(folds, shuffle=True, random_state=0).split(p_normal, lesion, g):
+        rule = fit_rule(p_normal[train], mask_area[train], lesion[train], target, base=base,
+                        confidence=None if mask_confidence is None else mask_confidence[train])
+        given[test] = rule.given(p_normal[test], mask_area[test], conf[test])
+    return given
+
+
+def presence_rule_holds(lesion_presence: dict[str, Any]) -> bool:
+    """Whether a site calibration's fitted presence rule is applied (files made before the
+    out-of-fold check have no ``applied`` and keep their rule)."""
+    return lesion_presence.get("max_p_normal") is not None and lesion_presence.get("applied", True) is not False
 
 
 def fit_site_calibration(logits: np.ndarray, labels: np.ndarray, *, model_name: str, model_version: str,
                          shipped: Calibration, shipped_priors: Sequence[float], normal_fraction: float,
                          n_boot: int = 200, seed: int = 0, mask_area: np.ndarray | None = None,
                          shipped_presence: PresenceRule | None = None, lesion_sensitivity_target: float = 0.95,
-                         mask_confidence: np.ndarray | None = None) -> SiteCalibration:
+                         mask_confidence: np.ndarray | None = None, groups: Sequence[str] | None = None
+                         ) -> SiteCalibration:
     """Fit on (raw mirror-mean logits, labels 0/1/2); bootstrap 95 % intervals out-of-bag. With the
     images' lesion-mask areas (``mask_area``) the presence rule is fitted too, with a floor on the
     masks' mean lesion probability when ``mask_confidence`` is given."""
@@ -175,7 +230,15 @@ def fit_site_calibration(logits: np.ndarray, labels: np.ndarray, *, model_name: 
     if mask_area is not None:
         presence = fit_presence_cut(cal, pri, logits, labels, nf, np.asarray(mask_area, np.float64),
                                     shipped_presence or PresenceRule(), lesion_sensitivity_target,
-                                    None if mask_confidence is None else np.asarray(mask_confidence, np.float64))
+                                    None if mask_confidence is None else np.asarray(mask_confidence, np.float64),
+                                    groups)
+        if not presence["applied"]:
+            oof = presence["lesion_sensitivity_out_of_fold"]
+            warnings.append("the lesion-presence rule fitted on this set is not applied: fitted without each "
+                            "image's own fold it gave "
+                            + ("too few groups to check it" if oof is None else
+                               f"a lesion to {oof:.3f} of the lesion images (target {lesion_sensitivity_target:.2f})")
+                            + "; the shipped rule stays (label more lesion images, from more patients)")
         if counts[0] < 20:
             warnings.append(f"the lesion-presence cut was fitted on lesion images and checked on only {counts[0]} "
                             f"normal images: its normal-image rate is a rough figure")
@@ -255,11 +318,16 @@ def describe(site: SiteCalibration) -> str:
     if lp:
         nfl = lp.get("normal_false_lesion_rate")
         conf = float(lp.get("min_mask_confidence") or 0.0)
-        lines.append(f"  lesion presence: mask >= {100 * lp['min_area_fraction']:.1f} % of the model's input frame"
+        applied = presence_rule_holds(lp)
+        oof_sens = lp.get("lesion_sensitivity_out_of_fold")
+        lines.append(("  lesion presence: " if applied else "  lesion presence (NOT applied: the shipped rule stays): ")
+                     + f"mask >= {100 * lp['min_area_fraction']:.1f} % of the model's input frame"
                      + (f", mean lesion probability in the mask >= {conf:.2f}" if conf > 0 else "")
                      + f" and shifted P(normal) < {lp['max_p_normal']:.4f} (lesion images given a lesion "
                      f"{lp['lesion_sensitivity']:.3f}, target {lp['lesion_sensitivity_target']:.2f}; normal images "
-                     f"given one {'n/a' if nfl is None else f'{nfl:.3f}'}, on this set)")
+                     f"given one {'n/a' if nfl is None else f'{nfl:.3f}'}, on this set"
+                     + ("" if oof_sens is None else f"; out of fold, lesion images given a lesion {oof_sens:.3f}")
+                     + ")")
     lines += [f"WARNING: {w}" for w in site.warnings]
     return "\n".join(lines)
 

@@ -14,7 +14,7 @@ import pytest
 
 from sonopacs.config import Settings
 from sonopacs.models.calibration import Calibration, expected_calibration_error
-from sonopacs.models.presence import PresenceRule
+from sonopacs.models.presence import PresenceRule, fit_rule
 from sonopacs.models.site_calibration import (
     SiteCalibrationError,
     describe,
@@ -74,9 +74,62 @@ def test_presence_cut_is_the_lowest_that_finds_the_target_share_of_lesions() -> 
     assert lp["lesion_sensitivity"] >= 0.95
     assert (has & (p_normal < lp["max_p_normal"]))[lesion].mean() == lp["lesion_sensitivity"]
     lower = p_normal[lesion & (p_normal < lp["max_p_normal"])].max()  # the next cut down finds fewer
-    assert (has & (p_normal < lower))[lesion].mean() < 0.95
+    assert (has & (p_normal < lower))[lesion].mean() < lp["fitted_at"]
+    # fitted at the lowest in-sample sensitivity whose out-of-fold rules still reach the target
+    assert lp["applied"] and lp["lesion_sensitivity_out_of_fold"] >= 0.95 and 0.95 <= lp["fitted_at"] < 1
     assert lp["normal_false_lesion_rate"] == (has & (p_normal < lp["max_p_normal"]))[~lesion].mean()
     assert _fit(logits, labels).lesion_presence == {}  # no mask areas: the shipped rule stays
+
+
+def _overlapping_site(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A site whose masks and P(normal) overlap a lot between normal and lesion images, where a
+    rule picked as the best of many on a small set is most optimistic."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(3, size=n, p=[0.2, 0.55, 0.25])
+    logits = 3.0 * (np.eye(3)[labels] + rng.normal(size=(n, 3)))
+    lesion = labels > 0
+    area = np.where(lesion, rng.uniform(0.0, 0.08, n), rng.uniform(0.0, 0.03, n))
+    confidence = np.where(lesion, rng.uniform(0.45, 0.95, n), rng.uniform(0.45, 0.75, n))
+    return logits, labels, area, confidence
+
+
+def test_presence_rule_is_fitted_to_hold_on_the_sites_other_images() -> None:
+    """The in-sample fit at exactly 95 % promises more than it keeps; the rule fitted at the lowest
+    in-sample sensitivity that holds out of fold keeps more of it on images it never saw."""
+    later_logits, later_labels, later_area, later_conf = _overlapping_site(20000, seed=999)
+    later_lesion = later_labels > 0
+    plain, checked = [], []
+    for seed in range(8):
+        logits, labels, area, confidence = _overlapping_site(150, seed)
+        site = _fit(logits, labels, mask_area=area, mask_confidence=confidence, shipped_presence=PresenceRule(0.002))
+        lp = site.lesion_presence
+        assert lp["applied"] and lp["lesion_sensitivity_out_of_fold"] >= 0.95
+        share = site.expected_normal_fraction
+        at_target = fit_rule(reported_probs(site.calibration, site.class_priors, logits, share)[:, 0], area,
+                             labels > 0, 0.95, base=PresenceRule(0.002), confidence=confidence)
+        p_later = reported_probs(site.calibration, site.class_priors, later_logits, share)[:, 0]
+        for rule, out in ((at_target, plain), (PresenceRule.from_dict(lp), checked)):
+            out.append(rule.given(p_later, later_area, later_conf)[later_lesion].mean())
+    # the shortfall from 95 % on the site's later images is less than half of the in-sample fit's
+    assert 0.95 - np.mean(checked) < 0.5 * (0.95 - np.mean(plain))
+    assert np.mean(plain) < 0.93
+
+
+def test_a_presence_rule_that_does_not_hold_out_of_fold_is_not_applied(tmp_path: Path) -> None:
+    logits, labels = _site_logits(200, seed=6)
+    rng = np.random.default_rng(60)
+    lesion = labels > 0
+    area = np.where(rng.random(len(labels)) < 0.93, 0.05, 0.0)  # the masks alone find about 93 % of lesions
+    site = _fit(logits, labels, mask_area=area, shipped_presence=PresenceRule(0.002))
+    lp = site.lesion_presence
+    assert lp["lesion_sensitivity_out_of_fold"] < 0.95 and lp["applied"] is False
+    assert any("lesion-presence rule fitted on this set is not applied" in w for w in site.warnings)
+    assert "NOT applied" in describe(site)
+    from sonopacs.models.site_calibration import presence_rule_holds
+
+    assert not presence_rule_holds(lp)
+    assert presence_rule_holds({k: v for k, v in lp.items() if k != "applied"})  # files made before the check
+    assert (area[lesion] > 0).mean() < 0.95
 
 
 def test_confidence_floor_is_fitted_when_normal_images_have_faint_masks() -> None:
