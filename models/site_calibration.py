@@ -131,24 +131,21 @@ def fit_presence_cut(cal: Calibration, priors: Sequence[float], logits: np.ndarr
     fewest of its normal images get one. The areas were measured on masks drawn at the ``shipped``
     rule's threshold, which the site's rule keeps, with its area floor as the floor tried first.
 
-    The rule is the best of many on this set, so its sensitivity here is optimistic. It is therefore
-    fitted at the lowest in-sample sensitivity from ``target`` up (``fitted_at``) whose rules, fitted
-    out of fold (folds by ``groups``: patients or near-duplicate groups; each image its own where
-    not given), still give ``target`` of the lesion images they were not fitted on a lesion.
-    ``applied`` is False where none does: the shipped rule then stays (``presence_rule_holds``)."""
+    The rule is the best of many on this set, so its sensitivity here is optimistic. The same fit is
+    therefore also made out of fold (folds by ``groups``: patients or near-duplicate groups; each
+    image its own where not given), and ``applied`` is False where those rules give fewer than
+    ``target`` of the lesion images they were not fitted on a lesion: the shipped rule then stays
+    (``presence_rule_holds``). One check at the target, not a search over targets: trying several
+    and keeping the first that passes would pass on chance."""
     p_normal = reported_probs(cal, priors, logits, normal_fraction)[:, 0]
     lesion = labels > 0
     base = replace(shipped, max_p_normal=0.5, min_mask_confidence=0.0)
-    folds = groups if groups is not None else [str(i) for i in range(len(labels))]
-    oof = None
-    for fit_target in _fit_targets(target):  # the first that holds out of fold
-        oof = _out_of_fold_given(p_normal, mask_area, lesion, fit_target, base, mask_confidence, folds)
-        if oof is None or oof[lesion].mean() >= target:
-            break
-    oof_sensitivity = float(oof[lesion].mean()) if oof is not None else None
-    rule = fit_rule(p_normal, mask_area, lesion, fit_target, base=base, confidence=mask_confidence)
+    rule = fit_rule(p_normal, mask_area, lesion, target, base=base, confidence=mask_confidence)
     given = rule.given(p_normal, mask_area, mask_confidence)  # a confidence floor only if it was given
-    return {**rule.to_dict(), "lesion_sensitivity_target": target, "fitted_at": fit_target,
+    oof = _out_of_fold_given(p_normal, mask_area, lesion, target, base, mask_confidence,
+                             groups if groups is not None else [str(i) for i in range(len(labels))])
+    oof_sensitivity = float(oof[lesion].mean()) if oof is not None else None
+    return {**rule.to_dict(), "lesion_sensitivity_target": target,
             "lesion_sensitivity": float(given[lesion].mean()),
             "normal_false_lesion_rate": float(given[~lesion].mean()) if (~lesion).any() else None,
             "lesion_sensitivity_out_of_fold": oof_sensitivity,
@@ -158,14 +155,6 @@ def fit_presence_cut(cal: Calibration, priors: Sequence[float], logits: np.ndarr
 
 
 PRESENCE_FOLDS = 5
-FIT_TARGET_STEP = 0.01
-
-
-def _fit_targets(target: float) -> list[float]:
-    """The in-sample sensitivities a rule is fitted at, from ``target`` up to 1 by 0.01: a rule
-    fitted at exactly the target holds it on new images only about half the time."""
-    steps = int(round((1.0 - target) / FIT_TARGET_STEP))
-    return [round(target + i * FIT_TARGET_STEP, 4) for i in range(steps + 1)] if target < 1.0 else [1.0]
 
 
 def _out_of_fold_given(p_normal: np.ndarray, mask_area: np.ndarray, lesion: np.ndarray, target: float,
