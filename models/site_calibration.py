@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from warnings import catch_warnings, filterwarnings
 
 import numpy as np
 
@@ -169,7 +170,10 @@ def _out_of_fold_given(p_normal: np.ndarray, mask_area: np.ndarray, lesion: np.n
         return None
     given = np.zeros(len(lesion), bool)
     conf = mask_confidence if mask_confidence is not None else np.ones(len(lesion))
-    for train, test in StratifiedGroupKFold(folds, shuffle=True, random_state=0).split(p_normal, lesion, g):
+    with catch_warnings():  # fewer normal images than folds: those folds simply hold none
+        filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        splits = list(StratifiedGroupKFold(folds, shuffle=True, random_state=0).split(p_normal, lesion, g))
+    for train, test in splits:
         rule = fit_rule(p_normal[train], mask_area[train], lesion[train], target, base=base,
                         confidence=None if mask_confidence is None else mask_confidence[train])
         given[test] = rule.given(p_normal[test], mask_area[test], conf[test])
@@ -190,7 +194,8 @@ def fit_site_calibration(logits: np.ndarray, labels: np.ndarray, *, model_name: 
                          ) -> SiteCalibration:
     """Fit on (raw mirror-mean logits, labels 0/1/2); bootstrap 95 % intervals out-of-bag. With the
     images' lesion-mask areas (``mask_area``) the presence rule is fitted too, with a floor on the
-    masks' mean lesion probability when ``mask_confidence`` is given."""
+    masks' mean lesion probability when ``mask_confidence`` is given, and checked out of fold with
+    folds by ``groups`` (patients or near-duplicate groups; each image its own where not given)."""
     logits = np.asarray(logits, np.float64)
     labels = np.asarray(labels, np.int64)
     counts = np.bincount(labels, minlength=3)
@@ -223,11 +228,11 @@ def fit_site_calibration(logits: np.ndarray, labels: np.ndarray, *, model_name: 
                                     groups)
         if not presence["applied"]:
             oof = presence["lesion_sensitivity_out_of_fold"]
-            warnings.append("the lesion-presence rule fitted on this set is not applied: fitted without each "
-                            "image's own fold it gave "
-                            + ("too few groups to check it" if oof is None else
-                               f"a lesion to {oof:.3f} of the lesion images (target {lesion_sensitivity_target:.2f})")
-                            + "; the shipped rule stays (label more lesion images, from more patients)")
+            why = ("too few patients to check it out of fold" if oof is None else
+                   f"fitted without each image's own fold it gave {oof:.3f} of the lesion images a lesion "
+                   f"(target {lesion_sensitivity_target:.2f})")
+            warnings.append(f"the lesion-presence rule fitted on this set is not applied: {why}; the shipped rule "
+                            f"stays (label more lesion images, from more patients)")
         if counts[0] < 20:
             warnings.append(f"the lesion-presence cut was fitted on lesion images and checked on only {counts[0]} "
                             f"normal images: its normal-image rate is a rough figure")
