@@ -31,7 +31,7 @@ from sonopacs.models.networks import ClassifierView, SonoNet, build_network, fus
 from sonopacs.models.presence import PresenceRule
 from sonopacs.models.priors import shift_priors, target_priors
 from sonopacs.models.scope import BANK_FILE, FeatureBank, sector_reason, sector_score
-from sonopacs.models.site_calibration import load_site_calibration, presence_rule_holds
+from sonopacs.models.site_calibration import load_site_calibration
 from sonopacs.models.transforms import Letterbox, letterbox_image, to_gray, to_model_input
 from sonopacs.models.types import CLASSES, AnalysisResult
 
@@ -201,12 +201,7 @@ class Analyzer:
             self.operating_points = dict(site.operating_points)
             self.calibration_source = f"site: {site_calibration} ({site.n_images} images, {site.created})"
             expected_normal_fraction = site.expected_normal_fraction  # the site's own mix when it had normals
-            if presence_rule_holds(site.lesion_presence):  # the site's rule (floors it fitted, else the shipped area floor)
-                self.presence = PresenceRule.from_dict({"min_area_fraction": self.presence.min_area_fraction,
-                                                        **site.lesion_presence,
-                                                        # the site's areas were measured on masks at the shipped threshold
-                                                        "mask_threshold": self.presence.mask_threshold,
-                                                        "contour_threshold": self.presence.contour_threshold})
+            self.presence = site.presence_rule(self.presence)
         self.expected_normal_fraction = float(expected_normal_fraction)
         self.target_priors = target_priors(self.class_priors, self.expected_normal_fraction)
         self.scope_bank = scope_bank

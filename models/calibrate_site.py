@@ -27,7 +27,7 @@ def calibrate_index(index_csv: Path, out_file: Path, analyzer: Any, n_boot: int 
     """
     logits, labels, areas, confidence, groups = [], [], [], [], []
     skipped = 0
-    for rec in read_index(Path(index_csv), group_column=_group_column(Path(index_csv))):
+    for rec in read_index(Path(index_csv), group_column=fold_group_column(Path(index_csv))):
         if rec.label is None:
             continue
         img = load_image(rec.image)
@@ -54,7 +54,7 @@ def calibrate_index(index_csv: Path, out_file: Path, analyzer: Any, n_boot: int 
     return site
 
 
-def _group_column(index_csv: Path) -> str | None:
+def fold_group_column(index_csv: Path) -> str | None:
     """The column that keeps one patient's (or one near-duplicate group's) images in one fold when
     the presence rule is checked out of fold: ``patient``, else ``group``, else none."""
     with index_csv.open(newline="") as f:

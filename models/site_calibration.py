@@ -53,6 +53,16 @@ class SiteCalibration:
     # (``max_p_normal``), with the target and what it gave on the set; empty: the shipped rule
     lesion_presence: dict[str, Any] = field(default_factory=dict)
 
+    def presence_rule(self, shipped: PresenceRule) -> PresenceRule:
+        """The lesion-presence rule in force with this file: the site's where it was fitted and holds
+        out of fold (its floors, else the shipped area floor), else the ``shipped`` one. The site's
+        areas were measured on masks at the shipped threshold, so that and the contour's stay."""
+        if not presence_rule_holds(self.lesion_presence):
+            return shipped
+        return PresenceRule.from_dict({"min_area_fraction": shipped.min_area_fraction, **self.lesion_presence,
+                                       "mask_threshold": shipped.mask_threshold,
+                                       "contour_threshold": shipped.contour_threshold})
+
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "model": {"name": self.model_name, "version": self.model_version},
                 "calibration": self.calibration.to_dict(), "class_priors": list(self.class_priors),

@@ -1,0 +1,163 @@
+"""Go-live rehearsals over many splits of a stand-in site: what a site calibration does to the images
+it was not fitted on, as a spread over splits instead of one split's figures (``site_trial``).
+
+    python -m sonopacs.training.site_splits runs/RUN/jobs/cross_bus-bra_to_busi \\
+        --members runs/RUN/jobs/cross_bus-bra_to_busi_f{0,1,2} --index ../shared/datasets/busi/index.csv \\
+        --drop-label-conflict --presence-from models/weights/model.json --splits 20 --out DIR
+
+Each image goes once through the one cleaning path and the Analyzer (as ``evaluate`` runs it); its raw
+logits and its detection mask's area and confidence are kept. Then, for seeds ``--seed`` onwards,
+the site set is drawn as ``site_trial`` draws it, ``fit_site_calibration`` is fitted on it exactly
+as ``sonopacs calibrate`` fits it, and the other images are scored as the Analyzer scores them with
+that file: calibrated, prior-shifted probabilities and the presence rule in force
+(``SiteCalibration.presence_rule``). One pass of the networks serves every split, so 20 splits cost
+about one ``evaluate``. Not modelled: which field of a multi-field image is reported (chosen once,
+without the site calibration). Images not assessed are left out, as ``calibrate`` leaves them out.
+``summary.json``: every split's figures, then mean, minimum and maximum over splits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sonopacs.models.analyzer import Analyzer
+from sonopacs.models.calibrate_site import fold_group_column
+from sonopacs.models.calibration import expected_calibration_error
+from sonopacs.models.data import load_image, load_mask, read_index
+from sonopacs.models.evaluation import analyse_image
+from sonopacs.models.metrics import _auc
+from sonopacs.models.site_calibration import SiteCalibration, fit_site_calibration, reported_probs
+from sonopacs.training.job_eval import held_out_index, job_weights, presence_from
+from sonopacs.training.site_trial import split_by_group
+
+
+@dataclass
+class SiteImages:
+    """What the networks said about each assessed image, once: the inputs of every split."""
+
+    names: list[str]
+    labels: np.ndarray
+    logits: np.ndarray
+    area: np.ndarray
+    confidence: np.ndarray
+    given: np.ndarray  # given a lesion by the Analyzer without a site calibration
+
+
+def analyse_index(index_csv: Path, analyzer: Analyzer) -> SiteImages:
+    names, labels, logits, area, confidence, given = [], [], [], [], [], []
+    for rec in read_index(index_csv):
+        if rec.label is None:
+            continue
+        img = load_image(rec.image)
+        res, _ = analyse_image(analyzer, img, load_mask([], img.shape[:2]))
+        if not res.assessed:
+            continue
+        names.append(rec.image.name)
+        labels.append(rec.label)
+        logits.append(res.extra["logits"])
+        area.append(float(res.extra["lesion_area_fraction"]))  # type: ignore[arg-type]
+        confidence.append(float(res.extra["lesion_mask_confidence"]))  # type: ignore[arg-type]
+        given.append(bool(res.mask.any()))
+    return SiteImages(names, np.asarray(labels), np.asarray(logits, np.float64), np.asarray(area),
+                      np.asarray(confidence), np.asarray(given))
+
+
+def split_figures(images: SiteImages, site: SiteCalibration | None, check: np.ndarray, analyzer: Analyzer
+                  ) -> dict[str, float | None]:
+    """The check images' figures without (``site`` None: the Analyzer as loaded) or with a site calibration."""
+    y, logits = images.labels[check], images.logits[check]
+    if site is None:
+        probs = analyzer.reported_probabilities(logits)
+        given = images.given[check]
+    else:
+        probs = reported_probs(site.calibration, site.class_priors, logits, site.expected_normal_fraction)
+        given = site.presence_rule(analyzer.presence).given(probs[:, 0], images.area[check], images.confidence[check])
+    lesion = y > 0
+    ece = expected_calibration_error(probs, y)
+    les = probs[lesion]
+    return {"lesion_sensitivity": float(given[lesion].mean()) if lesion.any() else None,
+            "normal_false_lesion_rate": float(given[~lesion].mean()) if (~lesion).any() else None,
+            "ece": None if ece is None else float(ece),
+            "auc_benign_vs_malignant": _auc(y[lesion] == 2, les[:, 2] / np.clip(les[:, 1:].sum(1), 1e-12, None))}
+
+
+def rehearse(images: SiteImages, index_csv: Path, analyzer: Analyzer, out: Path, splits: int, seed: int,
+             site_size: int, group_column: str = "group") -> dict[str, Any]:
+    """``splits`` seeded site/check splits: each one's figures without and with its site calibration."""
+    rows = []
+    for k in range(splits):
+        folder = out / f"split_{seed + k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        site_csv, _ = split_by_group(index_csv, folder, site_size, seed + k, group_column)
+        # the groups as ``sonopacs calibrate`` reads them from site.csv (its out-of-fold check's folds)
+        site_groups = {r.image.name: r.group for r in read_index(site_csv, group_column=fold_group_column(site_csv))}
+        s = np.array([n in site_groups for n in images.names])
+        site = fit_site_calibration(images.logits[s], images.labels[s], model_name=analyzer.name,
+                                    model_version=analyzer.version, shipped=analyzer.calibration,
+                                    shipped_priors=analyzer.class_priors,
+                                    normal_fraction=analyzer.expected_normal_fraction, n_boot=0,
+                                    mask_area=images.area[s], mask_confidence=images.confidence[s],
+                                    shipped_presence=analyzer.presence,
+                                    groups=[site_groups[n] for n, x in zip(images.names, s, strict=True) if x])
+        rows.append({"seed": seed + k, "site_images": int(s.sum()), "check_images": int((~s).sum()),
+                     "presence_rule_applied": bool(site.lesion_presence.get("applied", True)),
+                     "without": split_figures(images, None, ~s, analyzer),
+                     "with_site_calibration": split_figures(images, site, ~s, analyzer)})
+    return {"splits": rows, "over_splits": {side: _spread([r[side] for r in rows])  # type: ignore[misc]
+                                            for side in ("without", "with_site_calibration")},
+            "presence_rule_applied": sum(r["presence_rule_applied"] for r in rows)}
+
+
+def _spread(figures: list[dict[str, float | None]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for key in figures[0]:
+        v = np.array([f[key] for f in figures if f[key] is not None], np.float64)
+        if len(v):
+            out[key] = {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max())}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", type=Path, help="a weights folder, or a training job folder (runs/RUN/jobs/JOB)")
+    ap.add_argument("--index", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--drop-label-conflict", action="store_true")
+    ap.add_argument("--splits", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=16, help="the first split's seed (site_trial's default)")
+    ap.add_argument("--site-size", type=int, default=150)
+    ap.add_argument("--group-column", default="group")
+    ap.add_argument("--expected-normal-fraction", type=float, default=0.4)
+    ap.add_argument("--presence-from", type=Path, default=None,
+                    help="for a job folder: a model.json whose lesion_presence rule the job's weights get")
+    ap.add_argument("--members", type=Path, nargs="*", default=[],
+                    help="for a job folder: further job folders of the same network, evaluated as one ensemble")
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    index = held_out_index(a.index, a.out / "index.csv", a.drop_label_conflict)
+    is_job = not (a.model / "model.json").exists()
+    wdir = (job_weights(a.model, a.out / "weights", presence=presence_from(a.presence_from), members=a.members)
+            if is_job else a.model)
+    analyzer = Analyzer.load(wdir, device="cpu", expected_normal_fraction=a.expected_normal_fraction,
+                             scope_gate=not is_job)
+    images = analyse_index(index, analyzer)
+    summary = rehearse(images, index, analyzer, a.out, a.splits, a.seed, a.site_size, a.group_column)
+    (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"{len(images.names)} assessed images, {a.splits} splits; site presence rule applied in "
+          f"{summary['presence_rule_applied']}")
+    for key in ("lesion_sensitivity", "normal_false_lesion_rate", "ece", "auc_benign_vs_malignant"):
+        line = [f"{key:26s}"]
+        for side in ("without", "with_site_calibration"):
+            s = summary["over_splits"][side].get(key)
+            line.append("n/a" if s is None else f"{side}: mean {s['mean']:.3f} min {s['min']:.3f} max {s['max']:.3f}")
+        print("  ".join(line))
+
+
+if __name__ == "__main__":
+    main()
