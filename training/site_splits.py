@@ -18,7 +18,6 @@ without the site calibration). Images not assessed are left out, as ``calibrate`
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +32,7 @@ from sonopacs.models.data import load_image, load_mask, read_index
 from sonopacs.models.evaluation import analyse_image
 from sonopacs.models.metrics import _auc
 from sonopacs.models.site_calibration import SiteCalibration, fit_site_calibration, reported_probs
-from sonopacs.training.job_eval import held_out_index, job_weights, presence_from
-from sonopacs.training.site_trial import split_by_group
+from sonopacs.training.site_trial import rehearsal_parser, rehearsal_setup, split_by_group
 
 
 @dataclass
@@ -124,28 +122,11 @@ def _spread(figures: list[dict[str, float | None]]) -> dict[str, dict[str, float
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", type=Path, help="a weights folder, or a training job folder (runs/RUN/jobs/JOB)")
-    ap.add_argument("--index", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--drop-label-conflict", action="store_true")
+    ap = rehearsal_parser(__doc__)
     ap.add_argument("--splits", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=16, help="the first split's seed (site_trial's default)")
-    ap.add_argument("--site-size", type=int, default=150)
-    ap.add_argument("--group-column", default="group")
-    ap.add_argument("--expected-normal-fraction", type=float, default=0.4)
-    ap.add_argument("--presence-from", type=Path, default=None,
-                    help="for a job folder: a model.json whose lesion_presence rule the job's weights get")
-    ap.add_argument("--members", type=Path, nargs="*", default=[],
-                    help="for a job folder: further job folders of the same network, evaluated as one ensemble")
     a = ap.parse_args()
-    a.out.mkdir(parents=True, exist_ok=True)
-    index = held_out_index(a.index, a.out / "index.csv", a.drop_label_conflict)
-    is_job = not (a.model / "model.json").exists()
-    wdir = (job_weights(a.model, a.out / "weights", presence=presence_from(a.presence_from), members=a.members)
-            if is_job else a.model)
-    analyzer = Analyzer.load(wdir, device="cpu", expected_normal_fraction=a.expected_normal_fraction,
-                             scope_gate=not is_job)
+    index, make_analyzer = rehearsal_setup(a)
+    analyzer = make_analyzer(None)
     images = analyse_index(index, analyzer)
     summary = rehearse(images, index, analyzer, a.out, a.splits, a.seed, a.site_size, a.group_column)
     (a.out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,14 +58,15 @@ def split_by_group(index_csv: Path, out_dir: Path, site_size: int, seed: int, gr
     return paths
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def rehearsal_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The arguments every go-live rehearsal takes (``site_trial``, ``site_splits``)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", type=Path, help="a weights folder, or a training job folder (runs/RUN/jobs/JOB)")
     ap.add_argument("--index", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--drop-label-conflict", action="store_true")
     ap.add_argument("--site-size", type=int, default=150)
-    ap.add_argument("--seed", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=16, help="the (first) split's seed")
     ap.add_argument("--group-column", default="group")
     ap.add_argument("--expected-normal-fraction", type=float, default=0.4)
     ap.add_argument("--image-size", type=int, default=None,
@@ -74,10 +76,14 @@ def main() -> None:
                          "the job's weights get, e.g. the one its run's finalize fitted")
     ap.add_argument("--members", type=Path, nargs="*", default=[],
                     help="for a job folder: further job folders of the same network, evaluated as one ensemble")
-    a = ap.parse_args()
+    return ap
+
+
+def rehearsal_setup(a: argparse.Namespace) -> tuple[Path, Callable[[Path | None], Analyzer]]:
+    """The held-out index (in ``a.out``) and a maker of the model's Analyzer, with or without a site
+    calibration file; a job folder gets ``job_weights``' folder and no scope bank."""
     a.out.mkdir(parents=True, exist_ok=True)
     index = held_out_index(a.index, a.out / "index.csv", a.drop_label_conflict)
-    site_csv, check_csv = split_by_group(index, a.out, a.site_size, a.seed, a.group_column)
     is_job = not (a.model / "model.json").exists()
     wdir = (job_weights(a.model, a.out / "weights", a.image_size, presence=presence_from(a.presence_from),
                         members=a.members) if is_job else a.model)
@@ -86,6 +92,13 @@ def main() -> None:
         return Analyzer.load(wdir, device="cpu", expected_normal_fraction=a.expected_normal_fraction,
                              site_calibration=site_file, scope_gate=not is_job)
 
+    return index, analyzer
+
+
+def main() -> None:
+    a = rehearsal_parser(__doc__).parse_args()
+    index, analyzer = rehearsal_setup(a)
+    site_csv, check_csv = split_by_group(index, a.out, a.site_size, a.seed, a.group_column)
     site = calibrate_index(site_csv, a.out / "site.json", analyzer(None))
     print(describe(site))
     summary: dict[str, Any] = {"site": site.to_dict()}
