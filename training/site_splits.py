@@ -31,7 +31,12 @@ from sonopacs.models.calibration import expected_calibration_error
 from sonopacs.models.data import load_image, load_mask, read_index
 from sonopacs.models.evaluation import analyse_image
 from sonopacs.models.metrics import _auc
-from sonopacs.models.site_calibration import SiteCalibration, fit_site_calibration, reported_probs
+from sonopacs.models.site_calibration import (
+    SiteCalibration,
+    fit_site_calibration,
+    presence_rule_holds,
+    reported_probs,
+)
 from sonopacs.training.site_trial import rehearsal_parser, rehearsal_setup, split_by_group
 
 
@@ -104,7 +109,7 @@ def rehearse(images: SiteImages, index_csv: Path, analyzer: Analyzer, out: Path,
                                     shipped_presence=analyzer.presence,
                                     groups=[site_groups[n] for n, x in zip(images.names, s, strict=True) if x])
         rows.append({"seed": seed + k, "site_images": int(s.sum()), "check_images": int((~s).sum()),
-                     "presence_rule_applied": bool(site.lesion_presence.get("applied", True)),
+                     "presence_rule_applied": presence_rule_holds(site.lesion_presence),
                      "without": split_figures(images, None, ~s, analyzer),
                      "with_site_calibration": split_figures(images, site, ~s, analyzer)})
     return {"splits": rows, "over_splits": {side: _spread([r[side] for r in rows])  # type: ignore[misc]
