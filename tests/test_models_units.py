@@ -9,6 +9,7 @@ from scipy.special import softmax
 
 from sonopacs.models.calibration import (
     Calibration,
+    ece_if_calibrated,
     expected_calibration_error,
     fit_temperature,
     fit_temperature_bias,
@@ -46,6 +47,19 @@ def test_temperature_recovers_known_scale() -> None:
     assert fit_temperature(true_logits * 3, labels) == pytest.approx(3, rel=0.1)
     probs = softmax(true_logits, axis=1)
     assert expected_calibration_error(probs, labels) < 0.03
+
+
+def test_ece_floor_is_what_exactly_calibrated_probabilities_show_on_a_set_of_that_size() -> None:
+    """One probability vector for every image: the ECE is |share of the top class - its probability|,
+    whose mean for n draws is sqrt(p (1 - p) / n) * sqrt(2 / pi); certain probabilities show none."""
+    p = np.tile([0.1, 0.2, 0.7], (400, 1))
+    expected = np.sqrt(0.7 * 0.3 / 400) * np.sqrt(2 / np.pi)
+    assert ece_if_calibrated(p, draws=2000) == pytest.approx(expected, rel=0.08)
+    assert ece_if_calibrated(np.tile([0.0, 0.0, 1.0], (50, 1))) == 0.0
+    assert ece_if_calibrated(np.zeros((0, 3))) is None
+    rng = np.random.default_rng(2)
+    spread = softmax(rng.normal(0, 2, (1800, 3)), axis=1)
+    assert ece_if_calibrated(spread[:450]) > 1.6 * ece_if_calibrated(spread)  # about 1/sqrt(n)
 
 
 def test_temperature_and_class_bias_recover_a_known_prior_shift() -> None:

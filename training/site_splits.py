@@ -27,7 +27,7 @@ import numpy as np
 
 from sonopacs.models.analyzer import Analyzer
 from sonopacs.models.calibrate_site import fold_group_column
-from sonopacs.models.calibration import expected_calibration_error
+from sonopacs.models.calibration import ece_if_calibrated, expected_calibration_error
 from sonopacs.models.data import load_image, load_mask, read_index
 from sonopacs.models.evaluation import analyse_image
 from sonopacs.models.metrics import _auc
@@ -87,6 +87,7 @@ def split_figures(images: SiteImages, site: SiteCalibration | None, check: np.nd
     return {"lesion_sensitivity": float(given[lesion].mean()) if lesion.any() else None,
             "normal_false_lesion_rate": float(given[~lesion].mean()) if (~lesion).any() else None,
             "ece": None if ece is None else float(ece),
+            "ece_if_calibrated": ece_if_calibrated(probs),
             "auc_benign_vs_malignant": _auc(y[lesion] == 2, les[:, 2] / np.clip(les[:, 1:].sum(1), 1e-12, None))}
 
 
@@ -137,7 +138,7 @@ def main() -> None:
     (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"{len(images.names)} assessed images, {a.splits} splits; site presence rule applied in "
           f"{summary['presence_rule_applied']}")
-    for key in ("lesion_sensitivity", "normal_false_lesion_rate", "ece", "auc_benign_vs_malignant"):
+    for key in ("lesion_sensitivity", "normal_false_lesion_rate", "ece", "ece_if_calibrated", "auc_benign_vs_malignant"):
         line = [f"{key:26s}"]
         for side in ("without", "with_site_calibration"):
             s = summary["over_splits"][side].get(key)
