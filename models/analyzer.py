@@ -31,6 +31,7 @@ from sonopacs.models.networks import ClassifierView, SonoNet, build_network, fus
 from sonopacs.models.presence import PresenceRule
 from sonopacs.models.priors import shift_priors, target_priors
 from sonopacs.models.scope import BANK_FILE, FeatureBank, sector_reason, sector_score
+from sonopacs.models.second_look import SecondLook
 from sonopacs.models.site_calibration import load_site_calibration
 from sonopacs.models.transforms import Letterbox, letterbox_image, to_gray, to_model_input
 from sonopacs.models.types import CLASSES, AnalysisResult
@@ -193,6 +194,9 @@ class Analyzer:
             "calibration_class_priors", (1 / 3, 1 / 3, 1 / 3)))
         self.calibration_source = "shipped"
         self.presence = PresenceRule.from_dict(manifest.get("lesion_presence"))
+        self.second_look = SecondLook.from_dict(manifest.get("second_look"))
+        if self.second_look is not None and self.calibration.uses_features:
+            raise ValueError("a second look cannot be combined with a shape-feature calibration")
         if site_calibration is not None:
             site = load_site_calibration(Path(site_calibration), self.name, self.version)
             if self.calibration.uses_features:
@@ -274,7 +278,11 @@ class Analyzer:
             assert views is not None  # the networks' own decoders ran
             full_probs = _mirror_mean_lesion_probability(views, boxes)
         cam_np = cam.detach().float().cpu().numpy()[:, 0]
-        features = self._mirror_mean_pooled(n)
+        features = self._mirror_mean_pooled(n)  # before a second look runs the network again
+        outline_probs: list[np.ndarray] = full_probs
+        looked: list[tuple[slice, slice] | None] = [None] * n
+        if self.second_look is not None:
+            logits, outline_probs, looked = self._look_again(grays, logits, full_probs)
         ood = self.scope_bank.distance(features) if self.scope_bank is not None else np.full(n, np.nan)
         shape_views = shape_mean = None
         if self.calibration.uses_features and views is not None:  # the networks' own mask, as at calibration
@@ -289,8 +297,11 @@ class Analyzer:
                                                        None if shape_mean is None else shape_mean[[i]]))[0]
             heat = (cam_np[i] + cam_np[n + i][:, ::-1]) / 2
             shape = None if shape_mean is None else dict(zip(SHAPE_FEATURES, map(float, shape_mean[i]), strict=True))
-            res = self._result(probs, probs_views, full_probs[i], heat, boxes[i], spacings[i], shape)
+            res = self._result(probs, probs_views, full_probs[i], heat, boxes[i], spacings[i], shape,
+                               outline_probs[i])
             res.extra["logits"] = [float(x) for x in mean_logits[0]]
+            box = looked[i]  # the crop looked at again: [first row, end row, first column, end column]
+            res.extra["second_look"] = None if box is None else [box[0].start, box[0].stop, box[1].start, box[1].stop]
             self._gate(res, float(ood[i]), sector_score(grays[i]))
             results.append(res)
         return results
@@ -301,6 +312,39 @@ class Analyzer:
         assert self._pooled is not None
         pooled = self._pooled.float().cpu().numpy().reshape(2 * n, -1).astype(np.float64)
         return (pooled[:n] + pooled[n:]) / 2
+
+    @torch.no_grad()
+    def _look_again(self, grays: list[np.ndarray], logits: np.ndarray, full_probs: list[np.ndarray]
+                    ) -> tuple[np.ndarray, list[np.ndarray], list[tuple[slice, slice] | None]]:
+        """``models.second_look``: each image with a detection mask is cropped around it and run
+        through the same networks (and mirror). Returns the 2N view logits averaged with the crop's,
+        the lesion probability with the crop's in place of the first look's inside the crop (for
+        the outline only; presence stays the first look's), and each image's crop (None: not looked at again)."""
+        assert self.second_look is not None
+        n = len(grays)
+        crops = {}
+        for i, prob in enumerate(full_probs):
+            box = self.second_look.crop(lesion_mask(prob, self.presence.mask_threshold))
+            if box is not None:
+                crops[i] = box
+        if not crops:
+            return logits, full_probs, [None] * n
+        order = list(crops)
+        patches = [grays[i][crops[i]] for i in order]
+        xx, boxes = _mirrored_batch(patches, self.size, self.device, self._memory_format)
+        crop_logits, crop_seg = self.net(xx)
+        crop_logits, views = self._members_mean(xx, crop_logits.float(), crop_seg)
+        crop_probs = (self.segmenter.lesion_probability(patches) if self.segmenter is not None else
+                      _mirror_mean_lesion_probability(views, boxes))  # type: ignore[arg-type]
+        second = crop_logits.cpu().numpy().astype(np.float64)
+        logits, outline = logits.copy(), list(full_probs)
+        m = len(order)
+        for k, i in enumerate(order):
+            logits[i] = (logits[i] + second[k]) / 2  # each view with the crop's same view
+            logits[n + i] = (logits[n + i] + second[m + k]) / 2
+            outline[i] = full_probs[i].copy()
+            outline[i][crops[i]] = crop_probs[k]
+        return logits, outline, [crops.get(i) for i in range(n)]
 
     @torch.no_grad()
     def scope_features(self, images: list[np.ndarray]) -> np.ndarray:
@@ -339,9 +383,18 @@ class Analyzer:
         if reason is not None:
             mark_not_assessed(res, reason)
 
+    def _outline(self, full_prob: np.ndarray, found: np.ndarray, outline_prob: np.ndarray | None) -> np.ndarray:
+        """The outline of a present lesion: drawn on the second look's probability where it ran and
+        still finds a lesion there, else on the first look's."""
+        if outline_prob is not None and outline_prob is not full_prob:
+            again = lesion_mask(outline_prob, self.presence.mask_threshold)
+            if again.any():
+                return self.presence.contour(outline_prob, again)
+        return self.presence.contour(full_prob, found)
+
     def _result(self, probs: np.ndarray, probs_views: np.ndarray, full_prob: np.ndarray, heat: np.ndarray,
-                box: Any, spacing: tuple[float, float] | None, shape: dict[str, float] | None = None
-                ) -> AnalysisResult:
+                box: Any, spacing: tuple[float, float] | None, shape: dict[str, float] | None = None,
+                outline_prob: np.ndarray | None = None) -> AnalysisResult:
         pm = float(probs[2])
         found = lesion_mask(full_prob, self.presence.mask_threshold)
         # the mask's share of the model's letterboxed input frame, as training measured the areas the
@@ -351,7 +404,7 @@ class Analyzer:
         present = self.presence.lesion_present(float(probs[0]), area_fraction, confidence)
         # normal when no lesion is found, else the likelier of benign and malignant
         label = CLASSES[1 + int(np.argmax(probs[1:]))] if present else "normal"
-        mask = self.presence.contour(full_prob, found) if present else np.zeros(full_prob.shape, bool)
+        mask = self._outline(full_prob, found, outline_prob) if present else np.zeros(full_prob.shape, bool)
         heat_full = box.unletterbox(heat.astype(np.float32))  # the unpadded area only
         lo, hi = float(heat_full.min()), float(heat_full.max())  # one scaling, after averaging views
         heat_full = ((heat_full - lo) / (hi - lo)) if hi > lo else np.zeros_like(heat_full)
@@ -370,7 +423,7 @@ class Analyzer:
             extra={
                 "operating_points": dict(self.operating_points),
                 "tta_views": 2,
-                "heatmap_method": ("monai GradCAM on the deepest encoder features, class = predicted label, "
+                "heatmap_method": ("monai GradCAM on the deepest encoder features, class = the whole field's predicted label, "
                                    "raw map (not MONAI's inverting default_normalizer), min-max over the "
                                    "unpadded image"),
                 "lesion_probability_max": float(full_prob.max()),

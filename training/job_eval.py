@@ -56,10 +56,11 @@ def trained_image_size(job_dir: Path) -> int | None:
 
 def job_weights(job_dir: Path, out: Path, image_size: int | None = None, name: str = "lodo-job",
                 version: str = "0.0.0", presence: dict[str, float] | None = None,
-                members: Sequence[Path] = ()) -> Path:
+                members: Sequence[Path] = (), second_look: dict[str, float] | None = None) -> Path:
     """A weights folder (half-precision state dict + manifest) for a job's ``model.pt``; ``presence``
     replaces the default lesion-presence rule (e.g. the one a run's finalize fitted); ``members``:
-    further jobs of the same network, averaged with it as an ensemble (``Analyzer``).
+    further jobs of the same network, averaged with it as an ensemble (``Analyzer``); ``second_look``:
+    the manifest's ``models.second_look`` settings (None: none).
 
     ``image_size`` defaults to the size the job trained at (``trained_image_size``). A size that
     differs from that record is refused: the network would run, at the wrong scale, and every
@@ -82,6 +83,7 @@ def job_weights(job_dir: Path, out: Path, image_size: int | None = None, name: s
         "lesion_presence": presence or PresenceRule().to_dict(),  # floor 0.2 %, cut 0.5
         "best_epoch": ck.get("best_epoch"), "source_job": str(job_dir),
         **({"ensemble_members": member_files, "member_jobs": [str(m) for m in members]} if members else {}),
+        **({"second_look": second_look} if second_look else {}),
     }
     (out / "model.json").write_text(json.dumps(manifest, indent=2))
     return out
@@ -188,11 +190,14 @@ def main() -> None:
                     help="further job folders of the same network: evaluate the mean of all as an ensemble")
     ap.add_argument("--mask-threshold", type=float, default=None,
                     help="the lesion probability at which the rule's detection mask is drawn (the outline stays at 0.5)")
+    ap.add_argument("--second-look", type=float, default=None, metavar="FRACTION",
+                    help="a second, zoomed look at each found lesion (models.second_look) at this fraction")
     a = ap.parse_args()
     rule = presence_from(a.presence_from) or PresenceRule().to_dict()
     if a.mask_threshold is not None:
         rule = {**rule, "mask_threshold": a.mask_threshold}
-    wdir = job_weights(a.job_dir, a.out / "weights", a.image_size, presence=rule, members=a.members)
+    wdir = job_weights(a.job_dir, a.out / "weights", a.image_size, presence=rule, members=a.members,
+                       second_look=None if a.second_look is None else {"fraction": a.second_look})
     index = held_out_index(a.index, a.out / "index.csv", a.drop_label_conflict)
     analyzer = Analyzer.load(wdir, device="cpu", expected_normal_fraction=a.expected_normal_fraction, scope_gate=False)
     m = evaluate_index(index, a.out, analyzer=analyzer)

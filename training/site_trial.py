@@ -76,6 +76,8 @@ def rehearsal_parser(doc: str | None) -> argparse.ArgumentParser:
                          "the job's weights get, e.g. the one its run's finalize fitted")
     ap.add_argument("--members", type=Path, nargs="*", default=[],
                     help="for a job folder: further job folders of the same network, evaluated as one ensemble")
+    ap.add_argument("--second-look", type=float, default=None, metavar="FRACTION",
+                    help="for a job folder: a second, zoomed look at each found lesion (models.second_look)")
     return ap
 
 
@@ -86,7 +88,9 @@ def rehearsal_setup(a: argparse.Namespace) -> tuple[Path, Callable[[Path | None]
     index = held_out_index(a.index, a.out / "index.csv", a.drop_label_conflict)
     is_job = not (a.model / "model.json").exists()
     wdir = (job_weights(a.model, a.out / "weights", a.image_size, presence=presence_from(a.presence_from),
-                        members=a.members) if is_job else a.model)
+                        members=a.members,
+                        second_look=None if a.second_look is None else {"fraction": a.second_look})
+            if is_job else a.model)
 
     def analyzer(site_file: Path | None) -> Analyzer:
         return Analyzer.load(wdir, device="cpu", expected_normal_fraction=a.expected_normal_fraction,
