@@ -243,16 +243,17 @@ def test_errors_by_lesion_size_split_lesion_images_into_thirds() -> None:
 
 def test_finalize_ships_the_fold_models_as_an_ensemble(smoke_run: Path, tmp_path: Path) -> None:
     """``ship.ensemble``: the listed jobs' networks are shipped beside the final one and the
-    Analyzer averages all of them."""
+    Analyzer averages all of them; ``ship.second_look`` goes into the manifest, checked."""
     from sonopacs.models import Analyzer
     from sonopacs.training.finalize import finalize
 
     run = tmp_path / "run"
     shutil.copytree(smoke_run / "run", run)
     cfg = load_config(smoke_run / "smoke.yaml")
-    cfg["ship"] = {"ensemble": ["cv0", "cv1"]}
+    cfg["ship"] = {"ensemble": ["cv0", "cv1"], "second_look": {"fraction": 0.35}}
     finalize(cfg, run)
     manifest = json.loads((run / "weights" / "model.json").read_text())
+    assert manifest["second_look"] == {"fraction": 0.35, "min_side": 48, "max_cover": 0.6}
     assert manifest["ensemble_members"] == ["member_1.pt", "member_2.pt"]
     assert manifest["ensemble_member_jobs"] == ["cv0", "cv1"]
     cv1 = torch.load(run / "jobs" / "cv1" / "model.pt", weights_only=True)["state_dict"]

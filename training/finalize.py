@@ -24,6 +24,7 @@ from sonopacs.models.metrics import classification_metrics, withhold_masks
 from sonopacs.models.plots import plot_confusion, plot_reliability, plot_roc
 from sonopacs.models.presence import PresenceRule, fit_rule, fit_rule_over_thresholds
 from sonopacs.models.priors import shift_priors, target_priors
+from sonopacs.models.second_look import SecondLook
 
 log = logging.getLogger(__name__)
 
@@ -330,6 +331,9 @@ def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
             manifest["ensemble_note"] = ("class logits and lesion probability averaged over the final network and "
                                          "these; calibration and presence rule fitted on the single fold models' "
                                          "out-of-fold predictions (no out-of-fold ensemble exists)")
+        look = SecondLook.from_dict((cfg.get("ship") or {}).get("second_look"))
+        if look is not None:  # an inference step of the shipped Analyzer (models.second_look)
+            manifest["second_look"] = look.to_dict()
         seg_from = (cfg.get("ship") or {}).get("segmentation_from")
         if seg_from:  # pair this classifier with an already trained segmenter (its own folder)
             shutil.copytree(Path(seg_from), wdir / "segmentation", dirs_exist_ok=True)
