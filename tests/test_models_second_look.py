@@ -62,6 +62,7 @@ def _wide_fields() -> list[np.ndarray]:
     out = []
     for p in sorted(DATA.glob("bus_*.jpg")):
         img = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+        assert img is not None
         h, w = img.shape
         field = np.full((2 * h, 3 * w), int(np.median(img)), np.uint8)
         field[h // 2: h // 2 + h, w: 2 * w] = img
