@@ -157,6 +157,11 @@ class Analyzer:
     has seen, and their mean errs less (the model card measures it). The heat map (so its class
     is the primary network's) and the scope gate's features stay the primary network's.
 
+    With ``second_look`` (``models.second_look``), each found lesion's surroundings are cropped and
+    run through the same networks again: the crop's class logits are averaged with the field's and
+    the outline is drawn from the crop's lesion probability; presence, heat map and scope features
+    stay the first look's.
+
     Probabilities are the calibration's, prior-shifted from the class mix it was fitted on to
     ``expected_normal_fraction`` normal images (``models.priors``). Lesion presence is decided by
     ``models.presence`` (mask + shifted P(normal)); without a lesion the label is normal, the mask
