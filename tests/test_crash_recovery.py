@@ -118,7 +118,13 @@ def retry_held_by_worker(settings: Settings) -> bool:
             client.close()
     conn = sqlite3.connect(url.split("///", 1)[-1])
     try:
-        return not conn.execute("SELECT count(*) FROM kombu_message WHERE visible = 1").fetchone()[0]
+        waiting, taken = conn.execute(
+            "SELECT sum(m.visible = 1), sum(m.visible = 0) FROM kombu_message m "
+            "JOIN kombu_queue q ON m.queue_id = q.id WHERE q.name = 'export'"
+        ).fetchone()
+        # kombu's SQL transport keeps delivered messages (visible = 0): try 1's and, once the worker
+        # published and took it, the retry's. Without the second, the retry may not be published yet.
+        return not waiting and (taken or 0) >= 2
     finally:
         conn.close()
 
