@@ -284,10 +284,11 @@ class Analyzer:
             full_probs = _mirror_mean_lesion_probability(views, boxes)
         cam_np = cam.detach().float().cpu().numpy()[:, 0]
         features = self._mirror_mean_pooled(n)  # before a second look runs the network again
-        outline_probs: list[np.ndarray] = full_probs
+        found = [lesion_mask(p, self.presence.mask_threshold) for p in full_probs]  # the detection masks
+        outline_probs: list[np.ndarray | None] = [None] * n
         looked: list[tuple[slice, slice] | None] = [None] * n
         if self.second_look is not None:
-            logits, outline_probs, looked = self._look_again(grays, logits, full_probs)
+            logits, outline_probs, looked = self._look_again(grays, logits, full_probs, found)
         ood = self.scope_bank.distance(features) if self.scope_bank is not None else np.full(n, np.nan)
         shape_views = shape_mean = None
         if self.calibration.uses_features and views is not None:  # the networks' own mask, as at calibration
@@ -302,7 +303,7 @@ class Analyzer:
                                                        None if shape_mean is None else shape_mean[[i]]))[0]
             heat = (cam_np[i] + cam_np[n + i][:, ::-1]) / 2
             shape = None if shape_mean is None else dict(zip(SHAPE_FEATURES, map(float, shape_mean[i]), strict=True))
-            res = self._result(probs, probs_views, full_probs[i], heat, boxes[i], spacings[i], shape,
+            res = self._result(probs, probs_views, full_probs[i], found[i], heat, boxes[i], spacings[i], shape,
                                outline_probs[i])
             res.extra["logits"] = [float(x) for x in mean_logits[0]]
             box = looked[i]  # the crop looked at again: [first row, end row, first column, end column]
@@ -319,36 +320,39 @@ class Analyzer:
         return (pooled[:n] + pooled[n:]) / 2
 
     @torch.no_grad()
-    def _look_again(self, grays: list[np.ndarray], logits: np.ndarray, full_probs: list[np.ndarray]
-                    ) -> tuple[np.ndarray, list[np.ndarray], list[tuple[slice, slice] | None]]:
-        """``models.second_look``: each image with a detection mask is cropped around it and run
-        through the same networks (and mirror). Returns the 2N view logits averaged with the crop's,
-        the lesion probability with the crop's in place of the first look's inside the crop (for
-        the outline only; presence stays the first look's), and each image's crop (None: not looked at again)."""
+    def look(self, grays: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Class logits of these images' 2N views ([images..., mirrors...], mean over the networks)
+        and each image's mirror-mean lesion probability in its own geometry; no heat map, no result."""
+        xx, boxes = _mirrored_batch(grays, self.size, self.device, self._memory_format)
+        logits, seg = self.net(xx)
+        mean_logits, views = self._members_mean(xx, logits.float(), seg)
+        probs = (self.segmenter.lesion_probability(grays) if self.segmenter is not None else
+                 _mirror_mean_lesion_probability(views, boxes))  # type: ignore[arg-type]
+        return mean_logits.cpu().numpy().astype(np.float64), probs
+
+    def _look_again(self, grays: list[np.ndarray], logits: np.ndarray, full_probs: list[np.ndarray],
+                    found: list[np.ndarray]
+                    ) -> tuple[np.ndarray, list[np.ndarray | None], list[tuple[slice, slice] | None]]:
+        """``models.second_look``: each image with a detection mask (``found``) is cropped around it
+        and ``look``ed at. Returns the 2N view logits averaged with the crop's, the lesion probability
+        with the crop's in place of the first look's inside the crop (for the outline only; presence
+        stays the first look's; None where not looked at again), and each image's crop (or None)."""
         assert self.second_look is not None
         n = len(grays)
-        crops = {}
-        for i, prob in enumerate(full_probs):
-            box = self.second_look.crop(lesion_mask(prob, self.presence.mask_threshold))
-            if box is not None:
-                crops[i] = box
+        crops = {i: box for i, f in enumerate(found) if (box := self.second_look.crop(f)) is not None}
+        outline: list[np.ndarray | None] = [None] * n
         if not crops:
-            return logits, full_probs, [None] * n
+            return logits, outline, [None] * n
         order = list(crops)
-        patches = [grays[i][crops[i]] for i in order]
-        xx, boxes = _mirrored_batch(patches, self.size, self.device, self._memory_format)
-        crop_logits, crop_seg = self.net(xx)
-        crop_logits, views = self._members_mean(xx, crop_logits.float(), crop_seg)
-        crop_probs = (self.segmenter.lesion_probability(patches) if self.segmenter is not None else
-                      _mirror_mean_lesion_probability(views, boxes))  # type: ignore[arg-type]
-        second = crop_logits.cpu().numpy().astype(np.float64)
-        logits, outline = logits.copy(), list(full_probs)
+        second, crop_probs = self.look([grays[i][crops[i]] for i in order])
+        logits = logits.copy()
         m = len(order)
         for k, i in enumerate(order):
             logits[i] = (logits[i] + second[k]) / 2  # each view with the crop's same view
             logits[n + i] = (logits[n + i] + second[m + k]) / 2
-            outline[i] = full_probs[i].copy()
-            outline[i][crops[i]] = crop_probs[k]
+            prob = full_probs[i].copy()
+            prob[crops[i]] = crop_probs[k]
+            outline[i] = prob
         return logits, outline, [crops.get(i) for i in range(n)]
 
     @torch.no_grad()
@@ -391,17 +395,16 @@ class Analyzer:
     def _outline(self, full_prob: np.ndarray, found: np.ndarray, outline_prob: np.ndarray | None) -> np.ndarray:
         """The outline of a present lesion: drawn on the second look's probability where it ran and
         still finds a lesion there, else on the first look's."""
-        if outline_prob is not None and outline_prob is not full_prob:
+        if outline_prob is not None:
             again = lesion_mask(outline_prob, self.presence.mask_threshold)
             if again.any():
                 return self.presence.contour(outline_prob, again)
         return self.presence.contour(full_prob, found)
 
-    def _result(self, probs: np.ndarray, probs_views: np.ndarray, full_prob: np.ndarray, heat: np.ndarray,
-                box: Any, spacing: tuple[float, float] | None, shape: dict[str, float] | None = None,
+    def _result(self, probs: np.ndarray, probs_views: np.ndarray, full_prob: np.ndarray, found: np.ndarray,
+                heat: np.ndarray, box: Any, spacing: tuple[float, float] | None, shape: dict[str, float] | None = None,
                 outline_prob: np.ndarray | None = None) -> AnalysisResult:
         pm = float(probs[2])
-        found = lesion_mask(full_prob, self.presence.mask_threshold)
         # the mask's share of the model's letterboxed input frame, as training measured the areas the
         # presence rule's floor was fitted on (a share of the image alone is larger by 1 / fill)
         area_fraction = float(found.mean()) * box.fill

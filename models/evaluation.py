@@ -122,17 +122,27 @@ def analyse_image(analyzer: Analyzer, img: np.ndarray, truth: np.ndarray, clean:
     truth mask in that result's geometry. When cleaning fails the whole image is analysed for the
     probabilities and the result is marked not assessed with the cleaning's reason.
     """
+    res, _, field_truth = analyse_image_field(analyzer, img, truth, clean)
+    return res, field_truth
+
+
+def analyse_image_field(analyzer: Analyzer, img: np.ndarray, truth: np.ndarray, clean: bool = True
+                        ) -> tuple[AnalysisResult, np.ndarray, np.ndarray]:
+    """``analyse_image``, with the gray image the reported result was analysed on (its field)."""
     if not clean:
-        return analyzer.analyze(to_gray(img)), truth
+        gray = to_gray(img)
+        return analyzer.analyze(gray), gray, truth
     try:
         fields = clean_for_model(img)
     except CleaningFailed as exc:
-        return mark_not_assessed(analyzer.analyze(to_gray(img)), str(exc)), truth
-    results = analyzer.analyze_batch([to_gray(f.image) for f in fields])
+        gray = to_gray(img)
+        return mark_not_assessed(analyzer.analyze(gray), str(exc)), gray, truth
+    grays = [to_gray(f.image) for f in fields]
+    results = analyzer.analyze_batch(grays)
     for f, r in zip(fields, results, strict=True):
         reason = colour_reason(f.summary)  # as the pipeline's clean_frame: whatever model.scope_gate says
         if reason is not None and r.assessed:
             mark_not_assessed(r, reason)
     best = max(range(len(results)), key=lambda k: (results[k].assessed, results[k].malignancy_probability, -k))
     results[best].extra["fields"] = len(results)
-    return results[best], crop_to(fields[best], truth)
+    return results[best], grays[best], crop_to(fields[best], truth)

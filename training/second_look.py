@@ -22,45 +22,23 @@ import json
 from typing import Any
 
 import numpy as np
-import torch
 
 from sonopacs.models.analyzer import (
     Analyzer,
-    _mirror_mean_lesion_probability,
-    _mirrored_batch,
 )
-from sonopacs.models.clean import clean_for_model
 from sonopacs.models.data import load_image, load_mask, read_index
-from sonopacs.models.evaluation import analyse_image
+from sonopacs.models.evaluation import analyse_image_field
 from sonopacs.models.measure import lesion_mask
 from sonopacs.models.metrics import _auc, dice_iou
 from sonopacs.models.second_look import SecondLook
-from sonopacs.models.transforms import to_gray
 from sonopacs.training.site_trial import rehearsal_parser, rehearsal_setup
 
 
-@torch.no_grad()
 def look(analyzer: Analyzer, grays: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Mirror- and member-mean class logits and lesion probability (own geometry) of these images."""
-    xx, boxes = _mirrored_batch(grays, analyzer.size, analyzer.device, analyzer._memory_format)
-    logits, seg = analyzer.net(xx)
-    mean_logits, views = analyzer._members_mean(xx, logits.float(), seg)
+    """Mirror- and member-mean class logits (N x 3) and lesion probability of these images."""
+    views, probs = analyzer.look(grays)
     n = len(grays)
-    lg = mean_logits.cpu().numpy().astype(np.float64)
-    assert views is not None
-    return (lg[:n] + lg[n:]) / 2, _mirror_mean_lesion_probability(views, boxes)
-
-
-def reported_field(analyzer: Analyzer, img: np.ndarray, res: Any) -> np.ndarray | None:
-    """The gray field the reported result came from (the one with the result's logits)."""
-    fields = clean_for_model(img)
-    for f in fields:
-        g = to_gray(f.image)
-        if g.shape == res.mask.shape:
-            lg, _ = look(analyzer, [g])
-            if np.allclose(lg[0], res.extra["logits"], atol=1e-4):
-                return g
-    return None
+    return (views[:n] + views[n:]) / 2, probs
 
 
 def _share(prob: np.ndarray, threshold: float) -> float:
@@ -75,22 +53,19 @@ def main() -> None:
     a = ap.parse_args()
     index, make_analyzer = rehearsal_setup(a)
     analyzer = make_analyzer(None)
+    analyzer.second_look = None  # the first look as it was: the tool looks again itself, at each fraction
     thr = analyzer.presence.mask_threshold
     rows: list[dict[str, Any]] = []
     for rec in read_index(index):
         if rec.label is None:
             continue
         img = load_image(rec.image)
-        res, truth = analyse_image(analyzer, img, load_mask(rec.masks, img.shape[:2]))
+        res, gray, truth = analyse_image_field(analyzer, img, load_mask(rec.masks, img.shape[:2]))
         if not res.assessed:
             continue
         row: dict[str, Any] = {"image": rec.image.name, "label": int(rec.label), "given": bool(res.mask.any()),
                                "logits": res.extra["logits"], "dice": dice_iou(res.mask, truth)[0] if rec.label else None}
-        gray = reported_field(analyzer, img, res)
         rows.append(row)
-        if gray is None:
-            row["no_field"] = True
-            continue
         _, fp = look(analyzer, [gray])
         first_prob = fp[0]
         row["first_max"] = float(first_prob.max())
@@ -181,7 +156,6 @@ def presence_scores(rows: list[dict[str, Any]], fractions: list[float]) -> dict[
     peak lesion probability, by the second look's (over the crop, or inside the first look's
     region), or by both averaged; images without a candidate score 0, crops left out keep the first
     look's score."""
-    rows = [r for r in rows if "first_max" in r]
     lesion = np.array([r["label"] > 0 for r in rows])
     first = np.array([r["first_max"] for r in rows])
     out: dict[str, Any] = {"first_max": normals_at_sensitivity(first, lesion)}
