@@ -406,3 +406,92 @@ def test_weight_average_is_written_beside_the_best_epoch_and_survives_a_resume(
     resumed = state("cut", "averaged")
     for k, v in averaged.items():
         assert torch.allclose(v.float(), resumed[k].float(), atol=1e-5), k
+
+
+def test_finalize_fits_the_calibration_on_what_the_analyzer_reports(smoke_run: Path, tmp_path: Path) -> None:
+    """``calibration.fit_on: analyzer``: each cv network goes through the shipped Analyzer (second
+    look included) on its held-out images, and the calibration is fitted on the logits it reports.
+    Checked against ``evaluate`` run on each job's held-out images by their index rows: a logit
+    matched to the wrong image, or the network's own logits kept, fails."""
+    from sonopacs.models.calibration import Calibration
+    from sonopacs.models.evaluation import evaluate_index
+    from sonopacs.training.analyzer_oof import PREDS_NAME, job_analyzer
+    from sonopacs.training.finalize import finalize
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run / "run", run)
+    cfg = load_config(smoke_run / "smoke.yaml")
+    cfg["ship"] = {"second_look": {"fraction": 0.35}}
+    cfg["calibration"] = {**cfg["calibration"], "method": "temperature_bias", "fit_on": "analyzer",
+                          "mask_thresholds": [0.3], "lesion_sensitivity_target": 0.95}
+    report = finalize(cfg, run)
+    assert report["calibration_fit_on"] == "analyzer"
+    assert report["oof_analyzer"]["all"]["n_images"] == 12
+
+    rows = {r["image"]: r for r in csv.DictReader((smoke_run / "data" / "index.csv").open())}
+    logits, labels, network = [], [], []
+    for job in ("cv0", "cv1"):
+        seen = dict(np.load(run / "jobs" / job / PREDS_NAME))
+        own = dict(np.load(run / "jobs" / job / "preds.npz"))
+        index = tmp_path / job / "index.csv"
+        index.parent.mkdir()
+        with index.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(next(iter(rows.values()))))
+            w.writeheader()
+            for name in seen["names"]:
+                r = dict(rows[str(name)])
+                r["image"] = str(smoke_run / "data" / r["image"])
+                r["mask"] = str(smoke_run / "data" / r["mask"]) if r["mask"] else ""
+                w.writerow(r)
+        analyzer = job_analyzer(run / "jobs" / job, cfg)
+        evaluate_index(index, tmp_path / job, analyzer=analyzer)
+        got = list(csv.DictReader((tmp_path / job / "predictions.csv").open()))
+        expect = analyzer.reported_probabilities(seen["logits"])
+        assert [r["image"] for r in got] == [str(n) for n in seen["names"]]
+        assert np.array([[float(r[f"p_{c}"]) for c in ("normal", "benign", "malignant")] for r in got]) == \
+            pytest.approx(expect, abs=1e-6)
+        logits.append(seen["logits"])
+        labels.append(seen["labels"])
+        network.append(own["logits"])
+    fitted = Calibration.fit(np.concatenate(logits), np.concatenate(labels), "temperature_bias")
+    assert report["temperature"] == pytest.approx(fitted.temperature)
+    assert report["class_bias"] == pytest.approx(list(fitted.bias))
+    # the Analyzer's logits are not the network's own (full-resolution field, its mirror, its
+    # second look), so a finalize that kept the network's would have fitted other biases
+    assert np.abs(np.concatenate(network) - np.concatenate(logits)).max() > 1e-3
+    on_network = Calibration.fit(np.concatenate(network), np.concatenate(labels), "temperature_bias")
+    assert report["class_bias"] != pytest.approx(list(on_network.bias), rel=1e-3, abs=1e-6)
+
+
+def test_analyzer_logits_are_refused_for_other_images_and_a_second_look_needs_one_threshold() -> None:
+    from sonopacs.training.analyzer_oof import detection_threshold, with_analyzer_logits
+
+    preds = {"index": np.array([3, 5]), "names": np.array(["a.png", "b.png"]), "logits": np.zeros((2, 3))}
+    seen = {"index": np.array([3, 5]), "names": np.array(["a.png", "b.png"]), "logits": np.ones((2, 3))}
+    assert (with_analyzer_logits(preds, seen)["logits"] == 1).all()
+    with pytest.raises(ValueError, match="not of this job's held-out images"):
+        with_analyzer_logits(preds, {**seen, "names": np.array(["b.png", "a.png"])})
+    assert detection_threshold({"calibration": {"mask_thresholds": [0.3]}}) == 0.3
+    with pytest.raises(ValueError, match="one calibration.mask_thresholds"):
+        detection_threshold({"calibration": {"mask_thresholds": [0.3, 0.5]}})
+
+
+def test_unship_writes_the_shipped_networks_back_as_job_checkpoints(smoke_run: Path, tmp_path: Path) -> None:
+    """A shipped folder's networks as job checkpoints: halving them again gives the shipped files
+    bit for bit, and each lands in the job it was shipped from."""
+    from sonopacs.training.finalize import finalize
+    from sonopacs.training.weights_folder import unship
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run / "run", run)
+    cfg = load_config(smoke_run / "smoke.yaml")
+    cfg["ship"] = {"ensemble": ["cv1"]}
+    finalize(cfg, run)
+    written = unship(run / "weights", tmp_path / "again" / "jobs")
+    assert sorted(p.parent.name for p in written) == ["cv1", "final"]
+    for job, shipped in (("final", "model.pt"), ("cv1", "member_1.pt")):
+        ck = torch.load(tmp_path / "again" / "jobs" / job / "model.pt", weights_only=True)
+        want = torch.load(run / "weights" / shipped, weights_only=True)
+        assert ck["image_size"] == 64 and ck["model"] == cfg["model"]
+        assert ck["best_epoch"] == torch.load(run / "jobs" / job / "model.pt", weights_only=True)["best_epoch"]
+        assert all(torch.equal(want[k], v.half() if v.is_floating_point() else v) for k, v in ck["state_dict"].items())

@@ -11,12 +11,10 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from sonopacs.models.calibration import Calibration, expected_calibration_error, operating_points
 from sonopacs.models.lesion_shape import SHAPE_FEATURES
@@ -25,6 +23,8 @@ from sonopacs.models.plots import plot_confusion, plot_reliability, plot_roc
 from sonopacs.models.presence import PresenceRule, fit_rule, fit_rule_over_thresholds
 from sonopacs.models.priors import shift_priors, target_priors
 from sonopacs.models.second_look import SecondLook
+from sonopacs.training.analyzer_oof import load_or_write, records_by_name, summary, with_analyzer_logits
+from sonopacs.training.weights_folder import save_ensemble_members, save_half_state
 
 log = logging.getLogger(__name__)
 
@@ -234,24 +234,20 @@ def fit_presence(oof: dict[str, np.ndarray], probs: np.ndarray, class_mix: np.nd
     return rule, report
 
 
-def save_half_state(checkpoint: Path, out_file: Path) -> dict[str, Any]:
-    """Save a job checkpoint's state dict in half precision (the shipped form: half the bytes, the
-    Analyzer computes in float32); the checkpoint back."""
-    ck: dict[str, Any] = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    torch.save({k: (v.half() if v.is_floating_point() else v) for k, v in ck["state_dict"].items()}, out_file)
-    return ck
-
-
-def save_ensemble_members(checkpoints: Sequence[Path], wdir: Path, model: dict[str, Any]) -> list[str]:
-    """Save each job checkpoint beside a weights folder's ``model.pt`` as ``member_K.pt`` (half
-    precision); the file names for the manifest's ``ensemble_members``. A checkpoint of another
-    network than ``model`` is refused: the Analyzer builds every member from the manifest's model."""
-    names = []
-    for k, checkpoint in enumerate(checkpoints, start=1):
-        if save_half_state(checkpoint, wdir / f"member_{k}.pt").get("model", model) != model:
-            raise ValueError(f"{checkpoint.parent} is not the same network as the weights folder's")
-        names.append(f"member_{k}.pt")
-    return names
+def out_of_fold(cfg: dict[str, Any], cv: list[Path], fit_on: str) -> tuple[list[dict[str, np.ndarray]], dict[str, Any]]:
+    """Each cv job's held-out predictions, and what they were taken from. ``fit_on: network``: the
+    training's own (``preds.npz``, the network on its packed frames); ``fit_on: analyzer``: the same
+    with the logits the shipped Analyzer reports for those images (``analyzer_oof``: a recipe whose
+    Analyzer looks twice reports other logits than the network's first look)."""
+    folds = [dict(np.load(p)) for p in cv]
+    if fit_on == "network":
+        return folds, {"fit_on": fit_on}
+    if fit_on != "analyzer":
+        raise ValueError(f"calibration.fit_on: {fit_on!r} is neither 'network' nor 'analyzer'")
+    records = records_by_name(cfg)
+    seen = [load_or_write(p.parent, cfg, records) for p in cv]
+    return ([with_analyzer_logits(f, a) for f, a in zip(folds, seen, strict=True)],
+            {"fit_on": fit_on, "analyzer": summary(seen)})
 
 
 def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -259,9 +255,10 @@ def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     cv = sorted(jobs.glob("cv*/preds.npz"))
     if not cv:
         raise FileNotFoundError(f"no cross-validation predictions under {jobs}")
-    oof = _load_preds(cv)
     cal_cfg: dict[str, Any] = dict(cfg.get("calibration") or {})
     method = str(cal_cfg.get("method", "temperature"))
+    folds, analyzer_report = out_of_fold(cfg, cv, str(cal_cfg.get("fit_on", "network")))
+    oof = _concat(folds)
     cal = fit_calibration(oof, cal_cfg)
     probs = calibrated(cal, oof)
     target = float(cfg.get("calibration", {}).get("high_sensitivity_target", 0.95))
@@ -274,6 +271,7 @@ def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
         "temperature": cal.temperature,
         "class_bias": list(cal.bias),
         "calibration_method": method,
+        "calibration_fit_on": analyzer_report["fit_on"],
         "calibration": cal.to_dict(),
         "operating_points": ops,
         "oof": {"all": metrics_for(oof, everything, cal, ops, presence)},
@@ -285,7 +283,7 @@ def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
         report["oof"][ds] = metrics_for(oof, oof["datasets"] == ds, cal, ops, presence)
     report["oof_by_lesion_size"] = by_lesion_size(oof, probs, presence)
     if len(cv) > 1:
-        report["oof_nested_calibration"] = nested_calibration([dict(np.load(p)) for p in cv], target, cal_cfg, presence)
+        report["oof_nested_calibration"] = nested_calibration(folds, target, cal_cfg, presence)
     plot_confusion(report["oof"]["all"]["confusion_matrix"], out / "oof_confusion.png", "OOF confusion")
     plot_roc(probs, oof["labels"], ops, out / "oof_roc.png")
     plot_reliability(probs, oof["labels"], out / "oof_reliability.png")
@@ -297,6 +295,8 @@ def finalize(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     for info in sorted(jobs.glob("*/info.json")):
         report["jobs"][info.parent.name] = json.loads(info.read_text())
     report["oof_lesion_presence"] = presence_report
+    if "analyzer" in analyzer_report:
+        report["oof_analyzer"] = analyzer_report["analyzer"]
     final = jobs / "final" / "model.pt"
     if final.exists():
         wdir = out / "weights"

@@ -35,7 +35,7 @@ from sonopacs.models.lesion_shape import SHAPE_FEATURES
 from sonopacs.models.metrics import _auc
 from sonopacs.models.presence import PresenceRule
 from sonopacs.models.priors import shift_priors, target_priors
-from sonopacs.training.finalize import save_ensemble_members, save_half_state
+from sonopacs.training.weights_folder import save_ensemble_members, save_half_state
 
 KEYS = ("n_images", "normal_false_lesion_rate", "lesion_sensitivity", "auc_benign_vs_malignant",
         "auc_malignant_vs_rest", "dice", "macro_f1", "accuracy", "ece", "not_assessed_rate")
