@@ -45,7 +45,6 @@ def _pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-TTA_CLASS = "tta"  # class_idx sentinel: the argmax of the mirror-averaged logits, for both views
 
 
 def _raw_map(x: torch.Tensor) -> torch.Tensor:
@@ -55,18 +54,10 @@ def _raw_map(x: torch.Tensor) -> torch.Tensor:
 
 class _PerSampleHooks(ModelWithHooks):
     """MONAI's hook wrapper, scoring each sample's own class (MONAI indexes ``logits[:, idx]``,
-    which mixes samples when ``idx`` is a per-sample tensor).
-
-    With ``class_idx == TTA_CLASS`` the batch is [views..., mirrored views...] and both views of an
-    image are scored on the class of their averaged logits: the label the result reports, so that
-    the two views' maps explain the same class and can be averaged.
-    """
+    which mixes samples when ``idx`` is a per-sample tensor). The Analyzer passes each view the
+    class its image's result reports, so both views' maps explain that label and can be averaged."""
 
     def class_score(self, logits: torch.Tensor, class_idx: Any) -> torch.Tensor:
-        if isinstance(class_idx, str) and class_idx == TTA_CLASS:
-            n = logits.shape[0] // 2
-            idx = ((logits[:n] + logits[n:]) / 2).argmax(1).repeat(2)
-            return logits.gather(1, idx[:, None]).squeeze(1)
         if isinstance(class_idx, torch.Tensor) and class_idx.ndim == 1:
             return logits.gather(1, class_idx[:, None]).squeeze(1)
         return logits[:, class_idx]
@@ -272,8 +263,8 @@ class Analyzer:
         grays = [to_gray(img) for img in images]
         xx, boxes = _mirrored_batch(grays, self.size, self.device, self._memory_format)
         n = len(images)
-        with torch.enable_grad():
-            cam = self._cam(xx, class_idx=TTA_CLASS)  # raw ReLU'd map, class = averaged prediction
+        with torch.no_grad():
+            self._view(xx)  # the primary network's logits and lesion maps; the heat map comes last
         assert self._view.last_logits is not None and self._view.last_seg is not None
         logits_t, views = self._members_mean(xx, self._view.last_logits.detach().float(), self._view.last_seg)
         logits = logits_t.cpu().numpy().astype(np.float64)
@@ -282,7 +273,6 @@ class Analyzer:
         else:
             assert views is not None  # the networks' own decoders ran
             full_probs = _mirror_mean_lesion_probability(views, boxes)
-        cam_np = cam.detach().float().cpu().numpy()[:, 0]
         features = self._mirror_mean_pooled(n)  # before a second look runs the network again
         found = [lesion_mask(p, self.presence.mask_threshold) for p in full_probs]  # the detection masks
         outline_probs: list[np.ndarray | None] = [None] * n
@@ -294,23 +284,38 @@ class Analyzer:
         if self.calibration.uses_features and views is not None:  # the networks' own mask, as at calibration
             shape_views = shape_feature_matrix(views)
             shape_mean = shape_feature_matrix((views[:n] + views[n:]) / 2)
-        results = []
+        results: list[AnalysisResult] = []
+        reported: list[int] = []
         for i in range(n):
             probs_views = self._shift(self.calibration.probs(
                 logits[[i, n + i]], None if shape_views is None else shape_views[[i, n + i]]))
             mean_logits = logits[[i, n + i]].mean(axis=0, keepdims=True)
             probs = self._shift(self.calibration.probs(mean_logits,
                                                        None if shape_mean is None else shape_mean[[i]]))[0]
-            heat = (cam_np[i] + cam_np[n + i][:, ::-1]) / 2
             shape = None if shape_mean is None else dict(zip(SHAPE_FEATURES, map(float, shape_mean[i]), strict=True))
-            res = self._result(probs, probs_views, full_probs[i], found[i], heat, boxes[i], spacings[i], shape,
+            res = self._result(probs, probs_views, full_probs[i], found[i], boxes[i], spacings[i], shape,
                                outline_probs[i])
             res.extra["logits"] = [float(x) for x in mean_logits[0]]
             box = looked[i]  # the crop looked at again: [first row, end row, first column, end column]
             res.extra["second_look"] = None if box is None else [box[0].start, box[0].stop, box[1].start, box[1].stop]
+            reported.append(CLASSES.index(res.label))  # before the scope gate: what the map explains
             self._gate(res, float(ood[i]), sector_score(grays[i]))
             results.append(res)
+        self._explain(xx, boxes, results, reported)
         return results
+
+    def _explain(self, xx: torch.Tensor, boxes: list[Letterbox], results: list[AnalysisResult],
+                 reported: list[int]) -> None:
+        """Each result's heat map: Grad-CAM of the primary network on the class the result reports
+        (its label before any scope gate; normal where no lesion is given), both views averaged.
+        After the decision, not before: the label comes from the calibrated ensemble, the presence
+        rule and the second look, and a map of another class would explain a finding not shown."""
+        n = len(results)
+        with torch.enable_grad():
+            cam = self._cam(xx, class_idx=torch.tensor(reported * 2, device=xx.device))  # raw ReLU'd map
+        cam_np = cam.detach().float().cpu().numpy()[:, 0]
+        for i, res in enumerate(results):
+            res.heatmap = _heat_map((cam_np[i] + cam_np[n + i][:, ::-1]) / 2, boxes[i])
 
     def _mirror_mean_pooled(self, n: int) -> np.ndarray:
         """The primary network's pooled deepest features of the last pass over ``n`` images and
@@ -402,8 +407,9 @@ class Analyzer:
         return self.presence.contour(full_prob, found)
 
     def _result(self, probs: np.ndarray, probs_views: np.ndarray, full_prob: np.ndarray, found: np.ndarray,
-                heat: np.ndarray, box: Any, spacing: tuple[float, float] | None, shape: dict[str, float] | None = None,
+                box: Any, spacing: tuple[float, float] | None, shape: dict[str, float] | None = None,
                 outline_prob: np.ndarray | None = None) -> AnalysisResult:
+        """The result without its heat map (``_explain`` adds it once every label is known)."""
         pm = float(probs[2])
         # the mask's share of the model's letterboxed input frame, as training measured the areas the
         # presence rule's floor was fitted on (a share of the image alone is larger by 1 / fill)
@@ -413,9 +419,6 @@ class Analyzer:
         # normal when no lesion is found, else the likelier of benign and malignant
         label = CLASSES[1 + int(np.argmax(probs[1:]))] if present else "normal"
         mask = self._outline(full_prob, found, outline_prob) if present else np.zeros(full_prob.shape, bool)
-        heat_full = box.unletterbox(heat.astype(np.float32))  # the unpadded area only
-        lo, hi = float(heat_full.min()), float(heat_full.max())  # one scaling, after averaging views
-        heat_full = ((heat_full - lo) / (hi - lo)) if hi > lo else np.zeros_like(heat_full)
         lesion = measure_lesion(mask, spacing)
         return AnalysisResult(
             probabilities={c: float(p) for c, p in zip(CLASSES, probs, strict=True)},
@@ -423,7 +426,7 @@ class Analyzer:
             malignancy_probability=pm,
             decisions={k: bool(present and pm >= t) for k, t in self.operating_points.items()},
             mask=mask,
-            heatmap=np.clip(heat_full, 0, 1).astype(np.float32),
+            heatmap=np.zeros(full_prob.shape, np.float32),
             lesion=lesion,
             uncertainty=float(np.std(probs_views[:, 2])),
             model_name=self.name,
@@ -431,7 +434,8 @@ class Analyzer:
             extra={
                 "operating_points": dict(self.operating_points),
                 "tta_views": 2,
-                "heatmap_method": ("monai GradCAM on the deepest encoder features, class = the whole field's predicted label, "
+                "heatmap_method": ("monai GradCAM on the deepest encoder features, class = the reported label "
+                                   "(normal where no lesion is given), "
                                    "raw map (not MONAI's inverting default_normalizer), min-max over the "
                                    "unpadded image"),
                 "lesion_probability_max": float(full_prob.max()),
@@ -447,6 +451,13 @@ class Analyzer:
             },
             likelihood_category=likelihood_category(pm, present),
         )
+
+
+def _heat_map(heat: np.ndarray, box: Letterbox) -> np.ndarray:
+    """A view-averaged Grad-CAM map in the image's geometry (the unpadded area only), scaled once to 0-1."""
+    full = box.unletterbox(heat.astype(np.float32))
+    lo, hi = float(full.min()), float(full.max())
+    return np.clip((full - lo) / (hi - lo) if hi > lo else np.zeros_like(full), 0, 1).astype(np.float32)
 
 
 def mark_not_assessed(res: AnalysisResult, reason: str) -> AnalysisResult:

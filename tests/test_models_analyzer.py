@@ -122,6 +122,36 @@ def test_heatmap_is_the_class_activation_not_its_inverse(analyzer: Analyzer, ima
     assert r.heatmap[np.unravel_index(int(np.argmax(ref)), ref.shape)] == pytest.approx(1.0, abs=0.02)
 
 
+def test_heatmap_explains_the_reported_label_not_the_networks_own_choice(analyzer: Analyzer, image: np.ndarray,
+                                                                       tmp_path: Path) -> None:
+    """The label comes from the calibrated ensemble, the presence rule and the second look; the heat
+    map must explain that label, not the class the primary network alone would pick. A class bias
+    that makes the other lesion class the reported one must move the map to that class."""
+    import torch
+
+    from sonopacs.models.transforms import letterbox_image, to_gray, to_model_input
+
+    lb, _ = letterbox_image(to_gray(image), analyzer.size)
+    x = to_model_input(lb)[None]
+    with torch.no_grad():
+        own = analyzer.net(torch.cat([x, x.flip(-1)]))[0].mean(0)
+    other = 1 if int(own[1:].argmax()) == 1 else 2  # the lesion class the network itself does not favour
+    wdir = tmp_path / "biased"
+    shutil.copytree(DEFAULT_WEIGHTS, wdir)
+    manifest = json.loads((wdir / "model.json").read_text())
+    bias = [0.0, 0.0, 0.0]
+    bias[other] = 12.0
+    manifest["calibration"]["bias"] = bias
+    (wdir / "model.json").write_text(json.dumps(manifest))
+    r = Analyzer.load(wdir, device="cpu").analyze(image)
+    assert r.label == CLASSES[other]
+    mine = own.argmax().item()
+    assert mine != other  # the network alone would have explained another class
+    right = float(np.corrcoef(r.heatmap.ravel(), _direct_cam(analyzer, image, other).ravel())[0, 1])
+    wrong = float(np.corrcoef(r.heatmap.ravel(), _direct_cam(analyzer, image, mine).ravel())[0, 1])
+    assert right > 0.99 and wrong < right - 0.005
+
+
 def test_heatmap_mass_concentrates_on_the_lesion(analyzer: Analyzer) -> None:
     """On the six committed BUS-BRA samples the heat map's mass lies on the (dilated) reference
     lesion more than a uniform map's would, and less on the outer frame (before the fix: 0.55x and
