@@ -8,6 +8,7 @@ states, stages and queue names only: never a UID, accession number or patient de
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -20,6 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from sonopacs.dashboard import queries
+from sonopacs.dashboard.site_monitor import WINDOW
 
 if TYPE_CHECKING:
     from sonopacs.dashboard.broker import BrokerProbe
@@ -39,6 +41,7 @@ class SonopacsCollector(Collector):
             by_state = queries.studies_by_state(session)
             failures = queries.export_failures(session)
             histograms = queries.stage_histograms(session, STAGE_BUCKETS)
+            outcomes = queries.image_outcomes(session, since=datetime.now(UTC) - WINDOW)
 
         yield CounterMetricFamily(
             "sonopacs_instances_received", "DICOM instances received and stored", value=instances
@@ -57,6 +60,22 @@ class SonopacsCollector(Collector):
             buckets = [(str(float(b)), c) for b, c in h["buckets"]] + [("+Inf", h["count"])]
             hist.add_metric([stage], buckets, h["sum"])
         yield hist
+
+        images = GaugeMetricFamily(
+            "sonopacs_image_results_30d",
+            "Current per-image results of the last 30 days by model version and outcome (lesion, normal, not_assessed)",
+            labels=["model_version", "outcome"])
+        categories = GaugeMetricFamily(
+            "sonopacs_image_likelihood_category_30d",
+            "Current per-image results of the last 30 days by model version and AI likelihood category",
+            labels=["model_version", "category"])
+        for (_name, version), row in sorted(outcomes.items()):
+            for outcome in ("lesion", "normal", "not_assessed"):
+                images.add_metric([version, outcome], row[outcome])
+            for category, n in row["categories"].items():
+                categories.add_metric([version, category], n)
+        yield images
+        yield categories
 
         status = self.probe.status()
         depth = GaugeMetricFamily("sonopacs_queue_depth", "Messages waiting per Celery queue", labels=["queue"])

@@ -75,6 +75,8 @@ def active_calibration(settings: Settings, name: Any, version: Any) -> dict[str,
     model = site.get("model", {}) if isinstance(site, dict) else {}
     info.update(created=site.get("created"), n_images=site.get("n_images"), class_counts=site.get("class_counts"),
                 operating_points=site.get("operating_points"), model=model)
+    if isinstance(site.get("expected_normal_fraction"), int | float):  # the Analyzer takes the site's own
+        info["expected_normal_fraction"] = float(site["expected_normal_fraction"])
     if (model.get("name"), model.get("version")) != (name, version):
         info["problem"] = (f"made for model {model.get('name')} {model.get('version')}, not {name} {version}: "
                            f"the Analyzer refuses it")

@@ -24,6 +24,7 @@ from sonopacs.dashboard.auth import (
 )
 from sonopacs.dashboard.model_info import model_info
 from sonopacs.dashboard.params import MAX_TEXT, Offset, ResultId, StudyId
+from sonopacs.dashboard.site_monitor import site_outcomes
 
 router = APIRouter(include_in_schema=False)
 
@@ -189,7 +190,9 @@ def thumbnail(request: Request, result_id: ResultId, _: LoggedIn) -> Response:
 
 @router.get("/model")
 def model_page(request: Request, _: LoggedIn) -> Response:
-    return render(request, "model.html", {"m": model_info(request.app.state.settings)})
+    info = model_info(request.app.state.settings)
+    site = site_outcomes(request.app.state.db, info["calibration"]["expected_normal_fraction"]) if info["available"] else None
+    return render(request, "model.html", {"m": info, "site": site})
 
 
 @router.get("/config")

@@ -390,3 +390,32 @@ def stage_histograms(session: Session, buckets: list[float]) -> dict[str, dict[s
             "buckets": [(b, int(c or 0)) for b, c in zip(buckets, cums, strict=True)],
         }
     return out
+
+
+CATEGORIES = ("1", "3", "4A", "4B", "4C", "5")
+
+
+def image_outcomes(session: Session, since: datetime | None = None) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per model (name, version): its current per-image results (the Secondary Captures; superseded
+    ones left out), optionally created since, counted as given a lesion, normal or not assessed, and
+    by AI likelihood category. Counts only: nothing that identifies a patient or a study."""
+    stmt = select(ResultObject.model_name, ResultObject.model_version, ResultObject.summary).where(
+        ResultObject.kind == "sc", ResultObject.superseded.is_(False))
+    if since is not None:
+        stmt = stmt.where(ResultObject.created_at >= since)
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for name, version, summary in session.execute(stmt):
+        s = summary if isinstance(summary, dict) else {}
+        row = out.setdefault((name or "unknown", version or "unknown"), {
+            "images": 0, "lesion": 0, "normal": 0, "not_assessed": 0, "categories": dict.fromkeys(CATEGORIES, 0)})
+        row["images"] += 1
+        if s.get("assessed") is False:
+            row["not_assessed"] += 1
+        elif s.get("label") == "normal":
+            row["normal"] += 1
+        else:
+            row["lesion"] += 1
+        category = s.get("likelihood_category")
+        if category in row["categories"]:
+            row["categories"][category] += 1
+    return out

@@ -259,6 +259,9 @@ def test_dashboard_model_page_names_the_active_calibration(tmp_path: Path, monke
     cal = model_info(load_settings(None))["calibration"]
     assert cal["source"] == "site" and str(path) in cal["summary"] and "problem" not in cal
     assert cal["operating_points"] == site.operating_points
+    # the share of normal images the Analyzer assumes is the site's own (the site monitor judges by it)
+    assert cal["expected_normal_fraction"] == pytest.approx(site.expected_normal_fraction)
+    assert site.expected_normal_fraction != load_settings(None).model.expected_normal_fraction
     site.model_version = "other"
     site.save(path)
     assert "refuses" in model_info(load_settings(None))["calibration"]["problem"]
