@@ -43,11 +43,11 @@ def judge(row: dict[str, Any], expected_normal_fraction: float) -> dict[str, Any
     warnings = []
     if lesion_share is not None and _above(lesion_share, expected_lesion, assessed):
         warnings.append(
-            f"{lesion_share:.0%} of {assessed} assessed images were given a lesion, where the configured share "
-            f"of normal images ({expected_normal_fraction:.0%}, model.expected_normal_fraction) leaves at most "
-            f"about {expected_lesion:.0%} with one. Either this site's images hold fewer normal images than "
-            "configured (set model.expected_normal_fraction), or the model draws lesions on this site's normal "
-            "tissue: check with `sonopacs evaluate` on labelled normal images and run `sonopacs calibrate`.")
+            f"{lesion_share:.0%} of {assessed} assessed images were given a lesion, where the share of normal "
+            f"images the model assumes ({expected_normal_fraction:.0%}: model.expected_normal_fraction, or the "
+            f"site calibration's) leaves at most about {expected_lesion:.0%} with one. Either this site's images "
+            "hold fewer normal images than assumed, or the model draws lesions on this site's normal tissue: "
+            "check with 'sonopacs evaluate' on labelled normal images and run 'sonopacs calibrate'.")
     if not_assessed_share is not None and _above(not_assessed_share, NOT_ASSESSED_IN_VALIDATION, row["images"]):
         warnings.append(
             f"{not_assessed_share:.0%} of {row['images']} images were not assessed (in validation the scope gate "
