@@ -453,6 +453,11 @@ def test_finalize_fits_the_calibration_on_what_the_analyzer_reports(smoke_run: P
         logits.append(seen["logits"])
         labels.append(seen["labels"])
         network.append(own["logits"])
+    # another second look gives other logits: the stored ones are not reused for it
+    stored = (run / "jobs" / "cv0" / PREDS_NAME).read_bytes()
+    finalize({**cfg, "ship": {"second_look": {"fraction": 0.5}}}, run)
+    assert (run / "jobs" / "cv0" / PREDS_NAME).read_bytes() != stored
+    assert "0.5" in str(np.load(run / "jobs" / "cv0" / PREDS_NAME)["settings"])
     fitted = Calibration.fit(np.concatenate(logits), np.concatenate(labels), "temperature_bias")
     assert report["temperature"] == pytest.approx(fitted.temperature)
     assert report["class_bias"] == pytest.approx(list(fitted.bias))

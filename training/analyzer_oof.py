@@ -17,6 +17,7 @@ writes ``jobs/cvK/preds_analyzer.npz`` (finalize writes any that are missing its
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -100,13 +101,24 @@ def analyzer_preds(job_dir: Path, cfg: dict[str, Any], records: dict[tuple[str, 
             "second_look": looked, "assessed": assessed, "lesion_area_fraction": area}
 
 
+def analyzer_settings(cfg: dict[str, Any]) -> str:
+    """What of the recipe the Analyzer's logits depend on, as stored beside them."""
+    return json.dumps({"image_size": int(cfg["data"]["image_size"]), "mask_threshold": detection_threshold(cfg),
+                       "second_look": (cfg.get("ship") or {}).get("second_look")}, sort_keys=True)
+
+
 def load_or_write(job_dir: Path, cfg: dict[str, Any], records: dict[tuple[str, str], Record] | None = None
                   ) -> dict[str, np.ndarray]:
-    """The job's ``preds_analyzer.npz``, written first where missing or older than its network."""
+    """The job's ``preds_analyzer.npz``, written first where missing, older than its network, or
+    made for other settings (another second look or detection threshold gives other logits)."""
     path = job_dir / PREDS_NAME
-    if not path.exists() or path.stat().st_mtime < (job_dir / "model.pt").stat().st_mtime:
-        seen: dict[str, Any] = analyzer_preds(job_dir, cfg, records if records is not None else records_by_name(cfg))
-        np.savez_compressed(path, **seen)
+    wanted = analyzer_settings(cfg)
+    if path.exists() and path.stat().st_mtime >= (job_dir / "model.pt").stat().st_mtime:
+        kept = dict(np.load(path))
+        if str(kept.get("settings", "")) == wanted:
+            return kept
+    seen: dict[str, Any] = analyzer_preds(job_dir, cfg, records if records is not None else records_by_name(cfg))
+    np.savez_compressed(path, settings=np.array(wanted), **seen)
     return dict(np.load(path))
 
 
