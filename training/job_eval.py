@@ -11,8 +11,9 @@ Analyzer's default 40 % normal images, is < 0.5 (``--presence-from model.json``:
 run's finalize fitted on its out-of-fold predictions instead). ``normal_false_lesion_rate`` and
 ``lesion_sensitivity`` are then measured exactly as ``sonopacs evaluate`` measures them for the
 shipped model (same cleaning path, same Analyzer); no scope bank, so only cleaning and the colour
-gate can leave an image not assessed. ``presence_tradeoff.json``: the same rule offline from the
-job's ``preds.npz``, with the P(normal) cut moved to reach 95 % lesion sensitivity.
+gate can leave an image not assessed, unless ``--scope-bank`` gives one built for the job's network.
+``presence_tradeoff.json``: the same rule offline from the job's ``preds.npz``, with the P(normal)
+cut moved to reach 95 % lesion sensitivity.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from sonopacs.models.lesion_shape import SHAPE_FEATURES
 from sonopacs.models.metrics import _auc
 from sonopacs.models.presence import PresenceRule
 from sonopacs.models.priors import shift_priors, target_priors
+from sonopacs.models.scope import BANK_FILE
 from sonopacs.training.weights_folder import save_ensemble_members, save_half_state
 
 KEYS = ("n_images", "normal_false_lesion_rate", "lesion_sensitivity", "auc_benign_vs_malignant",
@@ -192,6 +195,9 @@ def main() -> None:
                     help="the lesion probability at which the rule's detection mask is drawn (the outline stays at 0.5)")
     ap.add_argument("--second-look", type=float, default=None, metavar="FRACTION",
                     help="a second, zoomed look at each found lesion (models.second_look) at this fraction")
+    ap.add_argument("--scope-bank", type=Path, default=None,
+                    help="a scope bank built for this job's network (scope_bank --weights DIR/weights --reference ...): "
+                         "the scope gate then runs, and not_assessed_rate counts its refusals")
     a = ap.parse_args()
     rule = presence_from(a.presence_from) or PresenceRule().to_dict()
     if a.mask_threshold is not None:
@@ -199,7 +205,10 @@ def main() -> None:
     wdir = job_weights(a.job_dir, a.out / "weights", a.image_size, presence=rule, members=a.members,
                        second_look=None if a.second_look is None else {"fraction": a.second_look})
     index = held_out_index(a.index, a.out / "index.csv", a.drop_label_conflict)
-    analyzer = Analyzer.load(wdir, device="cpu", expected_normal_fraction=a.expected_normal_fraction, scope_gate=False)
+    if a.scope_bank is not None:
+        shutil.copy(a.scope_bank, wdir / BANK_FILE)
+    analyzer = Analyzer.load(wdir, device="cpu", expected_normal_fraction=a.expected_normal_fraction,
+                             scope_gate=a.scope_bank is not None)
     m = evaluate_index(index, a.out, analyzer=analyzer)
     print(json.dumps({k: m.get(k) for k in KEYS}))
     full_res = analyzer_tradeoff(a.out / "predictions.csv", float(rule["min_area_fraction"]))

@@ -60,10 +60,13 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="first N images per dataset (smoke test)")
     ap.add_argument("--datasets", default=str(DATASETS))
     ap.add_argument("--weights", type=Path, default=None, help="weights folder (default: the shipped one)")
+    ap.add_argument("--reference", default="busi,bus-bra",
+                    help="the datasets the bank and its threshold are built from, e.g. bus-bra alone for a network "
+                         "trained on BUS-BRA only, so that BUSI stands in for an unseen site")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
     analyzer = Analyzer.load(a.weights, device="cpu", scope_gate=False)
-    parts = [collect(analyzer, Path(a.datasets) / d / "index.csv", d, a.limit) for d in ("busi", "bus-bra")]
+    parts = [collect(analyzer, Path(a.datasets) / d / "index.csv", d, a.limit) for d in a.reference.split(",")]
     feats = np.concatenate([p[0] for p in parts])
     held = np.concatenate([p[1] for p in parts])
     bank = FeatureBank.fit(feats[~held], feats[held], a.keep)
