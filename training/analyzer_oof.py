@@ -30,7 +30,7 @@ from sonopacs.models.evaluation import analyse_image
 from sonopacs.models.metrics import _auc, dice_iou
 from sonopacs.models.presence import PresenceRule
 from sonopacs.training.job_eval import job_weights
-from sonopacs.training.train import load_config
+from sonopacs.training.recipe import load_config
 
 log = logging.getLogger(__name__)
 

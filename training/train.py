@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from monai.losses import DiceCELoss
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 from torch.optim.swa_utils import AveragedModel
@@ -46,6 +45,7 @@ from sonopacs.training.normal_crops import (
     wants_crops,
 )
 from sonopacs.training.presence_loss import presence_loss
+from sonopacs.training.recipe import load_config
 from sonopacs.training.synthetic import stamp_bank
 
 log = logging.getLogger(__name__)
@@ -55,21 +55,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def load_config(path: Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Read a YAML config; ``overrides`` like ``train.epochs=3`` are for quick checks only."""
-    cfg = yaml.safe_load(Path(path).read_text())
-    cfg["_path"] = str(path)
-    for item in overrides or []:
-        key, _, val = item.partition("=")
-        node = cfg
-        *parents, leaf = key.split(".")
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[leaf] = yaml.safe_load(val)
-    cfg["_overrides"] = list(overrides or [])
-    return cfg
 
 
 def load_data(cfg: dict[str, Any]) -> Packed:
