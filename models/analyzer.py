@@ -45,8 +45,6 @@ def _pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-
-
 def _raw_map(x: torch.Tensor) -> torch.Tensor:
     """GradCAM post-processing that keeps the map as computed (MONAI's default inverts it)."""
     return x
