@@ -200,6 +200,8 @@ class Analyzer:
             self.calibration_source = f"site: {site_calibration} ({site.n_images} images, {site.created})"
             expected_normal_fraction = site.expected_normal_fraction  # the site's own mix when it had normals
             self.presence = site.presence_rule(self.presence)
+            if scope_bank is not None and site.scope_features is not None:  # the site's breast images join it
+                scope_bank = scope_bank.with_site(site.scope_features)
         self.expected_normal_fraction = float(expected_normal_fraction)
         self.target_priors = target_priors(self.class_priors, self.expected_normal_fraction)
         self.scope_bank = scope_bank

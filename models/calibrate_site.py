@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from sonopacs.models.data import load_image, load_mask, read_index
-from sonopacs.models.evaluation import analyse_image
+from sonopacs.models.evaluation import analyse_image_field
+from sonopacs.models.scope import OUT_OF_DISTRIBUTION
 from sonopacs.models.site_calibration import SiteCalibration, SiteCalibrationError, fit_site_calibration
 
 
@@ -22,32 +23,47 @@ def calibrate_index(index_csv: Path, out_file: Path, analyzer: Any, n_boot: int 
     path, as ``evaluate``), fit on the network's raw logits, write ``out_file``.
 
     ``analyzer`` must carry the shipped calibration (its biases are kept for normal-vs-lesion when
-    the site set has too few normal images). Images not assessed by the scope gate are left out
-    of the fit.
+    the site set has too few normal images). The site's labelled images are breast ultrasound by its
+    own account, so with a scope bank loaded their features are kept in the file and pooled into the
+    bank (``FeatureBank.with_site``); images the shipped bank alone refused join the fit where the
+    pooled one keeps them. Images not assessed for any other reason (header, colour, sector), or
+    still outside the pooled bank, are left out of the fit.
     """
-    logits, labels, areas, confidence, groups = [], [], [], [], []
+    rows: list[dict[str, Any]] = []
     skipped = 0
+    bank = analyzer.scope_bank
     for rec in read_index(Path(index_csv), group_column=fold_group_column(Path(index_csv))):
         if rec.label is None:
             continue
         img = load_image(rec.image)
-        res, _ = analyse_image(analyzer, img, load_mask([], img.shape[:2]))
-        if not res.assessed:
+        res, gray, _ = analyse_image_field(analyzer, img, load_mask([], img.shape[:2]))
+        out_of_bank = not res.assessed and (res.not_assessed_reason or "").startswith(OUT_OF_DISTRIBUTION)
+        if not res.assessed and not out_of_bank:
             skipped += 1
             continue
-        logits.append(res.extra["logits"])
-        labels.append(rec.label)
-        areas.append(float(res.extra["lesion_area_fraction"]))  # the mask found, before the presence rule
-        confidence.append(float(res.extra["lesion_mask_confidence"]))
-        groups.append(rec.group)
-    if not labels:
+        rows.append({"logits": res.extra["logits"], "label": rec.label, "group": rec.group, "out_of_bank": out_of_bank,
+                     "area": float(res.extra["lesion_area_fraction"]),  # the mask found, before the presence rule
+                     "confidence": float(res.extra["lesion_mask_confidence"]),
+                     "features": analyzer.scope_features([gray])[0] if bank is not None else None})
+    features = np.asarray([r["features"] for r in rows]) if bank is not None and rows else None
+    still_out = np.array([r["out_of_bank"] for r in rows], bool)
+    if features is not None:
+        still_out &= bank.with_site(features).distance(features) > bank.threshold
+    fit = [r for r, out in zip(rows, still_out, strict=True) if not out]
+    if not fit:
         raise SiteCalibrationError(f"no assessed labelled image in {index_csv}")
-    site = fit_site_calibration(np.asarray(logits), np.asarray(labels), model_name=analyzer.name,
-                                model_version=analyzer.version, shipped=analyzer.calibration,
-                                shipped_priors=analyzer.class_priors,
+    site = fit_site_calibration(np.asarray([r["logits"] for r in fit]), np.asarray([r["label"] for r in fit]),
+                                model_name=analyzer.name, model_version=analyzer.version,
+                                shipped=analyzer.calibration, shipped_priors=analyzer.class_priors,
                                 normal_fraction=analyzer.expected_normal_fraction, n_boot=n_boot, seed=seed,
-                                mask_area=np.asarray(areas), mask_confidence=np.asarray(confidence),
-                                shipped_presence=analyzer.presence, groups=groups)
+                                mask_area=np.asarray([r["area"] for r in fit]),
+                                mask_confidence=np.asarray([r["confidence"] for r in fit]),
+                                shipped_presence=analyzer.presence, groups=[r["group"] for r in fit])
+    site.scope_features = features
+    n_out = sum(r["out_of_bank"] for r in rows)
+    if n_out:
+        site.warnings.append(f"{n_out} of the {len(rows)} images were outside the shipped scope bank; with the site's "
+                             f"images pooled into it, {int(still_out.sum())} still are (left out of the fit)")
     if skipped:
         site.warnings.append(f"{skipped} images not assessed by the scope gate were left out")
     site.save(out_file)

@@ -60,6 +60,9 @@ def colour_reason(summary: dict[str, Any] | None) -> str | None:
     return None
 
 
+OUT_OF_DISTRIBUTION = "image content unlike the breast ultrasound the model was trained on"
+
+
 @dataclass(frozen=True)
 class FeatureBank:
     """Mean and precision of reference features; ``threshold`` on the Mahalanobis distance."""
@@ -76,8 +79,7 @@ class FeatureBank:
 
     def reason(self, distance: float) -> str | None:
         if distance > self.threshold:
-            return (f"image content unlike the breast ultrasound the model was trained on "
-                    f"(out-of-distribution score {distance:.1f} > {self.threshold:.1f})")
+            return f"{OUT_OF_DISTRIBUTION} (out-of-distribution score {distance:.1f} > {self.threshold:.1f})"
         return None
 
     @classmethod
@@ -91,6 +93,24 @@ class FeatureBank:
         bank = cls(lw.location_, lw.precision_, float("inf"), len(ref), keep_quantile)
         thr = float(np.quantile(bank.distance(held_out), keep_quantile))
         return cls(bank.mean, bank.precision, thr, len(ref), keep_quantile)
+
+    def with_site(self, features: np.ndarray) -> FeatureBank:
+        """This bank with a site's own breast images pooled into its reference (pooled mean and
+        covariance, the threshold kept): the images a site labelled as breast ultrasound in
+        ``sonopacs calibrate``. Why: at a hospital the model never saw the bank refused 18 % of the
+        breast images; with 150 of the site's images pooled in, 3.3 % of its others, and every test
+        photograph still (model card, scope gate). Refitting needs the reference features, which the
+        shipped bank does not carry; its mean and covariance are all pooling needs."""
+        x = np.atleast_2d(np.asarray(features, np.float64))
+        if not len(x):
+            return self
+        n1, n2 = self.n_reference, len(x)
+        site_mean = x.mean(axis=0)
+        mean = (n1 * self.mean + n2 * site_mean) / (n1 + n2)
+        d1, d2 = self.mean - mean, site_mean - mean
+        cov = (n1 * (np.linalg.inv(self.precision) + np.outer(d1, d1))
+               + n2 * (np.cov(x, rowvar=False, bias=True).reshape(len(mean), len(mean)) + np.outer(d2, d2))) / (n1 + n2)
+        return FeatureBank(mean, np.linalg.inv(cov), self.threshold, n1 + n2, self.keep_quantile)
 
     def save(self, path: Path) -> None:
         np.savez_compressed(path, mean=self.mean.astype(np.float32), precision=self.precision.astype(np.float32),

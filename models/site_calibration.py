@@ -9,6 +9,7 @@ and is scored on the images it left out.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Sequence
@@ -52,6 +53,9 @@ class SiteCalibration:
     # the P(normal) cut of the lesion-presence rule fitted on the site's lesion images
     # (``max_p_normal``), with the target and what it gave on the set; empty: the shipped rule
     lesion_presence: dict[str, Any] = field(default_factory=dict)
+    # the scope-gate features of the site's labelled breast images (N x C, the primary network's),
+    # pooled into the shipped scope bank by the Analyzer (``FeatureBank.with_site``); None: the bank alone
+    scope_features: np.ndarray | None = None
 
     def presence_rule(self, shipped: PresenceRule) -> PresenceRule:
         """The lesion-presence rule in force with this file: the site's where it was fitted and holds
@@ -69,7 +73,8 @@ class SiteCalibration:
                 "operating_points": self.operating_points,
                 "expected_normal_fraction": self.expected_normal_fraction, "n_images": self.n_images,
                 "class_counts": self.class_counts, "intervals_95": self.intervals, "warnings": self.warnings,
-                "created": self.created, "lesion_presence": self.lesion_presence}
+                "created": self.created, "lesion_presence": self.lesion_presence,
+                **({"scope_features": _encode(self.scope_features)} if self.scope_features is not None else {})}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SiteCalibration:
@@ -81,11 +86,26 @@ class SiteCalibration:
                    (pri[0], pri[1], pri[2]), {k: float(v) for k, v in d["operating_points"].items()},
                    float(d["expected_normal_fraction"]), int(d["n_images"]),
                    {k: int(v) for k, v in d["class_counts"].items()}, d.get("intervals_95", {}),
-                   list(d.get("warnings", [])), str(d.get("created", "")), dict(d.get("lesion_presence") or {}))
+                   list(d.get("warnings", [])), str(d.get("created", "")), dict(d.get("lesion_presence") or {}),
+                   _decode(d["scope_features"]) if d.get("scope_features") else None)
 
     def save(self, path: Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+
+def _encode(features: np.ndarray) -> dict[str, Any]:
+    """An N x C feature array as JSON: float32 bytes in base64 (a few hundred kB for 150 images)."""
+    x = np.ascontiguousarray(features, np.float32)
+    return {"dtype": "float32", "shape": list(x.shape), "base64": base64.b64encode(x.tobytes()).decode("ascii")}
+
+
+def _decode(d: dict[str, Any]) -> np.ndarray:
+    shape = tuple(int(n) for n in d["shape"])
+    x = np.frombuffer(base64.b64decode(d["base64"]), np.float32)
+    if d.get("dtype") != "float32" or len(shape) != 2 or x.size != shape[0] * shape[1]:
+        raise SiteCalibrationError(f"scope_features of shape {shape} do not match their data")
+    return x.reshape(shape).astype(np.float64)
 
 
 def load_site_calibration(path: Path, model_name: str, model_version: str) -> SiteCalibration:
@@ -332,6 +352,9 @@ def describe(site: SiteCalibration) -> str:
                      f"given one {'n/a' if nfl is None else f'{nfl:.3f}'}, on this set"
                      + ("" if oof_sens is None else f"; out of fold, lesion images given a lesion {oof_sens:.3f}")
                      + ")")
+    if site.scope_features is not None:
+        lines.append(f"  scope gate: the features of {len(site.scope_features)} of the site's breast images join the "
+                     "shipped reference (the threshold stays)")
     lines += [f"WARNING: {w}" for w in site.warnings]
     return "\n".join(lines)
 

@@ -190,3 +190,60 @@ def test_pipeline_cleaning_path_has_no_fallback_and_carries_field_reasons(monkey
     monkeypatch.setattr(clean_mod, "clean_image", lambda image, regions=None: [])
     with pytest.raises(CleaningFailed, match="no ultrasound field"):
         clean_frame(frame, [])
+
+
+def test_a_sites_images_pool_into_the_bank_as_if_fitted_together() -> None:
+    """``with_site``: the pooled mean and covariance are those of the reference and the site's
+    images together; the threshold stays."""
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0, 1, (400, 5)), rng.normal(0.5, 2, (60, 5))
+    bank = FeatureBank(a.mean(0), np.linalg.inv(np.cov(a, rowvar=False, bias=True)), 7.5, len(a), 0.99)
+    pooled = bank.with_site(b)
+    both = np.vstack([a, b])
+    assert np.allclose(pooled.mean, both.mean(0))
+    assert np.allclose(np.linalg.inv(pooled.precision), np.cov(both, rowvar=False, bias=True))
+    assert (pooled.threshold, pooled.n_reference) == (7.5, 460)
+    assert bank.with_site(np.zeros((0, 5))) is bank
+
+
+def test_calibrate_keeps_the_sites_breast_images_in_scope_and_photos_out(tmp_path: Path) -> None:
+    """A bank under which every one of a site's breast images is out of distribution (the shipped
+    one with distances 2.4 times as long, built from as few images as the site has): ``sonopacs calibrate``
+    keeps the site's features in the file, the Analyzer with that file pools them into the bank, the
+    site's images are assessed and a photograph is still not."""
+    import shutil
+
+    import cv2
+    from skimage import data as skdata
+
+    from sonopacs.models.analyzer import DEFAULT_WEIGHTS, Analyzer
+    from sonopacs.models.calibrate_site import calibrate_index
+    from sonopacs.models.scope import BANK_FILE, OUT_OF_DISTRIBUTION
+    from sonopacs.models.site_calibration import load_site_calibration
+
+    wdir = tmp_path / "weights"
+    shutil.copytree(DEFAULT_WEIGHTS, wdir)
+    shipped = FeatureBank.load(wdir / BANK_FILE)
+    FeatureBank(shipped.mean, shipped.precision * 6, shipped.threshold, 6, shipped.keep_quantile).save(wdir / BANK_FILE)
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    for f in sorted(DATA.glob("bus_*.jpg")):
+        shutil.copy(f, site_dir / f.name)
+    lines = (DATA / "index.csv").read_text().splitlines()  # image,label,... of the six samples, both classes
+    (site_dir / "index.csv").write_text("\n".join(",".join(r.split(",")[:2] + [""]) for r in lines) + "\n")
+    images = [cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in sorted(site_dir.glob("bus_*.jpg"))]
+    before = Analyzer.load(wdir, device="cpu")
+    assert all(not r.assessed and (r.not_assessed_reason or "").startswith(OUT_OF_DISTRIBUTION)
+               for r in before.analyze_batch(images))
+
+    site = calibrate_index(site_dir / "index.csv", tmp_path / "site.json", before, n_boot=10)
+    assert site.scope_features is not None and site.scope_features.shape == (6, 320)
+    assert any("6 of the 6 images were outside the shipped scope bank" in w and "0 still are" in w for w in site.warnings)
+    saved = load_site_calibration(tmp_path / "site.json", site.model_name, site.model_version)
+    assert saved.scope_features is not None
+    assert np.allclose(saved.scope_features, site.scope_features, atol=1e-5)
+
+    after = Analyzer.load(wdir, device="cpu", site_calibration=tmp_path / "site.json")
+    assert all(r.assessed for r in after.analyze_batch(images))
+    photo = after.analyze(skdata.camera())
+    assert not photo.assessed and (photo.not_assessed_reason or "").startswith(OUT_OF_DISTRIBUTION)
