@@ -56,7 +56,8 @@ def judge(row: dict[str, Any], expected_normal_fraction: float) -> dict[str, Any
             f"{NOT_ASSESSED_IN_VALIDATION:.0%} of breast images; at a hospital it never saw, the scope gate refused "
             "18 % in validation). The reasons are in each study's results and the audit log: images that are "
             "not breast B-mode ultrasound are being sent to sonopacs, or this site's breast images look unlike "
-            "those the model was trained on.")
+            "those the model was trained on: a site calibration ('sonopacs calibrate') brings the site's own "
+            "labelled images into the scope gate (18 % -> 3 % in validation).")
     return {**row, "assessed": assessed, "lesion_share": lesion_share, "not_assessed_share": not_assessed_share,
             "expected_lesion_share": expected_lesion, "warnings": warnings}
 
