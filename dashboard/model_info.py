@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from sonopacs.config import Settings
 
 MAX_JSON_BYTES = 512 * 1024
+# a site calibration carries its images' scope features (about 1.7 kB per image): room for ~30 000
+MAX_SITE_FILE_BYTES = 64 * 1024 * 1024
 _VERSION_KEYS = ("model_version", "version")
 
 
@@ -69,7 +71,10 @@ def active_calibration(settings: Settings, name: Any, version: Any) -> dict[str,
         return {**info, "source": "shipped", "summary": "shipped calibration (no site calibration set)"}
     info.update(source="site", path=str(path))
     try:
-        site = json.loads(Path(path).read_text()) if Path(path).stat().st_size <= MAX_JSON_BYTES else {}
+        size = Path(path).stat().st_size
+        if size > MAX_SITE_FILE_BYTES:
+            return {**info, "problem": f"the site calibration file is {size} bytes, too large to show here"}
+        site = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         return {**info, "problem": f"cannot read the site calibration: {exc}"}
     model = site.get("model", {}) if isinstance(site, dict) else {}

@@ -261,6 +261,12 @@ def test_dashboard_model_page_names_the_active_calibration(tmp_path: Path, monke
     assert cal["operating_points"] == site.operating_points
     # the share of normal images the Analyzer assumes is the site's own (the site monitor judges by it)
     assert cal["expected_normal_fraction"] == pytest.approx(site.expected_normal_fraction)
+    # a file carrying 600 images' scope features (over a megabyte) is still read, not taken for another model's
+    site.scope_features = np.random.default_rng(0).normal(size=(600, 320))
+    site.save(path)
+    assert path.stat().st_size > 1_000_000
+    cal = model_info(load_settings(None))["calibration"]
+    assert "problem" not in cal and cal["n_images"] == site.n_images
     assert site.expected_normal_fraction != load_settings(None).model.expected_normal_fraction
     site.model_version = "other"
     site.save(path)
