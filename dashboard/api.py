@@ -18,9 +18,7 @@ from sonopacs.config import masked_dump
 from sonopacs.dashboard import queries, service
 from sonopacs.dashboard.analysis import MAX_UPLOAD_BYTES, analyze_upload
 from sonopacs.dashboard.auth import Admin, LoggedIn, attempt_login, csrf_token, end_session
-from sonopacs.dashboard.model_info import model_info
 from sonopacs.dashboard.params import MAX_ROW_ID, MAX_TEXT, Offset, ResultId, StudyId
-from sonopacs.dashboard.site_monitor import site_outcomes
 
 router = APIRouter(prefix="/api/v1")
 
@@ -127,10 +125,8 @@ def audit(
 
 @router.get("/model", tags=["model"], summary="Model card, metrics, operating points, version, outcomes at this site")
 def model(request: Request, _: LoggedIn) -> dict[str, Any]:
-    info = model_info(request.app.state.settings)
+    info = service.model(request)
     info.pop("model_card_html", None)
-    if info["available"]:  # what the model has reported at this site, last 30 days (counts only)
-        info["site"] = site_outcomes(request.app.state.db, info["calibration"]["expected_normal_fraction"])
     return info
 
 

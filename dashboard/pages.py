@@ -22,9 +22,7 @@ from sonopacs.dashboard.auth import (
     current_user_or_none,
     end_session,
 )
-from sonopacs.dashboard.model_info import model_info
 from sonopacs.dashboard.params import MAX_TEXT, Offset, ResultId, StudyId
-from sonopacs.dashboard.site_monitor import site_outcomes
 
 router = APIRouter(include_in_schema=False)
 
@@ -190,9 +188,8 @@ def thumbnail(request: Request, result_id: ResultId, _: LoggedIn) -> Response:
 
 @router.get("/model")
 def model_page(request: Request, _: LoggedIn) -> Response:
-    info = model_info(request.app.state.settings)
-    site = site_outcomes(request.app.state.db, info["calibration"]["expected_normal_fraction"]) if info["available"] else None
-    return render(request, "model.html", {"m": info, "site": site})
+    info = service.model(request)
+    return render(request, "model.html", {"m": info, "site": info.get("site")})
 
 
 @router.get("/config")

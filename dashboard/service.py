@@ -11,6 +11,8 @@ from fastapi.responses import Response
 from sonopacs.dashboard import queries
 from sonopacs.dashboard.actions import Action, run_action
 from sonopacs.dashboard.auth import CurrentUser
+from sonopacs.dashboard.model_info import model_info
+from sonopacs.dashboard.site_monitor import site_outcomes
 from sonopacs.dashboard.templating import DISCLAIMER
 from sonopacs.dashboard.thumbnails import ThumbnailError, render_png, resolve_in_storage
 from sonopacs.db.models import Study
@@ -26,6 +28,16 @@ def overview(request: Request) -> dict[str, Any]:
 
 FIRST_DAY = date(1900, 1, 1)
 LAST_DAY = date.max - timedelta(days=1)  # the query's end is the day after: it must exist
+
+
+def model(request: Request) -> dict[str, Any]:
+    """The running model (``model_info``) and, where its folder is there, what it has reported at
+    this site over the last 30 days (counts only), judged against the share of normal images the
+    Analyzer assumes."""
+    info = model_info(request.app.state.settings)
+    if info["available"]:
+        info["site"] = site_outcomes(request.app.state.db, info["calibration"]["expected_normal_fraction"])
+    return info
 
 
 def parse_day(text: str | None, name: str) -> date | None:
