@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import numpy as np
 from skimage import data as skdata
 
 from sonopacs.models.analyzer import Analyzer
-from sonopacs.models.scope import BANK_FILE
+from sonopacs.models.scope import FeatureBank
 
 PHOTOS = ("camera", "astronaut", "coins", "moon", "page", "text", "chelsea", "coffee", "rocket", "brick", "grass",
           "gravel", "hubble_deep_field", "immunohistochemistry", "retina", "shepp_logan_phantom", "cell", "clock",
@@ -50,13 +48,10 @@ def main() -> None:
     ap.add_argument("weights", type=Path)
     ap.add_argument("--bank", type=Path, default=None)
     a = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        wdir = a.weights
-        if a.bank is not None:
-            wdir = Path(tmp) / "weights"
-            shutil.copytree(a.weights, wdir)
-            shutil.copy(a.bank, wdir / BANK_FILE)
-        print(json.dumps(photo_outcomes(Analyzer.load(wdir, device="cpu")), indent=2))
+    analyzer = Analyzer.load(a.weights, device="cpu")
+    if a.bank is not None:  # the same Analyzer, its gate measured with another bank
+        analyzer.scope_bank = FeatureBank.load(a.bank)
+    print(json.dumps(photo_outcomes(analyzer), indent=2))
 
 
 if __name__ == "__main__":
