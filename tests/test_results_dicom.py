@@ -107,6 +107,20 @@ def test_secondary_capture_lines_up_with_and_points_at_the_original(objects: dic
     assert np.array_equal(sc.pixel_array[100, 100], np.repeat(src.pixel_array[100, 100], 3))
 
 
+def test_heat_map_is_drawn_for_a_lesion_result_and_not_for_a_normal_one(objects: dict[str, Path]) -> None:
+    """A warm patch on a normal image reads as a finding pointed at: the normal result's overlay
+    shows the original frame untouched, the lesion result's the heat map around its lesion."""
+    finding = ellipse_finding(objects["source_grey"])
+    frame = np.repeat(finding.frame[:, :, None], 3, axis=2) if finding.frame.ndim == 2 else finding.frame
+    rows = frame.shape[0]
+    lesion = render_overlay(finding)[:rows]
+    near = (finding.heatmap > 0.5) & ~finding.mask  # warm, outside the lesion: changed by the heat map alone
+    assert (np.abs(lesion.astype(int) - frame.astype(int)).max(axis=2)[near] > 0).mean() > 0.9
+    finding.label, finding.contour, finding.long_axis, finding.short_axis = "normal", [], None, None
+    assert np.array_equal(render_overlay(finding)[:rows], frame)
+    assert np.array_equal(render_overlay(finding, heatmap=True)[:rows], frame)
+
+
 def test_sr_polyline_is_in_source_pixel_coordinates(objects: dict[str, Path]) -> None:
     sr = pydicom.dcmread(objects["sr"])
     src = pydicom.dcmread(objects["source_grey"])

@@ -57,7 +57,9 @@ def banner_lines(finding: ImageFinding) -> list[str]:
 def render_overlay(finding: ImageFinding, heatmap: bool = True) -> np.ndarray:
     """RGB uint8: the source frame (same rows/columns, same origin) with the banner band below it.
 
-    A finding that was not assessed gets no heat map, contour or axes: only the reason.
+    A finding that was not assessed gets no heat map, contour or axes: only the reason. A normal
+    result gets no heat map either: its map explains "normal", but a warm patch on a normal image
+    reads as a finding pointed at, which the normal decision exists to withhold.
     """
     image = to_rgb(finding.frame).copy()
     if finding.assessed:
@@ -67,7 +69,8 @@ def render_overlay(finding: ImageFinding, heatmap: bool = True) -> np.ndarray:
 
 def draw_result(image: np.ndarray, finding: ImageFinding, heatmap: bool) -> None:
     """Heat map, lesion contour and axes, in place, in source pixel coordinates."""
-    if heatmap and finding.heatmap is not None and finding.heatmap.shape == image.shape[:2]:
+    if (heatmap and finding.label != "normal" and finding.heatmap is not None
+            and finding.heatmap.shape == image.shape[:2]):
         image[:] = blend_heatmap(image, finding.heatmap)
     thickness = max(1, round(min(image.shape[:2]) / 300))
     if finding.has_lesion:
