@@ -84,3 +84,25 @@ def test_site_splits_score_each_check_set_as_the_analyzer_would_with_that_splits
     assert first["with_site_calibration"]["normal_false_lesion_rate"] == given_site[~lesion[check]].mean()
     assert first["presence_rule_applied"] == site.lesion_presence["applied"]
     assert set(summary["over_splits"]["with_site_calibration"]) >= {"lesion_sensitivity", "ece"}
+
+
+def test_site_splits_scope_check_pools_each_splits_site_images_into_the_bank() -> None:
+    """training/site_splits --scope-bank: without, the bank alone; with, the bank with the split's
+    site features pooled in exactly as the Analyzer pools a site file's (``FeatureBank.with_site``)."""
+    import numpy as np
+
+    from sonopacs.models.scope import FeatureBank
+    from sonopacs.training.site_splits import ScopeCheck
+
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=(400, 6))
+    bank = FeatureBank.fit(ref[:300], ref[300:], 0.99)
+    site_feats = rng.normal(size=(200, 6)) + np.r_[3.0, 0, 0, 0, 0, 0]  # a shifted site
+    photos = rng.normal(size=(5, 6)) * 6.0 + 15.0
+    check = ScopeCheck(bank, photos)
+    alone, pooled = check.figures(site_feats[50:], None), check.figures(site_feats[50:], site_feats[:50])
+    assert alone["breast_not_assessed_by_scope_bank"] == (bank.distance(site_feats[50:]) > bank.threshold).mean()
+    joint = bank.with_site(site_feats[:50])
+    assert pooled["breast_not_assessed_by_scope_bank"] == (joint.distance(site_feats[50:]) > joint.threshold).mean()
+    assert pooled["breast_not_assessed_by_scope_bank"] < alone["breast_not_assessed_by_scope_bank"]
+    assert alone["photographs_not_assessed"] == pooled["photographs_not_assessed"] == 5

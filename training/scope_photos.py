@@ -33,11 +33,16 @@ def _uint8(image: np.ndarray) -> np.ndarray:
     return img[..., :3] if img.ndim == 3 else img
 
 
+def photographs() -> dict[str, np.ndarray]:
+    """The 22 sample images by name, as uint8 gray or RGB."""
+    return {name: _uint8(getattr(skdata, name)()) for name in PHOTOS}
+
+
 def photo_outcomes(analyzer: Analyzer) -> dict[str, Any]:
     """Each photograph's outcome: not assessed (with the reason) or assessed (with its score)."""
     rows = {}
-    for name in PHOTOS:
-        res = analyzer.analyze(_uint8(getattr(skdata, name)()))
+    for name, image in photographs().items():
+        res = analyzer.analyze(image)
         rows[name] = {"assessed": res.assessed, "reason": res.not_assessed_reason,
                       "ood_score": res.extra.get("ood_score"), "sector_score": res.extra.get("sector_score")}
     return {"not_assessed": sum(not r["assessed"] for r in rows.values()), "n": len(rows), "photos": rows}

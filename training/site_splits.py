@@ -13,7 +13,12 @@ that file: calibrated, prior-shifted probabilities and the presence rule in forc
 (``SiteCalibration.presence_rule``). One pass of the networks serves every split, so 20 splits cost
 about one ``evaluate``. Not modelled: which field of a multi-field image is reported (chosen once,
 without the site calibration). Images not assessed are left out, as ``calibrate`` leaves them out.
-``summary.json``: every split's figures, then mean, minimum and maximum over splits.
+With ``--scope-bank BANK`` (a bank built for the job's network, e.g. ``scope_bank --reference
+bus-bra``) the scope gate is rehearsed too: the share of check images the bank alone refuses and the
+share it refuses with the split's site images pooled in (as a site file's ``scope_features``), and
+how many of scikit-image's photographs each refuses.
+``summary.json``: every split's figures, then mean, minimum and maximum over splits; ``images.npz``:
+the networks' per-image outputs, for studying other site fits without running the networks again.
 """
 
 from __future__ import annotations
@@ -29,14 +34,16 @@ from sonopacs.models.analyzer import Analyzer
 from sonopacs.models.calibrate_site import fold_group_column
 from sonopacs.models.calibration import ece_if_calibrated, expected_calibration_error
 from sonopacs.models.data import load_image, load_mask, read_index
-from sonopacs.models.evaluation import analyse_image
+from sonopacs.models.evaluation import analyse_image_field
 from sonopacs.models.metrics import _auc
+from sonopacs.models.scope import FeatureBank
 from sonopacs.models.site_calibration import (
     SiteCalibration,
     fit_site_calibration,
     presence_rule_holds,
     reported_probs,
 )
+from sonopacs.training.scope_photos import photographs
 from sonopacs.training.site_trial import rehearsal_parser, rehearsal_setup, split_by_group
 
 
@@ -50,17 +57,38 @@ class SiteImages:
     area: np.ndarray
     confidence: np.ndarray
     given: np.ndarray  # given a lesion by the Analyzer without a site calibration
+    features: np.ndarray | None = None  # scope-gate features of the reported field (``--scope-bank``)
 
 
-def analyse_index(index_csv: Path, analyzer: Analyzer) -> SiteImages:
-    names, labels, logits, area, confidence, given = [], [], [], [], [], []
+@dataclass
+class ScopeCheck:
+    """A scope bank and the photographs' features: each split's breast images and photographs not
+    assessed by the bank alone and by the bank with the split's site images pooled in
+    (``FeatureBank.with_site``, as the Analyzer pools a site file's ``scope_features``)."""
+
+    bank: FeatureBank
+    photos: np.ndarray
+
+    def figures(self, check: np.ndarray, site: np.ndarray | None) -> dict[str, float | None]:
+        bank = self.bank if site is None else self.bank.with_site(site)
+        return {"breast_not_assessed_by_scope_bank": float((bank.distance(check) > bank.threshold).mean()),
+                "photographs_not_assessed": float((bank.distance(self.photos) > bank.threshold).sum()),
+                "lowest_photograph_score": float(bank.distance(self.photos).min())}
+
+
+def analyse_index(index_csv: Path, analyzer: Analyzer, features: bool = False) -> SiteImages:
+    """Each labelled image once through the Analyzer (run without a scope bank: the bank is applied
+    per split from ``features``); images not assessed for another reason are left out."""
+    names, labels, logits, area, confidence, given, feats = [], [], [], [], [], [], []
     for rec in read_index(index_csv):
         if rec.label is None:
             continue
         img = load_image(rec.image)
-        res, _ = analyse_image(analyzer, img, load_mask([], img.shape[:2]))
+        res, gray, _ = analyse_image_field(analyzer, img, load_mask([], img.shape[:2]))
         if not res.assessed:
             continue
+        if features:
+            feats.append(analyzer.scope_features([gray])[0])
         names.append(rec.image.name)
         labels.append(rec.label)
         logits.append(res.extra["logits"])
@@ -68,7 +96,23 @@ def analyse_index(index_csv: Path, analyzer: Analyzer) -> SiteImages:
         confidence.append(float(res.extra["lesion_mask_confidence"]))  # type: ignore[arg-type]
         given.append(bool(res.mask.any()))
     return SiteImages(names, np.asarray(labels), np.asarray(logits, np.float64), np.asarray(area),
-                      np.asarray(confidence), np.asarray(given))
+                      np.asarray(confidence), np.asarray(given), np.asarray(feats) if features else None)
+
+
+def save_images(images: SiteImages, path: Path) -> None:
+    """The networks' per-image outputs (``images.npz`` beside the summary), so that other site fits
+    can be studied on them without running the networks again (``load_images``)."""
+    arrays: dict[str, Any] = {"names": np.asarray(images.names), "labels": images.labels, "logits": images.logits,
+                              "area": images.area, "confidence": images.confidence, "given": images.given}
+    if images.features is not None:
+        arrays["features"] = images.features
+    np.savez_compressed(path, **arrays)
+
+
+def load_images(path: Path) -> SiteImages:
+    with np.load(path) as z:
+        return SiteImages([str(n) for n in z["names"]], z["labels"], z["logits"], z["area"], z["confidence"],
+                          z["given"], z["features"] if "features" in z.files else None)
 
 
 def split_figures(images: SiteImages, site: SiteCalibration | None, check: np.ndarray, analyzer: Analyzer
@@ -92,8 +136,9 @@ def split_figures(images: SiteImages, site: SiteCalibration | None, check: np.nd
 
 
 def rehearse(images: SiteImages, index_csv: Path, analyzer: Analyzer, out: Path, splits: int, seed: int,
-             site_size: int, group_column: str = "group") -> dict[str, Any]:
-    """``splits`` seeded site/check splits: each one's figures without and with its site calibration."""
+             site_size: int, group_column: str = "group", scope: ScopeCheck | None = None) -> dict[str, Any]:
+    """``splits`` seeded site/check splits: each one's figures without and with its site calibration
+    (with ``scope`` and the images' features, the scope gate's too)."""
     rows = []
     for k in range(splits):
         folder = out / f"split_{seed + k}"
@@ -109,10 +154,13 @@ def rehearse(images: SiteImages, index_csv: Path, analyzer: Analyzer, out: Path,
                                     mask_area=images.area[s], mask_confidence=images.confidence[s],
                                     shipped_presence=analyzer.presence,
                                     groups=[site_groups[n] for n, x in zip(images.names, s, strict=True) if x])
+        without, with_site = split_figures(images, None, ~s, analyzer), split_figures(images, site, ~s, analyzer)
+        if scope is not None and images.features is not None:
+            without.update(scope.figures(images.features[~s], None))
+            with_site.update(scope.figures(images.features[~s], images.features[s]))
         rows.append({"seed": seed + k, "site_images": int(s.sum()), "check_images": int((~s).sum()),
                      "presence_rule_applied": presence_rule_holds(site.lesion_presence),
-                     "without": split_figures(images, None, ~s, analyzer),
-                     "with_site_calibration": split_figures(images, site, ~s, analyzer)})
+                     "without": without, "with_site_calibration": with_site})
     return {"splits": rows, "over_splits": {side: _spread([r[side] for r in rows])  # type: ignore[misc]
                                             for side in ("without", "with_site_calibration")},
             "presence_rule_applied": sum(r["presence_rule_applied"] for r in rows)}
@@ -130,15 +178,22 @@ def _spread(figures: list[dict[str, float | None]]) -> dict[str, dict[str, float
 def main() -> None:
     ap = rehearsal_parser(__doc__)
     ap.add_argument("--splits", type=int, default=20)
+    ap.add_argument("--scope-bank", type=Path, default=None,
+                    help="also the scope gate: this bank alone and with each split's site images pooled in, on the "
+                         "check images and scikit-image's photographs (e.g. a bank from scope_bank --reference bus-bra)")
     a = ap.parse_args()
     index, make_analyzer = rehearsal_setup(a)
     analyzer = make_analyzer(None)
-    images = analyse_index(index, analyzer)
-    summary = rehearse(images, index, analyzer, a.out, a.splits, a.seed, a.site_size, a.group_column)
+    images = analyse_index(index, analyzer, features=a.scope_bank is not None)
+    save_images(images, a.out / "images.npz")
+    scope = None if a.scope_bank is None else ScopeCheck(
+        FeatureBank.load(a.scope_bank), np.asarray([analyzer.scope_features([p])[0] for p in photographs().values()]))
+    summary = rehearse(images, index, analyzer, a.out, a.splits, a.seed, a.site_size, a.group_column, scope)
     (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"{len(images.names)} assessed images, {a.splits} splits; site presence rule applied in "
           f"{summary['presence_rule_applied']}")
-    for key in ("lesion_sensitivity", "normal_false_lesion_rate", "ece", "ece_if_calibrated", "auc_benign_vs_malignant"):
+    for key in ("lesion_sensitivity", "normal_false_lesion_rate", "ece", "ece_if_calibrated", "auc_benign_vs_malignant",
+                "breast_not_assessed_by_scope_bank", "photographs_not_assessed", "lowest_photograph_score"):
         line = [f"{key:26s}"]
         for side in ("without", "with_site_calibration"):
             s = summary["over_splits"][side].get(key)
