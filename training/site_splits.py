@@ -71,9 +71,10 @@ class ScopeCheck:
 
     def figures(self, check: np.ndarray, site: np.ndarray | None) -> dict[str, float | None]:
         bank = self.bank if site is None else self.bank.with_site(site)
+        photos = bank.distance(self.photos)
         return {"breast_not_assessed_by_scope_bank": float((bank.distance(check) > bank.threshold).mean()),
-                "photographs_not_assessed": float((bank.distance(self.photos) > bank.threshold).sum()),
-                "lowest_photograph_score": float(bank.distance(self.photos).min())}
+                "photographs_not_assessed": float((photos > bank.threshold).sum()),
+                "lowest_photograph_score": float(photos.min())}
 
 
 def analyse_index(index_csv: Path, analyzer: Analyzer, features: bool = False) -> SiteImages:
