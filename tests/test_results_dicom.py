@@ -121,6 +121,25 @@ def test_heat_map_is_drawn_for_a_lesion_result_and_not_for_a_normal_one(objects:
     assert np.array_equal(render_overlay(finding, heatmap=True)[:rows], frame)
 
 
+def test_sc_derivation_names_only_what_is_drawn(objects: dict[str, Path]) -> None:
+    """The SC's Derivation Description says what the overlay shows: a normal result claimed no
+    contour or heat map that is not there, and a heat map switched off is not named."""
+    finding = ellipse_finding(objects["source_grey"])
+
+    def derivation(heatmap: bool) -> str:
+        rgb = render_overlay(finding, heatmap=heatmap)
+        return str(build_secondary_capture(finding, rgb, IDENTITY, IDENTITY.new_uid(), 9101, 1,
+                                           heatmap=heatmap).DerivationDescription)
+
+    assert "with lesion contour and Grad-CAM heat map" in derivation(True)
+    assert "with lesion contour;" in derivation(False)
+    finding.label, finding.contour, finding.long_axis, finding.short_axis = "normal", [], None, None
+    for heatmap in (True, False):
+        text = derivation(heatmap)
+        assert "no lesion found (nothing drawn on it)" in text
+        assert "contour" not in text and "heat map" not in text and DISCLAIMER in text
+
+
 def test_sr_polyline_is_in_source_pixel_coordinates(objects: dict[str, Path]) -> None:
     sr = pydicom.dcmread(objects["sr"])
     src = pydicom.dcmread(objects["source_grey"])

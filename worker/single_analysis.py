@@ -218,7 +218,8 @@ def _write_dicom(
     ident = identity(settings)
     source = finding.source
     rgb = render_overlay(finding, heatmap=settings.pipeline.heatmap)
-    sc = build_secondary_capture(finding, rgb, ident, ident.new_uid(), SERIES_NUMBER_BASE["sc"], 1)
+    sc = build_secondary_capture(finding, rgb, ident, ident.new_uid(), SERIES_NUMBER_BASE["sc"], 1,
+                                heatmap=settings.pipeline.heatmap)
     optional: dict[str, Dataset | None] = {}
     errors: dict[str, str] = {}
     if settings.pipeline.presentation_state:

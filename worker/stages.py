@@ -544,7 +544,8 @@ def _build_sc(
     )
     summary = summary_of(finding, best)
     rgb = render_overlay(finding, heatmap=settings.pipeline.heatmap)
-    sc = build_secondary_capture(finding, rgb, ident, series["sc"], numbers["sc"], number)
+    sc = build_secondary_capture(finding, rgb, ident, series["sc"], numbers["sc"], number,
+                                heatmap=settings.pipeline.heatmap)
     return ds, finding, sc, summary, _encode(sc)
 
 

@@ -67,10 +67,17 @@ def render_overlay(finding: ImageFinding, heatmap: bool = True) -> np.ndarray:
     return np.vstack([image, render_band(banner_lines(finding), image.shape[1])])
 
 
+def shows_heatmap(finding: ImageFinding, heatmap: bool) -> bool:
+    """Whether the overlay blends the heat map: asked for (``pipeline.heatmap``), an assessed lesion
+    result, and a map in the frame's geometry. The SC's derivation text says the same."""
+    return (heatmap and finding.assessed and finding.label != "normal" and finding.heatmap is not None
+            and finding.heatmap.shape == finding.frame.shape[:2])
+
+
 def draw_result(image: np.ndarray, finding: ImageFinding, heatmap: bool) -> None:
     """Heat map, lesion contour and axes, in place, in source pixel coordinates."""
-    if (heatmap and finding.label != "normal" and finding.heatmap is not None
-            and finding.heatmap.shape == image.shape[:2]):
+    if shows_heatmap(finding, heatmap):
+        assert finding.heatmap is not None
         image[:] = blend_heatmap(image, finding.heatmap)
     thickness = max(1, round(min(image.shape[:2]) / 300))
     if finding.has_lesion:

@@ -8,6 +8,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
+from sonopacs.dicom_node.results.overlay_render import shows_heatmap
 from sonopacs.dicom_node.results.types import (
     DISCLAIMER,
     OVERLAY_SERIES_DESCRIPTION,
@@ -30,10 +31,12 @@ def build_secondary_capture(
     series_number: int,
     instance_number: int,
     sop_instance_uid: str | None = None,
+    heatmap: bool = True,
 ) -> Dataset:
     """An RGB SC Image with patient/study copied from the source and a Source Image Sequence.
 
-    `rgb` is the source frame (same rows, columns and origin) with the banner band below it.
+    `rgb` is the source frame (same rows, columns and origin) with the banner band below it, as
+    ``render_overlay(finding, heatmap)`` drew it: the derivation text names what was drawn.
     """
     src = finding.source
     if rgb.shape[1] != int(src.Columns) or rgb.shape[0] < int(src.Rows):
@@ -68,7 +71,7 @@ def build_secondary_capture(
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.BurnedInAnnotation = "YES"
     sc.RecognizableVisualFeatures = "NO"
-    sc.DerivationDescription = (_derivation(finding) + f" by {finding.model_name} {finding.model_version}")[
+    sc.DerivationDescription = (_derivation(finding, heatmap) + f" by {finding.model_name} {finding.model_version}")[
         :1024
     ]
     sc.ImageComments = f"{DISCLAIMER}. {result_text(finding)}"[:10240]
@@ -82,12 +85,15 @@ def build_secondary_capture(
     return sc
 
 
-def _derivation(finding: ImageFinding) -> str:
+def _derivation(finding: ImageFinding, heatmap: bool) -> str:
+    """What the SC shows, as drawn: a normal result has no contour and no heat map."""
     band = "; result banner in a band below the frame"
     if not finding.assessed:
         return f"{DISCLAIMER}. Source frame{_which_frame(finding)}, not assessed (reason in the banner){band}"
-    heat = " and Grad-CAM heat map" if finding.heatmap is not None else ""
-    return f"{DISCLAIMER}. Source frame{_which_frame(finding)} with lesion contour{heat}{band}"
+    drawn = [name for name, shown in (("lesion contour", finding.has_lesion),
+                                      ("Grad-CAM heat map", shows_heatmap(finding, heatmap))) if shown]
+    what = " with " + " and ".join(drawn) if drawn else ", no lesion found (nothing drawn on it)"
+    return f"{DISCLAIMER}. Source frame{_which_frame(finding)}{what}{band}"
 
 
 def _which_frame(finding: ImageFinding) -> str:
