@@ -298,6 +298,7 @@ class Analyzer:
             res.extra["logits"] = [float(x) for x in mean_logits[0]]
             box = looked[i]  # the crop looked at again: [first row, end row, first column, end column]
             res.extra["second_look"] = None if box is None else [box[0].start, box[0].stop, box[1].start, box[1].stop]
+            res.scope_features = features[i]
             reported.append(CLASSES.index(res.label))  # before the scope gate: what the map explains
             self._gate(res, float(ood[i]), sector_score(grays[i]))
             results.append(res)

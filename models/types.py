@@ -42,3 +42,6 @@ class AnalysisResult:
     not_assessed_reason: str | None = None
     # "1", "3", "4A", "4B", "4C", "5" from the calibrated P(malignant); None where not assessed.
     likelihood_category: str | None = None
+    # The primary network's pooled features the scope gate measured (mirror-averaged): what
+    # ``calibrate`` pools into the bank, kept so that no second network pass is needed for them.
+    scope_features: np.ndarray | None = field(default=None, repr=False)

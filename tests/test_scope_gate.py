@@ -105,7 +105,8 @@ def test_analyzer_gates_photos_and_keeps_breast(analyzer) -> None:  # type: igno
 
 def test_scope_features_are_the_features_analyze_measures(analyzer) -> None:  # type: ignore[no-untyped-def]
     """``scope_features`` (the primary network alone, what ``scope_bank`` collects) gives the
-    distance ``analyze_batch`` reports, for images of different sizes in one batch."""
+    distance ``analyze_batch`` reports, and the features each result keeps, for images of different
+    sizes in one batch."""
     from skimage import data as skdata
 
     from sonopacs.models.data import load_image
@@ -113,9 +114,12 @@ def test_scope_features_are_the_features_analyze_measures(analyzer) -> None:  # 
 
     images = [to_gray(load_image(p)) for p in sorted(DATA.glob("bus_*.jpg"))] + [skdata.coins()]
     assert len({im.shape for im in images}) > 1
-    distances = analyzer.scope_bank.distance(analyzer.scope_features(images))
-    reported = [r.extra["ood_score"] for r in analyzer.analyze_batch(images)]
-    assert distances == pytest.approx(reported, abs=2e-3)
+    features = analyzer.scope_features(images)
+    results = analyzer.analyze_batch(images)
+    assert analyzer.scope_bank.distance(features) == pytest.approx([r.extra["ood_score"] for r in results], abs=2e-3)
+    # each result keeps them (``calibrate`` pools them into the bank without another network pass)
+    kept = np.stack([r.scope_features for r in results])
+    assert kept.shape == features.shape and np.allclose(kept, features, rtol=1e-4, atol=1e-4)
 
 
 def test_finding_from_a_cardiac_header_is_not_assessed(analyzer) -> None:  # type: ignore[no-untyped-def]

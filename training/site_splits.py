@@ -31,10 +31,9 @@ from typing import Any
 import numpy as np
 
 from sonopacs.models.analyzer import Analyzer
-from sonopacs.models.calibrate_site import fold_group_column
+from sonopacs.models.calibrate_site import fold_group_column, read_site_images
 from sonopacs.models.calibration import ece_if_calibrated, expected_calibration_error
-from sonopacs.models.data import load_image, load_mask, read_index
-from sonopacs.models.evaluation import analyse_image_field
+from sonopacs.models.data import read_index
 from sonopacs.models.metrics import _auc
 from sonopacs.models.scope import FeatureBank
 from sonopacs.models.site_calibration import (
@@ -79,25 +78,12 @@ class ScopeCheck:
 
 def analyse_index(index_csv: Path, analyzer: Analyzer, features: bool = False) -> SiteImages:
     """Each labelled image once through the Analyzer (run without a scope bank: the bank is applied
-    per split from ``features``); images not assessed for another reason are left out."""
-    names, labels, logits, area, confidence, given, feats = [], [], [], [], [], [], []
-    for rec in read_index(index_csv):
-        if rec.label is None:
-            continue
-        img = load_image(rec.image)
-        res, gray, _ = analyse_image_field(analyzer, img, load_mask([], img.shape[:2]))
-        if not res.assessed:
-            continue
-        if features:
-            feats.append(analyzer.scope_features([gray])[0])
-        names.append(rec.image.name)
-        labels.append(rec.label)
-        logits.append(res.extra["logits"])
-        area.append(float(res.extra["lesion_area_fraction"]))  # type: ignore[arg-type]
-        confidence.append(float(res.extra["lesion_mask_confidence"]))  # type: ignore[arg-type]
-        given.append(bool(res.mask.any()))
-    return SiteImages(names, np.asarray(labels), np.asarray(logits, np.float64), np.asarray(area),
-                      np.asarray(confidence), np.asarray(given), np.asarray(feats) if features else None)
+    per split from ``features``), as ``calibrate`` reads a site; images not assessed are left out."""
+    rows = [r for r in read_site_images(index_csv, analyzer)[0] if not r.out_of_bank]
+    return SiteImages([r.name for r in rows], np.asarray([r.label for r in rows]),
+                      np.asarray([r.logits for r in rows], np.float64), np.asarray([r.area for r in rows]),
+                      np.asarray([r.confidence for r in rows]), np.asarray([r.given for r in rows]),
+                      np.asarray([r.features for r in rows]) if features else None)
 
 
 def save_images(images: SiteImages, path: Path) -> None:
