@@ -42,6 +42,16 @@ def _postgres_database() -> Iterator[str]:
         admin.dispose()
 
 
+def _redis_database() -> str:
+    """A Redis database (URL) for one test, at random from this pytest-xdist worker's own share of
+    databases 1-15: the CI runs test files on two workers side by side, and two tests sharing a
+    database would flush or consume each other's queues."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    share = 15 // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    first = 1 + worker * share
+    return f"{REDIS_HOST}/{random.randint(first, first + share - 1)}"
+
+
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     yield from _postgres_database()
@@ -52,8 +62,7 @@ def redis_url() -> Iterator[str]:
     """A Redis database number picked at random and flushed before and after the test."""
     import redis
 
-    db = random.randint(1, 15)
-    url = f"{REDIS_HOST}/{db}"
+    url = _redis_database()
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url
@@ -87,8 +96,7 @@ def make_settings(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Ca
             cleanups.append(pg)
             import redis
 
-            db = random.randint(1, 15)
-            url = f"{REDIS_HOST}/{db}"
+            url = _redis_database()
             redis.Redis.from_url(url).flushdb()
             values["broker"] = {"url": url}
         for section, overrides in sections.items():
