@@ -28,13 +28,21 @@ ULTRASOUND_AND_SC_CLASSES = frozenset(
 )
 
 
+def local_test_files() -> list[Path]:
+    """pydicom's own test files and those of the installed pydicom-data, as ``get_testdata_files("*")``
+    finds them, without its attempt to download the same set again from GitHub (offline, as in CI,
+    that attempt only fails, after about 10 s)."""
+    from pydicom.data.data_manager import DATA_ROOT, DataTypes, external_data_sources
+
+    local = list((Path(DATA_ROOT) / "test_files").glob("*"))
+    external = [Path(p) for source in external_data_sources().values() for p in source.get_paths("*", DataTypes.DATASET)]
+    return sorted(set(local + external))
+
+
 def us_and_sc_files() -> list[Path]:
     """Every Part 10 file of pydicom's test data whose SOP class is ultrasound or secondary capture."""
-    from pydicom.data import get_testdata_files
-
     out = []
-    for name in sorted(get_testdata_files("*")):
-        path = Path(name)
+    for path in local_test_files():
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
