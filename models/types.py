@@ -31,7 +31,7 @@ class AnalysisResult:
     malignancy_probability: float
     decisions: dict[str, bool]  # operating point name -> "suspicious for malignancy"
     mask: np.ndarray  # HxW bool, same geometry as the input image
-    heatmap: np.ndarray  # HxW float32 in [0, 1], Grad-CAM, same geometry as the input
+    heatmap: np.ndarray  # HxW float32 in [0, 1], Grad-CAM, same geometry as the input; all zeros where normal or not assessed
     lesion: LesionMeasurement | None
     uncertainty: float  # spread of the malignancy probability (ensemble / TTA)
     model_name: str

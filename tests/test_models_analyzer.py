@@ -221,3 +221,24 @@ def test_a_segmentation_folder_that_is_an_ensemble_is_refused(tmp_path: Path) ->
     (seg / "model.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="must hold one network"):
         Analyzer.load(wdir, device="cpu")
+
+
+def test_heat_map_only_for_an_assessed_result_with_a_lesion(analyzer: Analyzer, image: np.ndarray,
+                                                            tmp_path: Path) -> None:
+    """Nothing draws the map of a normal or not-assessed result, so none is computed: it stays all
+    zeros, and in a mixed batch the lesion result's map is the one it gets alone."""
+    from skimage import data as skdata
+
+    alone = analyzer.analyze(image)
+    assert alone.label != "normal" and alone.heatmap.max() == pytest.approx(1.0)
+    lesion, photo = analyzer.analyze_batch([image, skdata.coins()])
+    assert not photo.assessed and photo.heatmap.shape == skdata.coins().shape and not photo.heatmap.any()
+    assert np.allclose(lesion.heatmap, alone.heatmap, atol=1e-3)
+    wdir = tmp_path / "normal"
+    shutil.copytree(DEFAULT_WEIGHTS, wdir)
+    manifest = json.loads((wdir / "model.json").read_text())
+    manifest["lesion_presence"]["min_area_fraction"] = 1.01  # no mask is large enough: every image normal
+    (wdir / "model.json").write_text(json.dumps(manifest))
+    normal = Analyzer.load(wdir, device="cpu").analyze(image)
+    assert normal.assessed and normal.label == "normal" and not normal.mask.any()
+    assert normal.heatmap.shape == image.shape and normal.heatmap.dtype == np.float32 and not normal.heatmap.any()
