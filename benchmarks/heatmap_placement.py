@@ -80,12 +80,19 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def run(an: Analyzer, pairs: list[tuple[Path, Path]]) -> dict[str, float]:
+    """Placement over the images given a map; an image called normal or not assessed gets none (the
+    Analyzer computes a map only for a lesion result) and is counted in ``no_map`` instead."""
     rows = []
+    no_map = 0
     for img_path, mask_path in pairs:
         img = _gray(img_path)
         truth = _gray(mask_path) > 0
-        rows.append(placement(an.analyze(img).heatmap, truth))
-    return summarise(rows)
+        heat = an.analyze(img).heatmap
+        if not heat.any():
+            no_map += 1
+            continue
+        rows.append(placement(heat, truth))
+    return {**summarise(rows), "no_map": no_map}
 
 
 def main() -> None:
