@@ -171,6 +171,24 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
     return float(ece)
 
 
+def log_loss(probs: np.ndarray, labels: np.ndarray) -> float | None:
+    """Mean negative log probability of the true class (None for no samples): a proper score, so
+    unlike the ECE it cannot be improved by a miscalibration, and it is far less noisy on a few
+    hundred images (a site calibration is judged by it)."""
+    if len(labels) == 0:
+        return None
+    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+
+
+def brier_score(probs: np.ndarray, labels: np.ndarray) -> float | None:
+    """Mean squared distance between the probabilities and the one-hot truth, summed over classes
+    (None for no samples): the other common proper score, bounded where the log loss is not."""
+    if len(labels) == 0:
+        return None
+    onehot = np.eye(probs.shape[1])[labels]
+    return float(((probs - onehot) ** 2).sum(axis=1).mean())
+
+
 def ece_if_calibrated(probs: np.ndarray, n_bins: int = 15, draws: int = 200, seed: int = 0) -> float | None:
     """The mean ECE these probabilities would show if they were exactly calibrated: labels drawn from
     the probabilities themselves. On a few hundred images this floor is far from zero, so an ECE

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
 
-from sonopacs.models.calibration import ece_if_calibrated, expected_calibration_error
+from sonopacs.models.calibration import brier_score, ece_if_calibrated, expected_calibration_error, log_loss
 from sonopacs.models.types import CLASSES
 
 
@@ -62,6 +62,8 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, thresholds: di
         out[f"specificity_malignant{suffix}"] = _rate(~dec & ~mal, ~mal)
     out["ece"] = expected_calibration_error(probs, labels) if n else None
     out["ece_if_calibrated"] = ece_if_calibrated(probs)  # the floor an ECE on this many images can show
+    out["log_loss"] = log_loss(probs, labels)  # proper scores: what to compare calibrations by
+    out["brier"] = brier_score(probs, labels)
     if n:
         p, r, _, s = precision_recall_fscore_support(labels, pred, labels=[0, 1, 2], zero_division=0)
         out["per_class"] = {

@@ -20,7 +20,7 @@ from warnings import catch_warnings, filterwarnings
 
 import numpy as np
 
-from sonopacs.models.calibration import Calibration, expected_calibration_error, operating_points
+from sonopacs.models.calibration import Calibration, expected_calibration_error, log_loss, operating_points
 from sonopacs.models.metrics import _auc
 from sonopacs.models.presence import PresenceRule, fit_rule
 from sonopacs.models.priors import shift_priors, target_priors
@@ -301,10 +301,9 @@ def _bootstrap(logits: np.ndarray, labels: np.ndarray, shipped: Calibration, shi
         vals: dict[str, float | None] = {
             # paired, on the same left-out images: the site fit against the shipped calibration set
             # to the same share of normal images (< 0: the site fit is better calibrated)
-            "ece_change_vs_shipped": (None if ece_site is None or ece_shipped is None
-                                      else float(ece_site) - float(ece_shipped)),
+            "ece_change_vs_shipped": _difference(ece_site, ece_shipped),
             # the same comparison by a proper score, the mean log loss (what the fit minimises)
-            "log_loss_change_vs_shipped": _log_loss(p, y) - _log_loss(p_shipped, y),
+            "log_loss_change_vs_shipped": _difference(log_loss(p, y), log_loss(p_shipped, y)),
             "temperature": cal.temperature, "bias_benign": cal.bias[1], "bias_malignant": cal.bias[2],
             "threshold_default": pts["default"], "threshold_high_sensitivity": pts["high_sensitivity"],
             "ece": ece_site,
@@ -321,8 +320,8 @@ def _bootstrap(logits: np.ndarray, labels: np.ndarray, shipped: Calibration, shi
         {k: float(np.median(v)) for k, v in draws.items() if len(v) >= 10}
 
 
-def _log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
-    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else float(a) - float(b)
 
 
 def describe(site: SiteCalibration) -> str:

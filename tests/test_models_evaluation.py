@@ -33,6 +33,7 @@ def test_evaluate_writes_all_keys_and_plots(tmp_path: Path) -> None:
     assert saved["auc_benign_vs_malignant"] is not None
     assert 0 <= saved["dice"] <= 1 and 0 <= saved["iou"] <= saved["dice"]
     assert saved["n_masks"] == 2  # the row without a mask is not averaged into Dice
+    assert saved["log_loss"] > 0 and 0 < saved["brier"] < 2  # proper scores, to compare calibrations by
     for png in ("confusion_matrix.png", "roc.png", "reliability.png"):
         assert (tmp_path / "out" / png).stat().st_size > 1000
 
