@@ -34,6 +34,7 @@ from tests.support.worker_proc import (
     add_instance,
     add_results,
     add_study,
+    children_of,
     reopen,
     worker_process,
     write_config,
@@ -42,21 +43,6 @@ from tests.support.worker_proc import (
 TERMINAL = (StudyState.RESULTS_READY, StudyState.EXPORTED, StudyState.EXPORT_FAILED, StudyState.FAILED)
 # Small bounds so a lost task is noticed within seconds (production: 300 s, 10 s heartbeats).
 RECOVERY = {"stuck_seconds": 3, "heartbeat_seconds": 0.5, "check_seconds": 0.5}
-
-
-def children_of(pid: int) -> list[int]:
-    """Direct children of a process, from /proc (the prefork pool processes of a worker)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            out.append(int(entry))
-    return out
 
 
 def kill_tree(proc: subprocess.Popen[bytes]) -> None:

@@ -18,8 +18,7 @@ from sonopacs.db import AuditEvent, Database
 from sonopacs.dicom_node.scu import Peer, echo
 from sonopacs.serve import MAX_RESTARTS, RESTART_WINDOW_SECONDS, Child
 from tests.support.net import free_port, wait_for_port, wait_until
-from tests.support.worker_proc import REPO, clean_env, write_config
-from tests.test_crash_recovery import children_of
+from tests.support.worker_proc import REPO, children_of, clean_env, write_config
 
 
 def test_restart_budget_is_per_child_and_slides() -> None:

@@ -19,27 +19,12 @@ from sonopacs.worker.actions import send_export
 from tests.support.dicom_factory import write_us_study
 from tests.support.net import free_port, wait_until
 from tests.support.orthanc import Orthanc, orthanc_available
-from tests.support.worker_proc import add_results, add_study, worker_process, write_config
+from tests.support.worker_proc import add_results, add_study, children_of, worker_process, write_config
 
 pytestmark = [
     pytest.mark.orthanc,
     pytest.mark.skipif(not orthanc_available(), reason="Debian orthanc is not installed"),
 ]
-
-
-def children_of(pid: int) -> list[int]:
-    """Direct children of a process, from /proc (the prefork pool processes of a worker)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            out.append(int(entry))
-    return out
 
 
 def export_jobs(db: Database, study_id: int) -> list[tuple[JobState, str | None]]:

@@ -73,6 +73,21 @@ def sonopacs_process(args: list[str], log: Path, stop_timeout: float) -> Iterato
                     proc.wait()
 
 
+def children_of(pid: int) -> list[int]:
+    """Direct children of a process, from /proc (the prefork pool processes of a worker)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            out.append(int(entry))
+    return out
+
+
 @contextmanager
 def worker_process(config: Path, log: Path, concurrency: int = 2) -> Iterator[subprocess.Popen[bytes]]:
     """A real `sonopacs worker` (prefork) for the duration of the block; warm-stopped after."""
