@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from sonopacs.db import AuditEvent, Database
 from sonopacs.dicom_node.scu import Peer, echo
 from sonopacs.serve import MAX_RESTARTS, RESTART_WINDOW_SECONDS, Child
 from tests.support.net import free_port, wait_for_port, wait_until
-from tests.support.worker_proc import REPO, children_of, clean_env, write_config
+from tests.support.worker_proc import children_of, start_sonopacs, stop_with_sigterm, write_config
 
 
 def test_restart_budget_is_per_child_and_slides() -> None:
@@ -53,14 +51,7 @@ def test_serve_restarts_a_killed_listener(make_settings: Callable[..., Settings]
     )
     config = write_config(settings, tmp_path / "sonopacs.yaml")
     log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sonopacs.cli", "--config", str(config), "serve"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=clean_env(),
-            cwd=REPO,
-        )
+    proc = start_sonopacs(["--config", str(config), "serve"], log)
     db = Database(settings.database_url)
     peer = Peer("127.0.0.1", port, settings.dicom.ae_title)
     try:
@@ -79,12 +70,6 @@ def test_serve_restarts_a_killed_listener(make_settings: Callable[..., Settings]
         assert proc.poll() is None
         assert "listener exited unexpectedly with -9; restarting it" in log.read_text()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise
+        code = stop_with_sigterm(proc, 120)
         db.dispose()
     assert code == 0, log.read_text()[-4000:]

@@ -4,9 +4,6 @@ its pipeline exactly once per generation (listener -> stability monitor -> worke
 from __future__ import annotations
 
 import importlib.util
-import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +15,7 @@ from sonopacs.db import Database, Instance, Job, JobState, Study, StudyState
 from sonopacs.dicom_node.scu import Peer, echo, send_files
 from tests.support.dicom_factory import write_us_study
 from tests.support.net import free_port, wait_for_port, wait_until
-from tests.support.worker_proc import REPO, clean_env, write_config
+from tests.support.worker_proc import start_sonopacs, stop_with_sigterm, write_config
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("sonopacs.dicom_node.listener") is None, reason="sonopacs.dicom_node.listener has not landed yet"
@@ -52,14 +49,7 @@ def test_serve_answers_echo_runs_pipeline_and_stops_on_sigterm(
     )
     config = write_config(settings, tmp_path / "sonopacs.yaml")
     log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sonopacs.cli", "--config", str(config), "serve"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=clean_env(),
-            cwd=REPO,
-        )
+    proc = start_sonopacs(["--config", str(config), "serve"], log)
     try:
         wait_for_port(port, timeout=60)
         assert echo(Peer("127.0.0.1", port, settings.dicom.ae_title), calling_ae="TESTSCU") == 0
@@ -86,11 +76,5 @@ def test_serve_answers_echo_runs_pipeline_and_stops_on_sigterm(
         assert n_instances == 2
         db.dispose()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise
+        code = stop_with_sigterm(proc, 90)
     assert code == 0, log.read_text()[-4000:]

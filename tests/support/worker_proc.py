@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -50,27 +50,40 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-@contextmanager
-def sonopacs_process(args: list[str], log: Path, stop_timeout: float) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m sonopacs.cli ARGS` for the block (clean env, output to `log`); SIGTERM after, then kill."""
+def start_sonopacs(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """`python -m sonopacs.cli ARGS` (clean env, output to `log`), left running for the caller."""
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "sonopacs.cli", *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=clean_env(),
             cwd=REPO,
         )
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=stop_timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+
+
+def stop_with_sigterm(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM, then the exit code; a process still running after `timeout` is killed and the
+    timeout raised (a graceful stop that hangs is a failure, not something to wait out)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+@contextmanager
+def sonopacs_process(args: list[str], log: Path, stop_timeout: float) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m sonopacs.cli ARGS` for the block (clean env, output to `log`); SIGTERM after, then kill."""
+    proc = start_sonopacs(args, log)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            with suppress(subprocess.TimeoutExpired):
+                stop_with_sigterm(proc, stop_timeout)
 
 
 def children_of(pid: int) -> list[int]:
