@@ -83,7 +83,7 @@ def test_site_splits_score_each_check_set_as_the_analyzer_would_with_that_splits
     assert first["with_site_calibration"]["lesion_sensitivity"] == given_site[lesion[check]].mean()
     assert first["with_site_calibration"]["normal_false_lesion_rate"] == given_site[~lesion[check]].mean()
     assert first["presence_rule_applied"] == site.lesion_presence["applied"]
-    assert set(summary["over_splits"]["with_site_calibration"]) >= {"lesion_sensitivity", "ece"}
+    assert set(summary["over_splits"]["with_site_calibration"]) >= {"lesion_sensitivity", "ece", "log_loss", "brier"}
 
 
 def test_site_splits_scope_check_pools_each_splits_site_images_into_the_bank() -> None:

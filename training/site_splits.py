@@ -32,7 +32,7 @@ import numpy as np
 
 from sonopacs.models.analyzer import Analyzer
 from sonopacs.models.calibrate_site import fold_group_column, read_site_images
-from sonopacs.models.calibration import ece_if_calibrated, expected_calibration_error
+from sonopacs.models.calibration import brier_score, ece_if_calibrated, expected_calibration_error, log_loss
 from sonopacs.models.data import read_index
 from sonopacs.models.metrics import _auc
 from sonopacs.models.scope import FeatureBank
@@ -119,6 +119,7 @@ def split_figures(images: SiteImages, site: SiteCalibration | None, check: np.nd
             "normal_false_lesion_rate": float(given[~lesion].mean()) if (~lesion).any() else None,
             "ece": None if ece is None else float(ece),
             "ece_if_calibrated": ece_if_calibrated(probs),
+            "log_loss": log_loss(probs, y), "brier": brier_score(probs, y),  # proper scores: the fair judges
             "auc_benign_vs_malignant": _auc(y[lesion] == 2, les[:, 2] / np.clip(les[:, 1:].sum(1), 1e-12, None))}
 
 
