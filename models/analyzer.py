@@ -285,7 +285,6 @@ class Analyzer:
             shape_views = shape_feature_matrix(views)
             shape_mean = shape_feature_matrix((views[:n] + views[n:]) / 2)
         results: list[AnalysisResult] = []
-        reported: list[int] = []
         for i in range(n):
             probs_views = self._shift(self.calibration.probs(
                 logits[[i, n + i]], None if shape_views is None else shape_views[[i, n + i]]))
@@ -299,14 +298,12 @@ class Analyzer:
             box = looked[i]  # the crop looked at again: [first row, end row, first column, end column]
             res.extra["second_look"] = None if box is None else [box[0].start, box[0].stop, box[1].start, box[1].stop]
             res.scope_features = features[i]
-            reported.append(CLASSES.index(res.label))  # before the scope gate: what the map explains
             self._gate(res, float(ood[i]), sector_score(grays[i]))
             results.append(res)
-        self._explain(xx, boxes, results, reported)
+        self._explain(xx, boxes, results)
         return results
 
-    def _explain(self, xx: torch.Tensor, boxes: list[Letterbox], results: list[AnalysisResult],
-                 reported: list[int]) -> None:
+    def _explain(self, xx: torch.Tensor, boxes: list[Letterbox], results: list[AnalysisResult]) -> None:
         """The heat map of each assessed result with a lesion: Grad-CAM of the primary network on
         the class the result reports, both views averaged. After the decision, not before: the label
         comes from the calibrated ensemble, the presence rule and the second look, and a map of
@@ -319,8 +316,8 @@ class Analyzer:
         n = len(results)
         views = explained + [n + i for i in explained]
         with torch.enable_grad():
-            cam = self._cam(xx[views], class_idx=torch.tensor([reported[i] for i in explained] * 2,
-                                                              device=xx.device))  # raw ReLU'd map
+            classes = [CLASSES.index(results[i].label) for i in explained] * 2  # the reported labels
+            cam = self._cam(xx[views], class_idx=torch.tensor(classes, device=xx.device))  # raw ReLU'd map
         cam_np = cam.detach().float().cpu().numpy()[:, 0]
         k = len(explained)
         for j, i in enumerate(explained):
