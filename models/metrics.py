@@ -21,6 +21,21 @@ def _auc(y: np.ndarray, score: np.ndarray) -> float | None:
     return float(roc_auc_score(y, score))
 
 
+def malignant_share(probs: np.ndarray) -> np.ndarray:
+    """P(malignant) / (P(benign) + P(malignant)) per image: the benign-vs-malignant score, which
+    leaves the normal class out so that it ranks lesions by kind alone."""
+    probs = np.asarray(probs, np.float64)
+    return probs[:, 2] / np.clip(probs[:, 1] + probs[:, 2], 1e-12, None)
+
+
+def benign_vs_malignant_auc(probs: np.ndarray, labels: np.ndarray) -> float | None:
+    """The AUC of :func:`malignant_share` over the lesion images (labels 1 and 2); None when only one
+    kind is there."""
+    labels = np.asarray(labels)
+    lesion = labels >= 1
+    return _auc(labels[lesion] == 2, malignant_share(np.asarray(probs)[lesion]))
+
+
 def _rate(num: np.ndarray, den: np.ndarray) -> float | None:
     return float(num.sum() / den.sum()) if den.sum() > 0 else None
 
@@ -54,8 +69,7 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, thresholds: di
         "macro_f1": float(f1_score(labels, pred, labels=present, average="macro")) if n else None,
         "auc_malignant_vs_rest": _auc(mal, pm),
     }
-    bm = labels >= 1
-    out["auc_benign_vs_malignant"] = _auc(mal[bm], pm[bm] / np.clip(probs[bm, 1] + pm[bm], 1e-12, None))
+    out["auc_benign_vs_malignant"] = benign_vs_malignant_auc(probs, labels)
     for suffix, key in (("", "default"), ("_high", "high_sensitivity")):
         dec = pm >= thresholds[key]
         out[f"sensitivity_malignant{suffix}"] = _rate(dec & mal, mal)

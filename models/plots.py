@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from sonopacs.models.calibration import reliability_bins  # noqa: E402
+from sonopacs.models.metrics import malignant_share  # noqa: E402
 from sonopacs.models.types import CLASSES  # noqa: E402
 
 
@@ -45,7 +46,7 @@ def plot_roc(probs: np.ndarray, labels: np.ndarray, thresholds: dict[str, float]
             ax.plot(1 - (~dec & ~mal).sum() / (~mal).sum(), (dec & mal).sum() / mal.sum(), "o", label=name)
         bm = labels >= 1
         if (labels[bm] == 1).any() and (labels[bm] == 2).any():
-            fpr2, tpr2, _ = roc_curve(mal[bm], pm[bm] / np.clip(probs[bm, 1] + pm[bm], 1e-12, None))
+            fpr2, tpr2, _ = roc_curve(mal[bm], malignant_share(probs[bm]))
             ax.plot(fpr2, tpr2, "--", label="benign vs malignant")
     else:
         ax.text(0.5, 0.5, "ROC undefined (one class only)", ha="center")

@@ -21,7 +21,7 @@ from warnings import catch_warnings, filterwarnings
 import numpy as np
 
 from sonopacs.models.calibration import Calibration, expected_calibration_error, log_loss, operating_points
-from sonopacs.models.metrics import _auc
+from sonopacs.models.metrics import benign_vs_malignant_auc
 from sonopacs.models.presence import PresenceRule, fit_rule
 from sonopacs.models.priors import shift_priors, target_priors
 
@@ -307,7 +307,7 @@ def _bootstrap(logits: np.ndarray, labels: np.ndarray, shipped: Calibration, shi
             "temperature": cal.temperature, "bias_benign": cal.bias[1], "bias_malignant": cal.bias[2],
             "threshold_default": pts["default"], "threshold_high_sensitivity": pts["high_sensitivity"],
             "ece": ece_site,
-            "auc_benign_vs_malignant": _auc(mal[y >= 1], p[y >= 1, 2] / np.clip(p[y >= 1, 1:].sum(1), 1e-12, None)),
+            "auc_benign_vs_malignant": benign_vs_malignant_auc(p, y),
             "sensitivity_malignant": float((p[mal, 2] >= pts["default"]).mean()) if mal.any() else None,
             "specificity_malignant": float((p[~mal, 2] < pts["default"]).mean()) if (~mal).any() else None,
             "sensitivity_malignant_high": float((p[mal, 2] >= pts["high_sensitivity"]).mean()) if mal.any() else None,

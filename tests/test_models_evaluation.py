@@ -103,3 +103,18 @@ def test_presence_metrics_by_class() -> None:
     assert m["normal_false_lesion_rate"] == 0.25
     assert m["lesion_sensitivity"] == 2 / 3
     assert m["not_assessed_rate"] == 1 / 7
+
+
+def test_benign_vs_malignant_score_ignores_the_normal_class() -> None:
+    """The one B-vs-M score: how probability is split between benign and malignant, whatever share
+    the normal class takes; its AUC counts lesion images only."""
+    import numpy as np
+
+    from sonopacs.models.metrics import benign_vs_malignant_auc, malignant_share
+
+    probs = np.array([[0.0, 0.2, 0.8], [0.9, 0.05, 0.05], [0.9, 0.01, 0.09], [0.1, 0.6, 0.3]])
+    assert np.allclose(malignant_share(probs), [0.8, 0.5, 0.9, 1 / 3])
+    labels = np.array([2, 1, 0, 1])
+    # the normal image 2 has the highest score of all, yet is no lesion: counted, it would give 2/3
+    assert benign_vs_malignant_auc(probs, labels) == 1.0
+    assert benign_vs_malignant_auc(probs, np.array([1, 1, 0, 1])) is None

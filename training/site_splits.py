@@ -34,7 +34,7 @@ from sonopacs.models.analyzer import Analyzer
 from sonopacs.models.calibrate_site import fold_group_column, read_site_images
 from sonopacs.models.calibration import brier_score, ece_if_calibrated, expected_calibration_error, log_loss
 from sonopacs.models.data import read_index
-from sonopacs.models.metrics import _auc
+from sonopacs.models.metrics import benign_vs_malignant_auc
 from sonopacs.models.scope import FeatureBank
 from sonopacs.models.site_calibration import (
     SiteCalibration,
@@ -114,13 +114,12 @@ def split_figures(images: SiteImages, site: SiteCalibration | None, check: np.nd
         given = site.presence_rule(analyzer.presence).given(probs[:, 0], images.area[check], images.confidence[check])
     lesion = y > 0
     ece = expected_calibration_error(probs, y)
-    les = probs[lesion]
     return {"lesion_sensitivity": float(given[lesion].mean()) if lesion.any() else None,
             "normal_false_lesion_rate": float(given[~lesion].mean()) if (~lesion).any() else None,
             "ece": None if ece is None else float(ece),
             "ece_if_calibrated": ece_if_calibrated(probs),
             "log_loss": log_loss(probs, y), "brier": brier_score(probs, y),  # proper scores: the fair judges
-            "auc_benign_vs_malignant": _auc(y[lesion] == 2, les[:, 2] / np.clip(les[:, 1:].sum(1), 1e-12, None))}
+            "auc_benign_vs_malignant": benign_vs_malignant_auc(probs, y)}
 
 
 def rehearse(images: SiteImages, index_csv: Path, analyzer: Analyzer, out: Path, splits: int, seed: int,
