@@ -31,6 +31,13 @@ def safe_component(uid: str) -> str:
     return "x" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
 
+def stored_file(root: Path, stored: str) -> Path:
+    """The file a database row points at: a relative path lies under the storage root (so the root
+    can move), an absolute one is taken as recorded."""
+    path = Path(stored)
+    return path if path.is_absolute() else root / path
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -31,6 +31,7 @@ from sonopacs.db import Database, ExportAttempt, JobState, ResultObject, Study, 
 from sonopacs.db.audit import record
 from sonopacs.db.models import utcnow
 from sonopacs.dicom_node.scu import Peer, SendReport, echo, send_files
+from sonopacs.dicom_node.storage import stored_file
 from sonopacs.dicom_node.stow import StowTarget, stow_files, target_from_settings
 from sonopacs.dicom_node.stow import check as check_stow
 from sonopacs.worker import liveness, state
@@ -79,10 +80,7 @@ def result_files(
         rows = session.execute(query.order_by(ResultObject.id)).all()
     files: dict[int, Path] = {}
     for result_id, raw in rows:
-        path = Path(raw)
-        if not path.is_absolute():
-            path = settings.storage.root / path
-        files[int(result_id)] = path
+        files[int(result_id)] = stored_file(settings.storage.root, raw)
     return files
 
 
