@@ -10,8 +10,10 @@ at least ``min_mask_confidence``. A normal decision withholds the contour.
 
 The detection mask's threshold is fitted with the rest of the rule on a run's out-of-fold
 predictions (``fit_rule_over_thresholds``): a segmenter's lesion probability saturates at its own
-level (0.5.0 near 0.77, v8's networks near 0.68), so a fixed 0.5 is an arbitrary point on each
-network's scale. The contour shown stays at ``contour_threshold`` (0.5) wherever the probability
+level (0.5.0 near 0.77, v8's networks near 0.68, 0.8.1 at 0.7424), so a fixed 0.5 is an arbitrary
+point on each network's scale. That level is the segmentation head's bias: behind the decoder's last
+ReLU every channel learnt to fire on background, so a lesion pixel is one where none fires
+(``training.seg_head_probe``; ``model.linear_seg_features`` removes the ReLU, measured without gain). The contour shown stays at ``contour_threshold`` (0.5) wherever the probability
 reaches it.
 
 The confidence floor is off (0) in a shipped rule and fitted only where there are normal images to
