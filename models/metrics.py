@@ -15,7 +15,8 @@ from sonopacs.models.calibration import brier_score, ece_if_calibrated, expected
 from sonopacs.models.types import CLASSES
 
 
-def _auc(y: np.ndarray, score: np.ndarray) -> float | None:
+def auc_or_none(y: np.ndarray, score: np.ndarray) -> float | None:
+    """ROC AUC of ``score`` for the boolean ``y``; None when only one kind is there (undefined)."""
     if len(y) == 0 or y.all() or (~y).all():
         return None
     return float(roc_auc_score(y, score))
@@ -33,7 +34,7 @@ def benign_vs_malignant_auc(probs: np.ndarray, labels: np.ndarray) -> float | No
     kind is there."""
     labels = np.asarray(labels)
     lesion = labels >= 1
-    return _auc(labels[lesion] == 2, malignant_share(np.asarray(probs)[lesion]))
+    return auc_or_none(labels[lesion] == 2, malignant_share(np.asarray(probs)[lesion]))
 
 
 def _rate(num: np.ndarray, den: np.ndarray) -> float | None:
@@ -67,7 +68,7 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, thresholds: di
         "n_images": int(n),
         "accuracy": float((pred == labels).mean()) if n else None,
         "macro_f1": float(f1_score(labels, pred, labels=present, average="macro")) if n else None,
-        "auc_malignant_vs_rest": _auc(mal, pm),
+        "auc_malignant_vs_rest": auc_or_none(mal, pm),
     }
     out["auc_benign_vs_malignant"] = benign_vs_malignant_auc(probs, labels)
     for suffix, key in (("", "default"), ("_high", "high_sensitivity")):

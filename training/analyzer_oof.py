@@ -27,7 +27,7 @@ import numpy as np
 from sonopacs.models.analyzer import Analyzer
 from sonopacs.models.data import Record, load_image, load_mask, read_index
 from sonopacs.models.evaluation import analyse_image
-from sonopacs.models.metrics import _auc, dice_iou
+from sonopacs.models.metrics import auc_or_none, dice_iou
 from sonopacs.models.presence import PresenceRule
 from sonopacs.training.job_eval import job_weights
 from sonopacs.training.recipe import load_config
@@ -148,7 +148,7 @@ def summary(parts: list[dict[str, np.ndarray]]) -> dict[str, Any]:
             "lesion_sensitivity": float(d["lesion_given"][sel][lesion].mean()) if lesion.any() else None,
             "normal_false_lesion_rate": float(d["lesion_given"][sel][~lesion].mean()) if (~lesion).any() else None,
             "dice_shown": float(np.nanmean(dice)) if np.isfinite(dice).any() else None,
-            "auc_benign_vs_malignant_raw": _auc(lab[lesion] == 2, margin[lesion]) if lesion.any() else None,
+            "auc_benign_vs_malignant_raw": auc_or_none(lab[lesion] == 2, margin[lesion]) if lesion.any() else None,
             "second_looks": int(d["second_look"][sel].sum()),
         }
     return out

@@ -34,7 +34,7 @@ from sonopacs.models.analyzer import Analyzer
 from sonopacs.models.calibration import Calibration
 from sonopacs.models.evaluation import evaluate_index
 from sonopacs.models.lesion_shape import SHAPE_FEATURES
-from sonopacs.models.metrics import _auc
+from sonopacs.models.metrics import auc_or_none
 from sonopacs.models.presence import PresenceRule
 from sonopacs.models.priors import shift_priors, target_priors
 from sonopacs.models.scope import BANK_FILE
@@ -149,7 +149,7 @@ def presence_tradeoff(preds: Path, normal_fraction: float = 0.4, sensitivity: fl
     area = np.exp(d["shape_features"][:, SHAPE_FEATURES.index("log_area_fraction")])
     has_mask = (d["shape_features"][:, SHAPE_FEATURES.index("lesion_present")] > 0) & (area >= min_area_fraction)
     lesion = d["labels"] > 0
-    out: dict[str, Any] = {"auc_normal_vs_lesion": _auc(~lesion, pn), "n_normal": int((~lesion).sum()),
+    out: dict[str, Any] = {"auc_normal_vs_lesion": auc_or_none(~lesion, pn), "n_normal": int((~lesion).sum()),
                            "n_lesion": int(lesion.sum())}
     at_half = has_mask & (pn < 0.5)
     out["at_0.5"] = {"normal_given_lesion": float(at_half[~lesion].mean()), "lesion_sensitivity": float(at_half[lesion].mean())}
@@ -173,7 +173,7 @@ def analyzer_tradeoff(predictions_csv: Path, min_area_fraction: float, sensitivi
     pn = np.array([float(r["p_normal"]) for r in rows])
     has_mask = np.array([float(r["lesion_area_fraction"] or 0) >= min_area_fraction for r in rows])
     lesion = np.array([r["label"] != "normal" for r in rows])
-    return {"auc_normal_vs_lesion": _auc(~lesion, pn), "n_normal": int((~lesion).sum()), "n_lesion": int(lesion.sum()),
+    return {"auc_normal_vs_lesion": auc_or_none(~lesion, pn), "n_normal": int((~lesion).sum()), "n_lesion": int(lesion.sum()),
             "masks_on_lesions": float(has_mask[lesion].mean()),
             f"at_sensitivity_{sensitivity}": _cut_for_sensitivity(pn, has_mask, lesion, sensitivity)}
 

@@ -29,7 +29,7 @@ from sonopacs.models.analyzer import (
 from sonopacs.models.data import load_image, load_mask, read_index
 from sonopacs.models.evaluation import analyse_image_field
 from sonopacs.models.measure import lesion_mask
-from sonopacs.models.metrics import _auc, dice_iou
+from sonopacs.models.metrics import auc_or_none, dice_iou
 from sonopacs.models.second_look import SecondLook
 from sonopacs.training.site_trial import rehearsal_parser, rehearsal_setup
 
@@ -101,7 +101,7 @@ def main() -> None:
 def _bvm(rows: list[dict[str, Any]], logits: list[np.ndarray]) -> float | None:
     y = np.array([r["label"] for r in rows])
     lg = np.array(logits)
-    return _auc(y == 2, lg[:, 2] - lg[:, 1])
+    return auc_or_none(y == 2, lg[:, 2] - lg[:, 1])
 
 
 def summarise(rows: list[dict[str, Any]], fractions: list[float]) -> dict[str, Any]:

@@ -203,14 +203,14 @@ def _seg_scores(prob_maps: np.ndarray, masks: np.ndarray, threshold: float = 0.5
 def validate(net: SonoNet, imgs: torch.Tensor, val: np.ndarray, data: Packed) -> dict[str, Any]:
     """The inner validation set's figures and the score that picks a job's best epoch:
     AUC(malignant) + mean Dice (mask withheld where the argmax says normal) - 0.25 x cross-entropy."""
-    from sonopacs.models.metrics import _auc
+    from sonopacs.models.metrics import auc_or_none
 
     v_logits, v_prob = predict(net, imgs[torch.from_numpy(val).to(imgs.device)], tta=False)
     v_lab = data.labels[val]
     v_pred = v_logits.argmax(1)
     v_dice = withhold_masks(_seg_scores(v_prob, data.masks[val])[1], v_pred)
     v_ce = float(F.cross_entropy(torch.from_numpy(v_logits), torch.from_numpy(v_lab)))
-    v_auc = _auc(v_lab == 2, torch.softmax(torch.from_numpy(v_logits), 1)[:, 2].numpy())
+    v_auc = auc_or_none(v_lab == 2, torch.softmax(torch.from_numpy(v_logits), 1)[:, 2].numpy())
     mdice = float(np.nanmean(v_dice)) if np.isfinite(v_dice).any() else 0.0
     return {"val_ce": v_ce, "val_acc": float((v_pred == v_lab).mean()), "val_auc_malignant": v_auc,
             "val_dice": mdice, "val_score": (v_auc if v_auc is not None else 0.5) + mdice - 0.25 * v_ce}
