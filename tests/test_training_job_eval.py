@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from sonopacs.models.lesion_shape import SHAPE_FEATURES
 from sonopacs.training.job_eval import presence_tradeoff
@@ -86,3 +87,26 @@ def test_a_jobs_weights_run_at_the_image_size_it_trained_at(tmp_path: Path) -> N
     with pytest.raises(ValueError, match="no record of the image size"):
         job_weights(job(tmp_path / "bare"), tmp_path / "w6")
     assert size(job_weights(tmp_path / "bare", tmp_path / "w7", image_size=160)) == 160
+
+
+def test_analyzer_tradeoff_reads_presence_and_outline_figures_from_predictions(tmp_path: Path) -> None:
+    """From evaluate's predictions.csv: the mask confidence's AUC as a presence score, and the Dice
+    of the outlines shown apart from the lesions given none; a not-assessed row counts in neither."""
+    import csv
+
+    from sonopacs.training.job_eval import analyzer_tradeoff
+
+    cols = ["label", "p_normal", "assessed", "lesion_found", "dice", "lesion_area_fraction", "lesion_mask_confidence"]
+    rows = [("benign", 0.1, True, True, 0.8, 0.05, 0.9), ("malignant", 0.2, True, True, 0.6, 0.04, 0.7),
+            ("benign", 0.9, True, False, 0.0, 0.0, 0.0), ("normal", 0.3, True, True, "", 0.03, 0.5),
+            ("normal", 0.8, True, False, "", 0.0, 0.0), ("malignant", 0.1, False, True, 0.1, 0.05, 0.2)]
+    with (tmp_path / "predictions.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        w.writerows(rows)
+    out = analyzer_tradeoff(tmp_path / "predictions.csv", 0.002)
+    assert out["n_lesion"] == 3 and out["n_normal"] == 2  # the not-assessed row is left out
+    assert out["dice_where_given"] == pytest.approx(0.7)  # 0.8 and 0.6; the missed lesion's 0 is not an outline
+    # lesions 0.9, 0.7, 0.0 against normals 0.5, 0.0: four pairs won, one tied, one lost
+    assert out["auc_mask_confidence"] == pytest.approx(4.5 / 6)
+    assert out["masks_on_lesions"] == pytest.approx(2 / 3)

@@ -173,8 +173,15 @@ def analyzer_tradeoff(predictions_csv: Path, min_area_fraction: float, sensitivi
     pn = np.array([float(r["p_normal"]) for r in rows])
     has_mask = np.array([float(r["lesion_area_fraction"] or 0) >= min_area_fraction for r in rows])
     lesion = np.array([r["label"] != "normal" for r in rows])
+    confidence = np.array([float(r["lesion_mask_confidence"] or 0) for r in rows])
+    dice = np.array([float(r["dice"]) if r["dice"] else np.nan for r in rows])
+    shown = np.array([r["lesion_found"] == "True" for r in rows]) & np.isfinite(dice)
     return {"auc_normal_vs_lesion": auc_or_none(~lesion, pn), "n_normal": int((~lesion).sum()), "n_lesion": int(lesion.sum()),
+            # the mask's mean lesion probability as a presence score (the site calibration's confidence floor)
+            "auc_mask_confidence": auc_or_none(lesion, confidence),
             "masks_on_lesions": float(has_mask[lesion].mean()),
+            # the outline's quality where one is shown, apart from the lesions given none (Dice 0 in metrics.json)
+            "dice_where_given": float(dice[shown].mean()) if shown.any() else None,
             f"at_sensitivity_{sensitivity}": _cut_for_sensitivity(pn, has_mask, lesion, sensitivity)}
 
 
