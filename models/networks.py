@@ -33,9 +33,8 @@ class SonoNet(nn.Module):
     head reads signed features. Why: behind that ReLU 0.8.1's final network (and two of its three
     fold members) had turned all eight last-stage channels into background detectors. A lesion pixel
     was one where none fires, and its lesion probability was the head's bias alone: 0.742 on every
-    lesion image for the final network. Any tissue
-    the background channels do not know, such as a fat lobule at a new site, then reads as lesion at
-    that cap. Measured by leave-one-dataset-out (recipe v17, docs/measurements.md): probabilities
+    lesion image for the final network. Any tissue the background channels do not know, such as a
+    fat lobule at a new site, then reads as lesion at that cap. Measured by leave-one-dataset-out (recipe v17, docs/measurements.md): probabilities
     graded up to 1, but no fewer normal images given a lesion; off by default, not shipped.
     """
 

@@ -34,15 +34,15 @@ def _percentiles(values: np.ndarray) -> dict[str, float] | None:
 
 def probe(weights: Path, packs: list[Path], every: int = 10) -> dict[str, Any]:
     """The head's bias-only probability and, per pack, every ``every``-th image's figures."""
-    net = Analyzer.load(weights, device="cpu", scope_gate=False).net
+    analyzer = Analyzer.load(weights, device="cpu", scope_gate=False)
+    net = analyzer.net
     head = net.unet.segmentation_head[0]
     bias = head.bias.detach()
     seen: list[torch.Tensor] = []
     hook = net.unet.decoder.register_forward_hook(lambda _m, _i, out: seen.append(out.detach()))
     out: dict[str, Any] = {
         "weights": str(weights),
-        "linear_seg_features": bool(json.loads((weights / "model.json").read_text())["model"]
-                                    .get("linear_seg_features", False)),
+        "linear_seg_features": bool(analyzer.manifest["model"].get("linear_seg_features", False)),
         "no_feature_probability": round(float(torch.sigmoid(bias[1] - bias[0])), 4),
         "packs": {},
     }
