@@ -89,7 +89,6 @@ class PublishRun:
         self.outcomes[instance_id] = (state, f"{reason}; {text}" if reason else text)
 
 
-_NOT_ASSESSED = getattr(InstanceState, "NOT_ASSESSED", InstanceState.PROCESSED)
 _MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
@@ -147,7 +146,7 @@ def build_objects(
             run.outcomes[instance_id] = (InstanceState.PROCESSED, None)
         else:
             run.outcomes[instance_id] = (
-                _NOT_ASSESSED,
+                InstanceState.NOT_ASSESSED,
                 f"not assessed: {finding.not_assessed_reason or 'no reason given'}",
             )
         optional = [
