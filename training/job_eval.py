@@ -122,7 +122,7 @@ def write_index(path: Path, fieldnames: list[str], rows: list[dict[str, str]]) -
         w.writerows(rows)
 
 
-def _cut_for_sensitivity(pn: np.ndarray, has_mask: np.ndarray, lesion: np.ndarray, sensitivity: float
+def cut_for_sensitivity(pn: np.ndarray, has_mask: np.ndarray, lesion: np.ndarray, sensitivity: float
                          ) -> dict[str, float] | None:
     """The lowest P(normal) cut giving >= ``sensitivity`` of lesion images a lesion, and the share
     of normal images it gives one; None when the masks alone miss more. Not ``fit_p_normal_cut``:
@@ -153,11 +153,11 @@ def presence_tradeoff(preds: Path, normal_fraction: float = 0.4, sensitivity: fl
                            "n_lesion": int(lesion.sum())}
     at_half = has_mask & (pn < 0.5)
     out["at_0.5"] = {"normal_given_lesion": float(at_half[~lesion].mean()), "lesion_sensitivity": float(at_half[lesion].mean())}
-    out[f"at_sensitivity_{sensitivity}"] = _cut_for_sensitivity(pn, has_mask, lesion, sensitivity)
+    out[f"at_sensitivity_{sensitivity}"] = cut_for_sensitivity(pn, has_mask, lesion, sensitivity)
     if "area_by_threshold" in d:
         out["by_mask_threshold"] = {
             str(round(float(t), 4)): {"masks_on_lesions": float((d["area_by_threshold"][lesion, k] >= min_area_fraction).mean()),
-                                      f"at_sensitivity_{sensitivity}": _cut_for_sensitivity(
+                                      f"at_sensitivity_{sensitivity}": cut_for_sensitivity(
                                           pn, d["area_by_threshold"][:, k] >= min_area_fraction, lesion, sensitivity)}
             for k, t in enumerate(d["mask_thresholds"])}
     return out
@@ -182,7 +182,7 @@ def analyzer_tradeoff(predictions_csv: Path, min_area_fraction: float, sensitivi
             "masks_on_lesions": float(has_mask[lesion].mean()),
             # the outline's quality where one is shown, apart from the lesions given none (Dice 0 in metrics.json)
             "dice_where_given": float(dice[shown].mean()) if shown.any() else None,
-            f"at_sensitivity_{sensitivity}": _cut_for_sensitivity(pn, has_mask, lesion, sensitivity)}
+            f"at_sensitivity_{sensitivity}": cut_for_sensitivity(pn, has_mask, lesion, sensitivity)}
 
 
 def main() -> None:
