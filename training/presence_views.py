@@ -1,6 +1,7 @@
 """Does a found lesion hold up when the image is shown differently? Presence under extra views.
 
-    python -m sonopacs.training.presence_views WEIGHTS_DIR --index INDEX.csv --out DIR
+    python -m sonopacs.training.presence_views WEIGHTS_DIR --index INDEX.csv [--drop-label-conflict] \\
+        [--every N] --out DIR
 
 Why: at an unseen site about half of the normal images get a lesion at 95 % lesion sensitivity.
 A mass should be found whatever the gain or framing; a mask that fires on normal tissue the
@@ -31,7 +32,7 @@ from sonopacs.models.evaluation import analyse_image_field
 from sonopacs.models.measure import lesion_mask
 from sonopacs.models.metrics import auc_or_none, benign_vs_malignant_auc
 from sonopacs.models.transforms import Letterbox
-from sonopacs.training.job_eval import cut_for_sensitivity
+from sonopacs.training.job_eval import cut_for_sensitivity, held_out_index
 
 
 def _gamma(g: float) -> Callable[[np.ndarray], np.ndarray]:
@@ -77,14 +78,13 @@ def view_signals(analyzer: Analyzer, gray: np.ndarray) -> dict[str, np.ndarray]:
     return {"area": area, "confidence": confidence, "probabilities": probabilities}
 
 
-def collect(analyzer: Analyzer, index: Path) -> dict[str, np.ndarray]:
-    """``view_signals`` of every labelled image of ``index`` (images whose cleaning fails are left
-    out), with its label and the Analyzer's own reported mask share and presence."""
+def collect(analyzer: Analyzer, index: Path, every: int = 1) -> dict[str, np.ndarray]:
+    """``view_signals`` of every ``every``-th labelled image of ``index`` (images not assessed, e.g.
+    whose cleaning fails, are left out), with its label and the Analyzer's own reported mask share
+    and presence."""
     rows: dict[str, list[Any]] = {k: [] for k in ("label", "area", "confidence", "probabilities", "reported_area",
                                                   "reported_lesion")}
-    for rec in read_index(index):
-        if rec.label is None:
-            continue
+    for rec in [r for r in read_index(index) if r.label is not None][::every]:
         img = load_image(rec.image)
         res, gray, _ = analyse_image_field(analyzer, img, load_mask(rec.masks, img.shape[:2]))
         if not res.assessed:
@@ -131,10 +131,11 @@ def main() -> None:
     ap.add_argument("weights", type=Path)
     ap.add_argument("--index", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--drop-label-conflict", action="store_true")
+    ap.add_argument("--every", type=int, default=1, help="every N-th labelled image of the index")
     a = ap.parse_args()
     analyzer = Analyzer.load(a.weights, device="cpu", scope_gate=False)
-    signals = collect(analyzer, a.index)
-    a.out.mkdir(parents=True, exist_ok=True)
+    signals = collect(analyzer, held_out_index(a.index, a.out / "index.csv", a.drop_label_conflict), a.every)
     arrays: dict[str, Any] = dict(signals)
     np.savez_compressed(a.out / "view_signals.npz", **arrays)
     result = report(signals, analyzer.presence.min_area_fraction)
