@@ -185,12 +185,18 @@ def analyzer_tradeoff(predictions_csv: Path, min_area_fraction: float, sensitivi
             f"at_sensitivity_{sensitivity}": cut_for_sensitivity(pn, has_mask, lesion, sensitivity)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("job_dir", type=Path)
+def add_held_out_arguments(ap: argparse.ArgumentParser) -> None:
+    """``--index``, ``--out`` and ``--drop-label-conflict``: how the lab tools that run a network
+    on a held-out index (``held_out_index``) are told which."""
     ap.add_argument("--index", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--drop-label-conflict", action="store_true")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("job_dir", type=Path)
+    add_held_out_arguments(ap)
     ap.add_argument("--expected-normal-fraction", type=float, default=0.4)
     ap.add_argument("--image-size", type=int, default=None,
                     help="default: the size the job trained at (its model.pt, else its run's config.yaml)")

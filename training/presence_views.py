@@ -32,7 +32,7 @@ from sonopacs.models.evaluation import analyse_image_field
 from sonopacs.models.measure import lesion_mask
 from sonopacs.models.metrics import auc_or_none, benign_vs_malignant_auc
 from sonopacs.models.transforms import Letterbox
-from sonopacs.training.job_eval import cut_for_sensitivity, held_out_index
+from sonopacs.training.job_eval import add_held_out_arguments, cut_for_sensitivity, held_out_index
 
 
 def _gamma(g: float) -> Callable[[np.ndarray], np.ndarray]:
@@ -129,9 +129,7 @@ def report(signals: dict[str, np.ndarray], min_area_fraction: float, sensitivity
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("weights", type=Path)
-    ap.add_argument("--index", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--drop-label-conflict", action="store_true")
+    add_held_out_arguments(ap)
     ap.add_argument("--every", type=int, default=1, help="every N-th labelled image of the index")
     a = ap.parse_args()
     analyzer = Analyzer.load(a.weights, device="cpu", scope_gate=False)
