@@ -57,3 +57,6 @@ def test_report_counts_the_views_a_mask_is_in() -> None:
     assert r[f"mask_in_{n_views}_views"]["masks_on_lesions"] == 0.5
     assert r["field"]["normal_given_lesion"] == pytest.approx(0.5)
     assert r["mask_in_2_views"]["p_normal_field"]["normal_given_lesion"] == 0.0
+    curve = r["normals_given_a_lesion_by_sensitivity"]
+    assert curve["0.95"]["field"] == 0.5 and curve["0.95"]["mask_in_2_views"] == 0.0  # both lesions, no normal
+    assert curve["0.85"][f"mask_in_{n_views}_views"] is None

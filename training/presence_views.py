@@ -57,6 +57,8 @@ def _shifted(x: np.ndarray) -> np.ndarray:
     return x[x.shape[0] // 10:, x.shape[1] // 10:]
 
 
+CURVE_SENSITIVITIES = (0.85, 0.9, 0.92, 0.94, 0.95)
+
 VIEWS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "field": lambda x: x, "gamma_0.7": _gamma(0.7), "gamma_1.4": _gamma(1.4),
     "inner_0.85": _inner(0.85), "margin_0.25": _margin, "shifted_0.1": _shifted,
@@ -123,6 +125,13 @@ def report(signals: dict[str, np.ndarray], min_area_fraction: float, sensitivity
             "masks_on_normals": float(in_k[~lesion].mean()) if (~lesion).any() else None,
             "p_normal_field": cut_for_sensitivity(p_field, in_k, lesion, sensitivity),
             "p_normal_view_mean": cut_for_sensitivity(p_mean, in_k, lesion, sensitivity)}
+    # the whole curve: normal images given a lesion at each lesion sensitivity (None: not reached)
+    out["normals_given_a_lesion_by_sensitivity"] = {
+        str(s): {rule: (None if (r := cut_for_sensitivity(p_field, has, lesion, s)) is None
+                        else r["normal_given_lesion"])
+                 for rule, has in {"field": masks[:, 0],
+                                   **{f"mask_in_{k}_views": masks.sum(axis=1) >= k for k in range(2, len(VIEWS) + 1)}}.items()}
+        for s in CURVE_SENSITIVITIES}
     return out
 
 
