@@ -123,7 +123,7 @@ def write_index(path: Path, fieldnames: list[str], rows: list[dict[str, str]]) -
 
 
 def cut_for_sensitivity(pn: np.ndarray, has_mask: np.ndarray, lesion: np.ndarray, sensitivity: float
-                         ) -> dict[str, float] | None:
+                        ) -> dict[str, float] | None:
     """The lowest P(normal) cut giving >= ``sensitivity`` of lesion images a lesion, and the share
     of normal images it gives one; None when the masks alone miss more. Not ``fit_p_normal_cut``:
     that fits a shipped rule at the next lesion image's value (a margin); this reads the trade-off
