@@ -28,7 +28,7 @@ from sonopacs.models.lesion_shape import SHAPE_FEATURES, shape_feature_matrix
 from sonopacs.models.likelihood import likelihood_category
 from sonopacs.models.measure import lesion_mask, measure_lesion
 from sonopacs.models.networks import ClassifierView, SonoNet, build_network, fuse_conv_bn
-from sonopacs.models.presence import PresenceRule
+from sonopacs.models.presence import PresenceRule, mask_evidence
 from sonopacs.models.priors import shift_priors, target_priors
 from sonopacs.models.scope import BANK_FILE, FeatureBank, sector_reason, sector_score
 from sonopacs.models.second_look import SecondLook
@@ -417,10 +417,7 @@ class Analyzer:
                 outline_prob: np.ndarray | None = None) -> AnalysisResult:
         """The result without its heat map (``_explain`` adds it once every label is known)."""
         pm = float(probs[2])
-        # the mask's share of the model's letterboxed input frame, as training measured the areas the
-        # presence rule's floor was fitted on (a share of the image alone is larger by 1 / fill)
-        area_fraction = float(found.mean()) * box.fill
-        confidence = float(full_prob[found].mean()) if found.any() else 0.0  # mean lesion probability in the mask
+        area_fraction, confidence = mask_evidence(full_prob, found, box.fill)
         present = self.presence.lesion_present(float(probs[0]), area_fraction, confidence)
         # normal when no lesion is found, else the likelier of benign and malignant
         label = CLASSES[1 + int(np.argmax(probs[1:]))] if present else "normal"

@@ -72,6 +72,16 @@ class PresenceRule:
         return cls(**{k: float(v) for k, v in (d or {}).items() if k in cls.__dataclass_fields__})
 
 
+def mask_evidence(prob: np.ndarray, found: np.ndarray, fill: float) -> tuple[float, float]:
+    """What the rule reads off a detection mask ``found`` drawn on ``prob``: its share of the
+    network's letterboxed input frame, where training measured the areas the floor was fitted on
+    (``fill``: the image's share of that frame, ``Letterbox.fill``; a share of the image alone is
+    larger by 1 / fill), and its mean lesion probability (0 without a mask)."""
+    area_fraction = float(found.mean()) * fill
+    confidence = float(prob[found].mean()) if found.any() else 0.0
+    return area_fraction, confidence
+
+
 def fit_p_normal_cut(p_normal: np.ndarray, has_mask: np.ndarray, lesion: np.ndarray, target: float,
                      strata: Iterable[np.ndarray] | None = None) -> float:
     """The lowest cut on P(normal) at which lesion images with a mask are given a lesion at >=

@@ -31,6 +31,7 @@ from sonopacs.models.data import load_image, load_mask, read_index
 from sonopacs.models.evaluation import analyse_image_field
 from sonopacs.models.measure import lesion_mask
 from sonopacs.models.metrics import auc_or_none, benign_vs_malignant_auc
+from sonopacs.models.presence import mask_evidence
 from sonopacs.models.transforms import Letterbox
 from sonopacs.training.job_eval import add_held_out_arguments, cut_for_sensitivity, held_out_index
 
@@ -74,9 +75,8 @@ def view_signals(analyzer: Analyzer, gray: np.ndarray) -> dict[str, np.ndarray]:
     probabilities = analyzer.reported_probabilities((logits[:n] + logits[n:]) / 2)
     area, confidence = np.zeros(n), np.zeros(n)
     for k, (view, prob) in enumerate(zip(views, probs, strict=True)):
-        mask = lesion_mask(prob, analyzer.presence.mask_threshold)
-        area[k] = float(mask.mean()) * Letterbox(*view.shape, analyzer.size).fill
-        confidence[k] = float(prob[mask].mean()) if mask.any() else 0.0
+        found = lesion_mask(prob, analyzer.presence.mask_threshold)
+        area[k], confidence[k] = mask_evidence(prob, found, Letterbox(*view.shape, analyzer.size).fill)
     return {"area": area, "confidence": confidence, "probabilities": probabilities}
 
 
