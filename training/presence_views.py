@@ -118,20 +118,20 @@ def report(signals: dict[str, np.ndarray], min_area_fraction: float, sensitivity
                                                                                         signals["label"]),
                            "masks_on_lesions_by_view": dict(zip(VIEWS, map(float, masks[lesion].mean(axis=0)), strict=True)),
                            "field": cut_for_sensitivity(p_field, masks[:, 0], lesion, sensitivity)}
-    for k in range(1, len(VIEWS) + 1):
-        in_k = masks.sum(axis=1) >= k
+    in_views = {k: masks.sum(axis=1) >= k for k in range(1, len(VIEWS) + 1)}  # the mask in >= k views
+    for k, in_k in in_views.items():
         out[f"mask_in_{k}_views"] = {
             "masks_on_lesions": float(in_k[lesion].mean()),
             "masks_on_normals": float(in_k[~lesion].mean()) if (~lesion).any() else None,
             "p_normal_field": cut_for_sensitivity(p_field, in_k, lesion, sensitivity),
             "p_normal_view_mean": cut_for_sensitivity(p_mean, in_k, lesion, sensitivity)}
     # the whole curve: normal images given a lesion at each lesion sensitivity (None: not reached)
-    out["normals_given_a_lesion_by_sensitivity"] = {
-        str(s): {rule: (None if (r := cut_for_sensitivity(p_field, has, lesion, s)) is None
-                        else r["normal_given_lesion"])
-                 for rule, has in {"field": masks[:, 0],
-                                   **{f"mask_in_{k}_views": masks.sum(axis=1) >= k for k in range(2, len(VIEWS) + 1)}}.items()}
-        for s in CURVE_SENSITIVITIES}
+    rules = {"field": masks[:, 0], **{f"mask_in_{k}_views": in_views[k] for k in in_views if k >= 2}}
+    curve: dict[str, dict[str, float | None]] = {}
+    for s in CURVE_SENSITIVITIES:
+        cuts = {rule: cut_for_sensitivity(p_field, has, lesion, s) for rule, has in rules.items()}
+        curve[str(s)] = {rule: None if cut is None else cut["normal_given_lesion"] for rule, cut in cuts.items()}
+    out["normals_given_a_lesion_by_sensitivity"] = curve
     return out
 
 
