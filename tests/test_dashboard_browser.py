@@ -24,7 +24,8 @@ from sonopacs.db.migrate import upgrade
 from sonopacs.db.models import StudyState
 from sonopacs.db.session import Database
 from tests.support.dashboard_demo import prepare, seed_processed_study
-from tests.support.net import free_port, wait_for_port
+from tests.support.net import free_port, wait_for_port, wait_until
+from tests.support.worker_proc import log_tail, study_jobs
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
@@ -81,12 +82,15 @@ def served(make_settings: Callable[..., Settings], orthanc_factory: Callable[...
                                            access_log=False, log_config=None))
     thread = threading.Thread(target=server.run, daemon=True)
     config = write_config(settings, tmp_path / "sonopacs.yaml")
-    with worker_process(config, tmp_path / "worker.log", concurrency=1):
+    log = tmp_path / "worker.log"
+    with worker_process(config, log, concurrency=1):
         thread.start()
         wait_for_port(port, timeout=30)
+        # The export must not race the worker's start on a loaded machine: the resend below waits 60 s.
+        wait_until(lambda: log.exists() and " ready." in log.read_text(errors="replace"), timeout=120)
         try:
             yield {"url": f"http://127.0.0.1:{port}", "study": failed, "pacs": pacs, "db": db,
-                   "worker_log": tmp_path / "worker.log"}
+                   "worker_log": log}
         finally:
             server.should_exit = True
             thread.join(timeout=10)
@@ -138,7 +142,11 @@ def test_login_see_study_resend_and_watch_it_export(served: dict[str, Any], tmp_
             page.get_by_role("button", name="Resend results to PACS").click()
             expect(page.locator("#action-result")).to_contain_text("queued for export again")
             # htmx polling brings the new state in without a reload.
-            expect(state).to_have_attribute("data-state", "exported", timeout=60_000)
+            try:
+                expect(state).to_have_attribute("data-state", "exported", timeout=60_000)
+            except AssertionError as exc:  # say what the worker did, not only what the page shows
+                raise AssertionError(f"{exc}\n--- {study_jobs(served['db'], study.id)}\n--- worker log:\n"
+                                     f"{log_tail(served['worker_log'])}") from None
             expect(page.locator("#h-exports + table tbody tr").first).to_contain_text("Sent 2")
             time.sleep(0.3)  # let the badge transition paint before the screenshot
             final = _shot(page, "05-study-exported.png", artifacts)

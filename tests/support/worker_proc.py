@@ -86,6 +86,28 @@ def sonopacs_process(args: list[str], log: Path, stop_timeout: float) -> Iterato
                 stop_with_sigterm(proc, stop_timeout)
 
 
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last lines of a subprocess's log, for a failure message (empty if it never wrote one)."""
+    if not path.exists():
+        return f"({path.name} was never written)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def study_jobs(db: Database, study_id: int) -> str:
+    """The study's state and its Job rows, one line each, for a failure message."""
+    from sqlalchemy import select
+
+    from sonopacs.db import Job
+
+    with db.session() as session:
+        study = session.get(Study, study_id)
+        rows = [f"study: {study.state.value if study else '?'} ({study.state_reason if study else ''})"]
+        for job in session.execute(select(Job).where(Job.study_id == study_id).order_by(Job.id)).scalars():
+            rows.append(f"job {job.id}: {job.stage} {job.state.value} attempt {job.attempt} "
+                        f"queued {job.queued_at:%H:%M:%S} started {job.started_at} error {job.error}")
+    return "\n".join(rows)
+
+
 def children_of(pid: int) -> list[int]:
     """Direct children of a process, from /proc (the prefork pool processes of a worker)."""
     out = []
