@@ -17,7 +17,7 @@ from sonopacs.models.efficientnet_lite import (  # importing registers the Lite 
     LITE_VARIANTS,
     load_imagenet_lite,
 )
-from sonopacs.models.transforms import normalize_batch
+from sonopacs.models.transforms import equalise_batch, normalize_batch
 
 
 class SonoNet(nn.Module):
@@ -36,6 +36,10 @@ class SonoNet(nn.Module):
     lesion image for the final network. Any tissue the background channels do not know, such as a
     fat lobule at a new site, then reads as lesion at that cap. Measured by leave-one-dataset-out (recipe v17, docs/measurements.md): probabilities
     graded up to 1, but no fewer normal images given a lesion; off by default, not shipped.
+
+    ``input_equalise`` ranks the grey levels of each input image before the standardisation
+    (``transforms.equalise_batch``), so that a site's gain and dynamic range do not reach the network.
+    Inside the network, so that training, evaluation, the Analyzer and Grad-CAM all see it.
     """
 
     def __init__(
@@ -48,11 +52,13 @@ class SonoNet(nn.Module):
         input_norm: tuple[float, float] = (0.25, 0.25),
         pretrained_precision: str = "fp32",
         linear_seg_features: bool = False,
+        input_equalise: bool = False,
     ) -> None:
         super().__init__()
         if pretrained and backbone not in LITE_VARIANTS:
             raise ValueError(f"no bundled pretrained weights for backbone {backbone!r}")
         self.input_norm = (float(input_norm[0]), float(input_norm[1]))
+        self.input_equalise = input_equalise
         self.unet = FlexibleUNet(
             in_channels=1,
             out_channels=2,
@@ -77,6 +83,8 @@ class SonoNet(nn.Module):
         self.segment = True
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.input_equalise:
+            x = equalise_batch(x)
         x = normalize_batch(x, *self.input_norm)
         feats = self.unet.encoder(x)
         deep = feats[-1]
@@ -148,4 +156,5 @@ def build_network(model_cfg: dict[str, Any], pretrained: bool | None = None) -> 
         input_norm=tuple(model_cfg.get("input_norm", (0.25, 0.25))),  # type: ignore[arg-type]
         pretrained_precision=str(model_cfg.get("pretrained_precision", "fp32")),
         linear_seg_features=bool(model_cfg.get("linear_seg_features", False)),
+        input_equalise=bool(model_cfg.get("input_equalise", False)),
     )

@@ -110,6 +110,24 @@ def to_model_input(letterboxed: np.ndarray) -> torch.Tensor:
     return ((t - 0.0) / 255.0).clamp_(0.0, 1.0)
 
 
+def equalise_batch(x: torch.Tensor, bins: int = 256) -> torch.Tensor:
+    """Histogram equalisation of each image's non-black pixels (B x 1 x H x W in [0, 1] -> same).
+
+    Why: every pixel becomes its mid-rank among the image's non-black pixels, so any monotone change
+    of grey levels (a scanner's gain, dynamic range or gamma) gives the same input. Black stays black:
+    the letterbox padding and the frame around the field must not take part in the ranking. MONAI's
+    ``HistogramNormalize`` works on one image at a time and ranks by its whole range, mask included.
+    """
+    q = (x.clamp(0.0, 1.0) * (bins - 1)).round().long().flatten(1)
+    counts = torch.zeros(q.shape[0], bins, dtype=x.dtype, device=x.device)
+    counts.scatter_add_(1, q, torch.ones_like(q, dtype=x.dtype))
+    counts[:, 0] = 0.0
+    cdf = counts.cumsum(1)
+    mid_rank = (cdf - counts / 2) / cdf[:, -1:].clamp(min=1.0)
+    out = torch.where(q == 0, torch.zeros_like(mid_rank[:, :1]), mid_rank.gather(1, q))
+    return out.view_as(x)
+
+
 def normalize_batch(x: torch.Tensor, mean: float = 0.25, std: float = 0.25) -> torch.Tensor:
     """Fixed standardisation applied inside the network wrapper ([0,1] -> roughly zero mean)."""
     return (x - mean) / std
