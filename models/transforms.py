@@ -116,7 +116,8 @@ def equalise_batch(x: torch.Tensor, bins: int = 256) -> torch.Tensor:
     Why: every pixel becomes its mid-rank among the image's non-black pixels, so any monotone change
     of grey levels (a scanner's gain, dynamic range or gamma) gives the same input. Black stays black:
     the letterbox padding and the frame around the field must not take part in the ranking. MONAI's
-    ``HistogramNormalize`` works on one image at a time and ranks by its whole range, mask included.
+    ``HistogramNormalize`` equalises one NumPy image at a time with one given mask; this runs on the
+    batch tensor inside the network, each image's own non-black pixels its mask.
     """
     q = (x.clamp(0.0, 1.0) * (bins - 1)).round().long().flatten(1)
     counts = torch.zeros(q.shape[0], bins, dtype=x.dtype, device=x.device)

@@ -87,7 +87,7 @@ def sonopacs_process(args: list[str], log: Path, stop_timeout: float) -> Iterato
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
-    """The last lines of a subprocess's log, for a failure message (empty if it never wrote one)."""
+    """The last lines of a subprocess's log, for a failure message (or a line saying there is none)."""
     if not path.exists():
         return f"({path.name} was never written)"
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
