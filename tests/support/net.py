@@ -11,7 +11,7 @@ from collections.abc import Callable
 _HANDED_OUT: set[int] = set()
 # pytest-xdist runs test files in several processes: each takes its ports from its own block, below
 # the kernel's ephemeral range (32768-60999), so neither another test process nor an outgoing
-# connection is handed the same port. (A split by port parity failed: bind(0) hands out even ports.)
+# connection is handed the same port. (A split by port parity failed: bind(0) hands out odd ports only.)
 _WORKERS = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 _WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % _WORKERS
 _BLOCK = 12000 // _WORKERS
