@@ -122,11 +122,10 @@ def equalise_batch(x: torch.Tensor, bins: int = 256) -> torch.Tensor:
     q = (x.clamp(0.0, 1.0) * (bins - 1)).round().long().flatten(1)
     counts = torch.zeros(q.shape[0], bins, dtype=x.dtype, device=x.device)
     counts.scatter_add_(1, q, torch.ones_like(q, dtype=x.dtype))
-    counts[:, 0] = 0.0
+    counts[:, 0] = 0.0  # black is not counted, so its mid-rank below is 0: black stays black
     cdf = counts.cumsum(1)
     mid_rank = (cdf - counts / 2) / cdf[:, -1:].clamp(min=1.0)
-    out = torch.where(q == 0, torch.zeros_like(mid_rank[:, :1]), mid_rank.gather(1, q))
-    return out.view_as(x)
+    return mid_rank.gather(1, q).view_as(x)
 
 
 def normalize_batch(x: torch.Tensor, mean: float = 0.25, std: float = 0.25) -> torch.Tensor:
